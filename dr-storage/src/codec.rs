@@ -1,0 +1,607 @@
+//! The stream codec: plaintext -> zstd -> age -> stored object, with the size and
+//! SHA-256 of both the plaintext and the stored bytes.
+//!
+//! Encoding and decoding run on a blocking thread (zstd and age are synchronous
+//! `Write`/`Read` adapters) joined to the async side by bounded channels, so the
+//! memory in flight is a few chunk buffers plus the multipart upload buffers,
+//! whatever the size of the stream.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::PollSender;
+
+use crate::error::{Error, Result};
+use crate::keys::{Identities, Recipients};
+use crate::progress::Progress;
+
+/// Size of the chunks passed between the async side and the codec thread.
+const CHUNK: usize = 256 * 1024;
+
+/// Codec settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CodecOptions {
+    /// zstd level, 1..=22 (default 3).
+    pub zstd_level: i32,
+    /// zstd worker threads; 0 compresses on the codec thread itself.
+    /// Default: the number of CPUs, at most 4.
+    pub zstd_workers: u32,
+    /// Multipart part size in bytes (default 8 MiB; S3 needs at least 5 MiB).
+    pub part_size: usize,
+    /// Parts uploaded at once (default 4). Upload memory is about
+    /// `part_size * (upload_concurrency + 1)`.
+    pub upload_concurrency: usize,
+}
+
+impl Default for CodecOptions {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        CodecOptions {
+            zstd_level: 3,
+            zstd_workers: cpus.min(4),
+            part_size: 8 * 1024 * 1024,
+            upload_concurrency: 4,
+        }
+    }
+}
+
+/// What the repository records about one stored stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactInfo {
+    /// The artifact's name inside its backup (`database.pgdump`).
+    pub name: String,
+    /// The object path relative to the repository root.
+    pub object: String,
+    /// Plaintext bytes.
+    pub plain_size: u64,
+    /// SHA-256 of the plaintext, hex.
+    pub plain_sha256: String,
+    /// Stored (compressed and encrypted) bytes.
+    pub stored_size: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub stored_sha256: String,
+}
+
+struct Tally {
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+    }
+    fn finish(self) -> (u64, String) {
+        (self.bytes, hex::encode(self.hasher.finalize()))
+    }
+}
+
+/// `Write` end of the codec thread: hashes the stored bytes and hands them to
+/// the uploader in chunks.
+struct ChannelWrite {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+    tally: Tally,
+}
+
+impl ChannelWrite {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+}
+
+impl Write for ChannelWrite {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.tally.update(data);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A stream being written into one repository object.
+///
+/// Write the plaintext through [`AsyncWrite`], then call
+/// [`ArtifactWriter::finish`]; only `finish` makes the object complete. Dropping
+/// the writer or calling [`ArtifactWriter::abort`] aborts the upload and leaves
+/// no parts on the store.
+pub struct ArtifactWriter {
+    name: String,
+    object: String,
+    tx: Option<PollSender<Bytes>>,
+    plain: Tally,
+    progress: Arc<dyn Progress>,
+    encoder: Option<JoinHandle<Result<(u64, String)>>>,
+    uploader: Option<JoinHandle<Result<()>>>,
+    commit: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for ArtifactWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactWriter")
+            .field("object", &self.object)
+            .field("plain_bytes", &self.plain.bytes)
+            .finish()
+    }
+}
+
+impl ArtifactWriter {
+    pub(crate) fn start(
+        store: Arc<dyn ObjectStore>,
+        name: String,
+        object: String,
+        recipients: &Recipients,
+        options: &CodecOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Self> {
+        let (plain_tx, mut plain_rx) = mpsc::channel::<Bytes>(4);
+        let (stored_tx, mut stored_rx) = mpsc::channel::<Bytes>(4);
+        let recipients = recipients.clone();
+        let opts = options.clone();
+        let obj = object.clone();
+        let encoder = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
+            let io_err = |source: io::Error| Error::Io {
+                what: format!("encoding {obj}"),
+                source,
+            };
+            let out = ChannelWrite {
+                tx: stored_tx,
+                buf: BytesMut::with_capacity(CHUNK * 2),
+                tally: Tally::new(),
+            };
+            let encryptor = age::Encryptor::with_recipients(
+                recipients.0.iter().map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(|e| Error::InvalidKey {
+                what: "repository recipients".into(),
+                reason: e.to_string(),
+            })?;
+            let age_out = encryptor.wrap_output(out).map_err(io_err)?;
+            let mut zstd = zstd::stream::write::Encoder::new(age_out, opts.zstd_level).map_err(io_err)?;
+            if opts.zstd_workers > 0 {
+                zstd.multithread(opts.zstd_workers).map_err(io_err)?;
+            }
+            while let Some(chunk) = plain_rx.blocking_recv() {
+                zstd.write_all(&chunk).map_err(io_err)?;
+            }
+            let age_out = zstd.finish().map_err(io_err)?;
+            let mut out = age_out.finish().map_err(io_err)?;
+            out.send().map_err(io_err)?;
+            Ok(out.tally.finish())
+        });
+        let mut upload = BufWriter::with_capacity(store, Path::from(object.as_str()), options.part_size)
+            .with_max_concurrency(options.upload_concurrency);
+        let (commit_tx, commit_rx) = tokio::sync::oneshot::channel::<()>();
+        let obj = object.clone();
+        let uploader = tokio::spawn(async move {
+            let result = async {
+                while let Some(chunk) = stored_rx.recv().await {
+                    upload.write_all(&chunk).await?;
+                }
+                // Complete the upload only when `finish` says the encoder
+                // succeeded; a dropped writer or a failed encoder aborts it.
+                match commit_rx.await {
+                    Ok(()) => upload.shutdown().await.map(|_| true),
+                    Err(_) => Ok(false),
+                }
+            }
+            .await;
+            match result {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    let _ = upload.abort().await;
+                    Err(Error::Aborted {
+                        what: format!("upload of {obj}"),
+                    })
+                }
+                Err(source) => {
+                    // Abort removes the parts of a multipart upload already sent.
+                    let _ = upload.abort().await;
+                    Err(Error::from_io(source, format!("uploading {obj}")))
+                }
+            }
+        });
+        Ok(ArtifactWriter {
+            name,
+            object,
+            tx: Some(PollSender::new(plain_tx)),
+            plain: Tally::new(),
+            progress,
+            encoder: Some(encoder),
+            uploader: Some(uploader),
+            commit: Some(commit_tx),
+        })
+    }
+
+    /// The object path this writer fills.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+
+    /// Writes the rest of `reader` into the artifact.
+    ///
+    /// # Errors
+    /// I/O errors of the reader or of the upload.
+    pub async fn copy_from<R: AsyncRead + Unpin + ?Sized>(&mut self, reader: &mut R) -> Result<u64> {
+        let object = self.object.clone();
+        tokio::io::copy(reader, self)
+            .await
+            .map_err(|e| Error::from_io(e, format!("writing {object}")))
+    }
+
+    /// Completes the object: flushes the codec, completes the upload, and
+    /// returns what the manifest records.
+    ///
+    /// # Errors
+    /// Any failure of the codec or the upload; the upload is then aborted.
+    pub async fn finish(mut self) -> Result<ArtifactInfo> {
+        self.tx.take(); // closes the plaintext channel: the encoder finishes
+        let encoder = self.encoder.take().expect("finish once");
+        let uploader = self.uploader.take().expect("finish once");
+        let commit = self.commit.take().expect("finish once");
+        let encoded = encoder.await.map_err(|e| Error::Io {
+            what: format!("encoding {}", self.object),
+            source: io::Error::other(e),
+        });
+        if matches!(encoded, Ok(Ok(_))) {
+            let _ = commit.send(());
+        } else {
+            drop(commit);
+        }
+        let uploaded = uploader.await.map_err(|e| Error::Io {
+            what: format!("uploading {}", self.object),
+            source: io::Error::other(e),
+        })?;
+        let (stored_size, stored_sha256) = encoded??;
+        uploaded?;
+        let plain = std::mem::replace(&mut self.plain, Tally::new());
+        let (plain_size, plain_sha256) = plain.finish();
+        Ok(ArtifactInfo {
+            name: self.name.clone(),
+            object: self.object.clone(),
+            plain_size,
+            plain_sha256,
+            stored_size,
+            stored_sha256,
+        })
+    }
+
+    /// Aborts the upload; nothing of this object remains on the store.
+    pub async fn abort(mut self) {
+        self.tx.take();
+        self.commit.take();
+        if let Some(e) = self.encoder.take() {
+            let _ = e.await;
+        }
+        if let Some(u) = self.uploader.take() {
+            let _ = u.await;
+        }
+    }
+}
+
+impl Drop for ArtifactWriter {
+    fn drop(&mut self) {
+        // A writer dropped before `finish` never completes its upload: with the
+        // commit signal gone, the uploader task aborts it on its own.
+        self.commit.take();
+        self.tx.take();
+    }
+}
+
+impl AsyncWrite for ArtifactWriter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let Some(tx) = this.tx.as_mut() else {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "artifact closed")));
+        };
+        match tx.poll_reserve(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("encoder of {} stopped", this.object),
+                )))
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        let n = buf.len().min(CHUNK);
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        this.plain.update(&chunk);
+        this.progress.add_bytes(n as u64);
+        if tx.send_item(chunk).is_err() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "encoder stopped")));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `Read` over the stored bytes that hashes what passes.
+struct TallyRead<R> {
+    inner: R,
+    tally: Tally,
+}
+
+impl<R: Read> Read for TallyRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The decoded plaintext of one artifact, as an [`AsyncRead`].
+///
+/// The sizes and SHA-256 of both the stored bytes and the plaintext are checked
+/// against the manifest when the stream ends: a mismatch is an error returned
+/// by the final read instead of end-of-file, so a consumer never sees a clean
+/// end of a corrupt artifact. Errors carry an [`Error`] that
+/// [`Error::from_io`] recovers.
+pub struct ArtifactReader {
+    inner: StreamReader<tokio_stream_adapter::Receiver, Bytes>,
+    decoder: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ArtifactReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactReader").finish_non_exhaustive()
+    }
+}
+
+mod tokio_stream_adapter {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    /// `Stream` over a channel receiver.
+    pub struct Receiver(pub mpsc::Receiver<std::io::Result<Bytes>>);
+
+    impl futures::Stream for Receiver {
+        type Item = std::io::Result<Bytes>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+impl ArtifactReader {
+    /// Starts decoding `info` from `store`. Returns once the age header has been
+    /// opened with `identities`, so a wrong key fails here, before any output.
+    pub(crate) async fn open(
+        store: Arc<dyn ObjectStore>,
+        info: &ArtifactInfo,
+        identities: &Identities,
+    ) -> Result<Self> {
+        let stream = open_stored(&store, &info.object).await?;
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        let info_for_check = info.clone();
+        let info = info.clone();
+        let identities = identities.clone();
+        let bridge = SyncIoBridge::new(stream);
+        let decoder = tokio::task::spawn_blocking(move || {
+            let mut ready = Some(ready_tx);
+            let outcome = decode(bridge, &info, &identities, &tx, &mut ready);
+            if let Err(e) = outcome {
+                match ready.take() {
+                    Some(r) => {
+                        let _ = r.send(Err(e));
+                    }
+                    None => {
+                        let _ = tx.blocking_send(Err(e.into_io()));
+                    }
+                }
+            }
+        });
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(Error::Decrypt { object, reason })) => {
+                // A damaged header looks like a wrong key to age: tell the two
+                // apart by the stored digest before blaming the key.
+                check_stored(&store, &info_for_check).await?;
+                return Err(Error::Decrypt { object, reason });
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::Io {
+                    what: "decoder thread".into(),
+                    source: io::Error::other("stopped before opening the stream"),
+                })
+            }
+        }
+        Ok(ArtifactReader {
+            inner: StreamReader::new(tokio_stream_adapter::Receiver(rx)),
+            decoder: Some(decoder),
+        })
+    }
+}
+
+impl Drop for ArtifactReader {
+    fn drop(&mut self) {
+        // The decoder thread ends on its own when the channel closes.
+        self.decoder.take();
+    }
+}
+
+impl AsyncRead for ArtifactReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+type StoredStream = StreamReader<
+    futures::stream::BoxStream<'static, io::Result<Bytes>>,
+    Bytes,
+>;
+
+/// Opens the stored bytes of `object` as an async reader.
+pub(crate) async fn open_stored(store: &Arc<dyn ObjectStore>, object: &str) -> Result<StoredStream> {
+    let got = store
+        .get(&Path::from(object))
+        .await
+        .map_err(|e| Error::store(object, e))?;
+    let obj = object.to_string();
+    let stream = got
+        .into_stream()
+        .map(move |r| r.map_err(|e| Error::store(obj.clone(), e).into_io()))
+        .boxed();
+    Ok(StreamReader::new(stream))
+}
+
+fn decode<R: Read>(
+    input: R,
+    info: &ArtifactInfo,
+    identities: &Identities,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    ready: &mut Option<tokio::sync::oneshot::Sender<Result<()>>>,
+) -> Result<()> {
+    let object = info.object.as_str();
+    let corrupt = |reason: String| Error::Corrupt {
+        object: object.to_string(),
+        reason,
+    };
+    let io_fail = |e: io::Error| {
+        let e = Error::from_io(e, format!("reading {object}"));
+        match e {
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                corrupt("truncated".into())
+            }
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
+                corrupt(format!("does not decode: {source}"))
+            }
+            other => other,
+        }
+    };
+    let mut stored = TallyRead {
+        inner: input,
+        tally: Tally::new(),
+    };
+    let plain = {
+        let decryptor = age::Decryptor::new(&mut stored).map_err(|e| match e {
+            age::DecryptError::Io(e) => io_fail(e),
+            e => corrupt(format!("not an age file: {e}")),
+        })?;
+        let reader = decryptor.decrypt(identities.as_dyn()).map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => Error::Decrypt {
+                object: object.to_string(),
+                reason: "no identity given matches the recipients it was encrypted to (wrong identity file?)"
+                    .into(),
+            },
+            age::DecryptError::Io(e) => io_fail(e),
+            e => corrupt(e.to_string()),
+        })?;
+        if let Some(r) = ready.take() {
+            let _ = r.send(Ok(()));
+        }
+        let mut zstd = zstd::stream::read::Decoder::new(reader).map_err(io_fail)?;
+        let mut plain = Tally::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = zstd.read(&mut buf).map_err(io_fail)?;
+            if n == 0 {
+                break;
+            }
+            plain.update(&buf[..n]);
+            if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                // The consumer stopped reading: nothing more to check.
+                return Ok(());
+            }
+        }
+        plain
+    };
+    // Anything after the end of the age stream is corruption too.
+    io::copy(&mut stored, &mut io::sink()).map_err(io_fail)?;
+    let (stored_size, stored_sha) = stored.tally.finish();
+    if stored_size != info.stored_size || stored_sha != info.stored_sha256 {
+        return Err(corrupt(format!(
+            "stored bytes: {stored_size} bytes sha256 {stored_sha}, manifest says {} bytes sha256 {}",
+            info.stored_size, info.stored_sha256
+        )));
+    }
+    let (plain_size, plain_sha) = plain.finish();
+    if plain_size != info.plain_size || plain_sha != info.plain_sha256 {
+        return Err(corrupt(format!(
+            "plaintext: {plain_size} bytes sha256 {plain_sha}, manifest says {} bytes sha256 {}",
+            info.plain_size, info.plain_sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the stored bytes of an artifact (size and SHA-256) without a key.
+///
+/// # Errors
+/// [`Error::NotFound`] when the object is missing, [`Error::Corrupt`] naming
+/// the object when size or digest differ.
+pub(crate) async fn check_stored(store: &Arc<dyn ObjectStore>, info: &ArtifactInfo) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = open_stored(store, &info.object).await?;
+    let mut tally = Tally::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::from_io(e, format!("reading {}", info.object)))?;
+        if n == 0 {
+            break;
+        }
+        tally.update(&buf[..n]);
+    }
+    let (size, sha) = tally.finish();
+    if size != info.stored_size || sha != info.stored_sha256 {
+        return Err(Error::Corrupt {
+            object: info.object.clone(),
+            reason: format!(
+                "{size} bytes sha256 {sha}, manifest says {} bytes sha256 {}",
+                info.stored_size, info.stored_sha256
+            ),
+        });
+    }
+    Ok(())
+}

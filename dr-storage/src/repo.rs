@@ -1,0 +1,735 @@
+//! The repository: `dr-repo.json`, backups and their manifests.
+//!
+//! Layout under the repository root:
+//! ```text
+//! dr-repo.json                               format version, id, codec, recipients
+//! backups/<source>/<backup-id>/manifest.json the commit point, written last
+//! backups/<source>/<backup-id>/<artifact>    data objects (<name>.zst.age)
+//! ```
+
+use std::sync::{Arc, Mutex};
+
+use age::secrecy::SecretString;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, ArtifactInfo, ArtifactReader, ArtifactWriter, CodecOptions};
+use crate::error::{Error, Result};
+use crate::keys::{self, Identities, Recipients};
+use crate::location::{Location, StoreOptions};
+use crate::manifest::{new_backup_id, CodecInfo, Manifest, SourceRef, MANIFEST_VERSION};
+use crate::progress::{NoProgress, Progress};
+
+/// The repository format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The name of the repository's configuration object.
+pub const REPO_CONFIG: &str = "dr-repo.json";
+
+/// `dr-repo.json`: written once by `dr repo init` with a conditional create.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// [`FORMAT_VERSION`] of the `dr` that made the repository.
+    pub format_version: u32,
+    /// Random id of the repository.
+    pub repository_id: String,
+    /// When `dr repo init` ran.
+    pub created_at: DateTime<Utc>,
+    /// Always `zstd+age-x25519` in this format version.
+    pub codec: String,
+    /// The `age1...` recipients every artifact is encrypted to.
+    pub recipients: Vec<String>,
+    /// With a passphrase: the repository's own identity, age-scrypt encrypted
+    /// with the passphrase, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_key: Option<String>,
+    /// The scrypt work factor of `passphrase_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrypt_work_factor: Option<u8>,
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    format_version: u32,
+}
+
+/// What `dr repo init` needs.
+#[derive(Debug, Default, Clone)]
+#[non_exhaustive]
+pub struct InitOptions {
+    /// `age1...` recipients. Optional when a passphrase is given.
+    pub recipients: Vec<String>,
+    /// A passphrase protecting a repository identity kept in `dr-repo.json`.
+    pub passphrase: Option<SecretString>,
+}
+
+impl InitOptions {
+    /// Options with these recipients.
+    pub fn with_recipients<S: Into<String>>(recipients: impl IntoIterator<Item = S>) -> Self {
+        InitOptions {
+            recipients: recipients.into_iter().map(Into::into).collect(),
+            passphrase: None,
+        }
+    }
+}
+
+/// Where the keys to read data come from.
+#[derive(Debug, Default, Clone)]
+#[non_exhaustive]
+pub struct KeySource {
+    /// Identities (from an identity file).
+    pub identities: Option<Identities>,
+    /// The repository passphrase.
+    pub passphrase: Option<SecretString>,
+}
+
+impl KeySource {
+    /// Keys from identities alone.
+    pub fn identities(identities: Identities) -> Self {
+        KeySource {
+            identities: Some(identities),
+            passphrase: None,
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+    config: RepoConfig,
+    recipients: Recipients,
+    codec: CodecOptions,
+    progress: Arc<dyn Progress>,
+}
+
+/// An open repository. Cheap to clone.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.inner.location)
+            .field("id", &self.inner.config.repository_id)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.inner.location)
+    }
+}
+
+fn backup_prefix(source: &str, id: &str) -> String {
+    format!("backups/{source}/{id}")
+}
+
+fn manifest_path(source: &str, id: &str) -> String {
+    format!("{}/manifest.json", backup_prefix(source, id))
+}
+
+/// Checks a source name: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 64 bytes.
+///
+/// # Errors
+/// [`Error::InvalidName`].
+pub fn validate_source_name(name: &str) -> Result<()> {
+    validate_segment("source name", name)
+}
+
+fn validate_segment(what: &'static str, name: &str) -> Result<()> {
+    let bad = |reason| Error::InvalidName {
+        what,
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() || name.len() > 64 {
+        return Err(bad("must be 1 to 64 bytes"));
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(bad("must start with a letter or digit"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(bad("may contain only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Creates a repository at `location`: writes `dr-repo.json` once, with a
+    /// conditional create.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyInitialized`] when one exists; [`Error::InvalidKey`] for
+    /// bad recipients or when neither recipients nor a passphrase are given.
+    pub async fn init(location: &Location, store_options: &StoreOptions, init: InitOptions) -> Result<Self> {
+        let store = location.open(store_options, true)?;
+        let mut recipients = init.recipients.clone();
+        let mut passphrase_key = None;
+        if let Some(pass) = &init.passphrase {
+            let repo_identity = Identities::generate();
+            recipients.extend(repo_identity.recipients().to_strings());
+            passphrase_key = Some(keys::seal_with_passphrase(&repo_identity, pass)?);
+        }
+        let parsed = Recipients::parse(&recipients)?;
+        let config = RepoConfig {
+            format_version: FORMAT_VERSION,
+            repository_id: hex::encode(rand::random::<[u8; 8]>()),
+            created_at: Utc::now(),
+            codec: "zstd+age-x25519".into(),
+            recipients: parsed.to_strings(),
+            scrypt_work_factor: passphrase_key.as_ref().map(|_| keys::SCRYPT_WORK_FACTOR),
+            passphrase_key,
+        };
+        let body = serde_json::to_vec_pretty(&config).expect("config serialises");
+        match put_create(&store, REPO_CONFIG, body.into()).await {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) => {
+                return Err(Error::AlreadyInitialized {
+                    location: location.to_string(),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(location = %location, id = %config.repository_id, "repository initialised");
+        Ok(Self::from_parts(store, location.to_string(), config, parsed))
+    }
+
+    /// Opens the repository at `location`.
+    ///
+    /// # Errors
+    /// [`Error::NotInitialized`] without `dr-repo.json`;
+    /// [`Error::UnsupportedFormat`] when a newer `dr` made it.
+    pub async fn open(location: &Location, store_options: &StoreOptions) -> Result<Self> {
+        let store = location.open(store_options, false)?;
+        Self::open_store(store, location.to_string()).await
+    }
+
+    /// Opens a repository on an already-built store (`location` names it in
+    /// messages).
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub async fn open_store(store: Arc<dyn ObjectStore>, location: String) -> Result<Self> {
+        let body = match get_bytes(&store, REPO_CONFIG).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => return Err(Error::NotInitialized { location }),
+            Err(e) => return Err(e),
+        };
+        let probe: VersionProbe = serde_json::from_slice(&body).map_err(|source| Error::Format {
+            object: REPO_CONFIG.into(),
+            what: "repository configuration",
+            source,
+        })?;
+        if probe.format_version > FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                location,
+                found: probe.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let config: RepoConfig = serde_json::from_slice(&body).map_err(|source| Error::Format {
+            object: REPO_CONFIG.into(),
+            what: "repository configuration",
+            source,
+        })?;
+        let recipients = Recipients::parse(&config.recipients)?;
+        Ok(Self::from_parts(store, location, config, recipients))
+    }
+
+    fn from_parts(store: Arc<dyn ObjectStore>, location: String, config: RepoConfig, recipients: Recipients) -> Self {
+        Repository {
+            inner: Arc::new(Inner {
+                store,
+                location,
+                config,
+                recipients,
+                codec: CodecOptions::default(),
+                progress: Arc::new(NoProgress),
+            }),
+        }
+    }
+
+    /// The same repository with other codec options.
+    pub fn with_codec(&self, codec: CodecOptions) -> Self {
+        self.rebuild(|i| i.codec = codec)
+    }
+
+    /// The same repository reporting progress to `progress`.
+    pub fn with_progress(&self, progress: Arc<dyn Progress>) -> Self {
+        self.rebuild(|i| i.progress = progress)
+    }
+
+    fn rebuild(&self, f: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Inner {
+            store: self.inner.store.clone(),
+            location: self.inner.location.clone(),
+            config: self.inner.config.clone(),
+            recipients: self.inner.recipients.clone(),
+            codec: self.inner.codec.clone(),
+            progress: self.inner.progress.clone(),
+        };
+        f(&mut inner);
+        Repository { inner: Arc::new(inner) }
+    }
+
+    /// The repository configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    /// The object store (rooted at the repository).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// The progress sink.
+    pub fn progress(&self) -> &Arc<dyn Progress> {
+        &self.inner.progress
+    }
+
+    /// The codec options.
+    pub fn codec(&self) -> &CodecOptions {
+        &self.inner.codec
+    }
+
+    /// The identities that read this repository's data.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] when no key is given or a passphrase is given for
+    /// a repository without one; [`Error::Decrypt`] for a wrong passphrase.
+    pub fn unlock(&self, keys: &KeySource) -> Result<Identities> {
+        let mut ids = Vec::new();
+        if let Some(i) = &keys.identities {
+            ids.extend(i.0.iter().cloned());
+        }
+        if let Some(pass) = &keys.passphrase {
+            let sealed = self.inner.config.passphrase_key.as_ref().ok_or_else(|| Error::InvalidKey {
+                what: "passphrase".into(),
+                reason: "this repository was not created with a passphrase".into(),
+            })?;
+            ids.extend(keys::open_with_passphrase(sealed, pass)?.0);
+        }
+        if ids.is_empty() {
+            return Err(Error::InvalidKey {
+                what: "keys".into(),
+                reason: "reading backup data needs an identity file (--identity) or the repository passphrase"
+                    .into(),
+            });
+        }
+        Ok(Identities(ids))
+    }
+
+    /// Starts a backup of `source` (kind `kind`). Nothing is listed until
+    /// [`BackupWriter::commit`] writes the manifest.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad source name.
+    pub fn begin_backup(&self, kind: &str, source: &str) -> Result<BackupWriter> {
+        validate_source_name(source)?;
+        let started_at = Utc::now();
+        Ok(BackupWriter {
+            repo: self.clone(),
+            id: new_backup_id(started_at),
+            source: SourceRef {
+                kind: kind.to_string(),
+                name: source.to_string(),
+            },
+            started_at,
+            artifacts: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// The source names that have at least one object.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn sources(&self) -> Result<Vec<String>> {
+        let listing = self
+            .inner
+            .store
+            .list_with_delimiter(Some(&Path::from("backups")))
+            .await
+            .map_err(|e| Error::store("backups/", e))?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The committed backups, oldest first (by recorded start time), of one
+    /// source or of all. Directories without a manifest (backups in progress or
+    /// interrupted) are not listed.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Format`] for an unreadable manifest.
+    pub async fn list_backups(&self, source: Option<&str>) -> Result<Vec<Manifest>> {
+        let sources = match source {
+            Some(s) => vec![s.to_string()],
+            None => self.sources().await?,
+        };
+        let mut out = Vec::new();
+        for source in sources {
+            let prefix = Path::from(format!("backups/{source}"));
+            let listing = self
+                .inner
+                .store
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .map_err(|e| Error::store(prefix.to_string(), e))?;
+            for dir in listing.common_prefixes {
+                let Some(id) = dir.filename() else { continue };
+                match self.manifest(&source, id).await {
+                    Ok(m) => out.push(m),
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.started_at, &a.source.name, &a.backup_id).cmp(&(b.started_at, &b.source.name, &b.backup_id))
+        });
+        Ok(out)
+    }
+
+    /// Reads one manifest.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the backup has no manifest.
+    pub async fn manifest(&self, source: &str, id: &str) -> Result<Manifest> {
+        let path = manifest_path(source, id);
+        let body = get_bytes(&self.inner.store, &path).await?;
+        serde_json::from_slice(&body).map_err(|source| Error::Format {
+            object: path,
+            what: "manifest",
+            source,
+        })
+    }
+
+    /// Finds a backup by id, or `latest`, optionally within one source.
+    ///
+    /// # Errors
+    /// [`Error::BackupNotFound`]; with `latest` and no source in a repository
+    /// holding several sources, [`Error::InvalidName`] asking for a source.
+    pub async fn find_backup(&self, source: Option<&str>, selector: &str) -> Result<Manifest> {
+        let all = self.list_backups(source).await?;
+        let not_found = || Error::BackupNotFound {
+            source_name: source.unwrap_or("*").to_string(),
+            id: selector.to_string(),
+        };
+        if selector == "latest" {
+            let mut names: Vec<&str> = all.iter().map(|m| m.source.name.as_str()).collect();
+            names.dedup();
+            if source.is_none() && names.len() > 1 {
+                return Err(Error::InvalidName {
+                    what: "backup selector",
+                    name: selector.into(),
+                    reason: "several sources have backups: name the source (--source)",
+                });
+            }
+            return all.into_iter().next_back().ok_or_else(not_found);
+        }
+        let matches: Vec<Manifest> = all
+            .into_iter()
+            .filter(|m| m.backup_id == selector || m.backup_id.starts_with(selector))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().expect("one")),
+            0 => Err(not_found()),
+            _ => Err(Error::InvalidName {
+                what: "backup id",
+                name: selector.into(),
+                reason: "matches several backups: give more of the id",
+            }),
+        }
+    }
+
+    /// Checks the size and SHA-256 of every stored object of `manifest`
+    /// without any key. Returns one outcome per artifact, in manifest order.
+    pub async fn check_stored(&self, manifest: &Manifest) -> Vec<(ArtifactInfo, Result<()>)> {
+        let mut out = Vec::new();
+        for a in &manifest.artifacts {
+            let r = codec::check_stored(&self.inner.store, a).await;
+            out.push((a.clone(), r));
+        }
+        out
+    }
+
+    /// Opens the decoded plaintext of artifact `name` of `manifest`. The age
+    /// header is opened before this returns, so a wrong identity fails here.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (no such artifact or object), [`Error::Decrypt`],
+    /// [`Error::Corrupt`].
+    pub async fn open_artifact(&self, manifest: &Manifest, name: &str, identities: &Identities) -> Result<ArtifactReader> {
+        let info = manifest.artifact(name).ok_or_else(|| Error::NotFound {
+            object: format!("{}/{name}", backup_prefix(&manifest.source.name, &manifest.backup_id)),
+        })?;
+        ArtifactReader::open(self.inner.store.clone(), info, identities).await
+    }
+
+    /// Decodes every artifact of `manifest` to the end, checking plaintext and
+    /// stored digests, discarding the output. One outcome per artifact.
+    pub async fn check_decoded(&self, manifest: &Manifest, identities: &Identities) -> Vec<(ArtifactInfo, Result<()>)> {
+        let mut out = Vec::new();
+        for a in &manifest.artifacts {
+            let r = async {
+                let mut reader = ArtifactReader::open(self.inner.store.clone(), a, identities).await?;
+                tokio::io::copy(&mut reader, &mut tokio::io::sink())
+                    .await
+                    .map_err(|e| Error::from_io(e, format!("reading {}", a.object)))?;
+                Ok(())
+            }
+            .await;
+            out.push((a.clone(), r));
+        }
+        out
+    }
+
+    /// Deletes a backup: the manifest first (so it is no longer listed), then
+    /// its data objects. An interruption leaves unlisted orphans, never a
+    /// listed backup with missing objects.
+    ///
+    /// # Errors
+    /// Store errors; data objects already gone are not an error.
+    pub async fn delete_backup(&self, manifest: &Manifest) -> Result<()> {
+        let mpath = manifest_path(&manifest.source.name, &manifest.backup_id);
+        match self.inner.store.delete(&Path::from(mpath.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::store(mpath, e)),
+        }
+        let prefix = Path::from(backup_prefix(&manifest.source.name, &manifest.backup_id));
+        let objects: Vec<_> = self
+            .inner
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(prefix.to_string(), e))?;
+        for o in objects {
+            match self.inner.store.delete(&o.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(o.location.to_string(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `value` as JSON at `path` with a conditional create.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the object exists.
+    pub async fn put_json_create<T: Serialize>(&self, path: &str, value: &T) -> Result<()> {
+        let body = serde_json::to_vec_pretty(value).expect("serialisable");
+        put_create(&self.inner.store, path, body.into()).await
+    }
+}
+
+/// A backup being written. Data goes into artifacts; [`BackupWriter::commit`]
+/// writes the manifest, which makes the backup exist.
+#[derive(Debug)]
+pub struct BackupWriter {
+    repo: Repository,
+    id: String,
+    source: SourceRef,
+    started_at: DateTime<Utc>,
+    artifacts: Arc<Mutex<Vec<ArtifactInfo>>>,
+}
+
+impl BackupWriter {
+    /// The backup id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The source.
+    pub fn source(&self) -> &SourceRef {
+        &self.source
+    }
+
+    /// The repository.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// When the backup started.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// Opens a new artifact called `name` (path segments of letters, digits,
+    /// `.`, `_`, `-`, joined by `/`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad or duplicate name.
+    pub fn artifact(&self, name: &str) -> Result<RecordedArtifact> {
+        for seg in name.split('/') {
+            validate_segment("artifact name", seg)?;
+        }
+        if self
+            .artifacts
+            .lock()
+            .expect("artifact list")
+            .iter()
+            .any(|a| a.name == name)
+        {
+            return Err(Error::InvalidName {
+                what: "artifact name",
+                name: name.into(),
+                reason: "already written in this backup",
+            });
+        }
+        let object = format!("{}/{name}.zst.age", backup_prefix(&self.source.name, &self.id));
+        let writer = ArtifactWriter::start(
+            self.repo.inner.store.clone(),
+            name.to_string(),
+            object,
+            &self.repo.inner.recipients,
+            &self.repo.inner.codec,
+            self.repo.inner.progress.clone(),
+        )?;
+        Ok(RecordedArtifact {
+            writer,
+            list: self.artifacts.clone(),
+        })
+    }
+
+    /// Writes all of `reader` as artifact `name`.
+    ///
+    /// # Errors
+    /// As [`BackupWriter::artifact`] and [`RecordedArtifact::finish`].
+    pub async fn write_artifact<R: tokio::io::AsyncRead + Unpin + ?Sized>(&self, name: &str, reader: &mut R) -> Result<ArtifactInfo> {
+        let mut w = self.artifact(name)?;
+        w.copy_from(reader).await?;
+        w.finish().await
+    }
+
+    /// Artifacts completed so far.
+    pub fn artifacts(&self) -> Vec<ArtifactInfo> {
+        self.artifacts.lock().expect("artifact list").clone()
+    }
+
+    /// Writes the manifest (conditional create): from now on the backup is
+    /// listed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] when no artifact was written; store errors.
+    pub async fn commit(self, metadata: serde_json::Value) -> Result<Manifest> {
+        let artifacts = self.artifacts();
+        if artifacts.is_empty() {
+            return Err(Error::InvalidName {
+                what: "backup",
+                name: self.id.clone(),
+                reason: "has no artifact; nothing to commit",
+            });
+        }
+        let manifest = Manifest {
+            format_version: MANIFEST_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            repository_id: self.repo.inner.config.repository_id.clone(),
+            backup_id: self.id.clone(),
+            source: self.source.clone(),
+            started_at: self.started_at,
+            finished_at: Utc::now(),
+            codec: CodecInfo {
+                compression: "zstd".into(),
+                zstd_level: self.repo.inner.codec.zstd_level,
+                encryption: "age-x25519".into(),
+            },
+            recipients: self.repo.inner.recipients.fingerprints(),
+            artifacts,
+            metadata,
+        };
+        self.repo
+            .put_json_create(&manifest_path(&self.source.name, &self.id), &manifest)
+            .await?;
+        tracing::info!(source = %self.source.name, backup_id = %self.id, "backup committed");
+        Ok(manifest)
+    }
+
+    /// Removes the data objects written so far (best effort); the backup was
+    /// never listed.
+    pub async fn abort(self) {
+        let prefix = Path::from(backup_prefix(&self.source.name, &self.id));
+        let store = &self.repo.inner.store;
+        if let Ok(objects) = store.list(Some(&prefix)).try_collect::<Vec<_>>().await {
+            for o in objects {
+                let _ = store.delete(&o.location).await;
+            }
+        }
+    }
+}
+
+/// An [`ArtifactWriter`] whose [`finish`](RecordedArtifact::finish) records
+/// the artifact in its backup.
+#[derive(Debug)]
+pub struct RecordedArtifact {
+    writer: ArtifactWriter,
+    list: Arc<Mutex<Vec<ArtifactInfo>>>,
+}
+
+impl RecordedArtifact {
+    /// Writes the rest of `reader` into the artifact.
+    ///
+    /// # Errors
+    /// I/O errors of the reader or the upload.
+    pub async fn copy_from<R: tokio::io::AsyncRead + Unpin + ?Sized>(&mut self, reader: &mut R) -> Result<u64> {
+        self.writer.copy_from(reader).await
+    }
+
+    /// The writer, for `AsyncWrite` use.
+    pub fn writer(&mut self) -> &mut ArtifactWriter {
+        &mut self.writer
+    }
+
+    /// Completes the artifact and records it in the backup.
+    ///
+    /// # Errors
+    /// As [`ArtifactWriter::finish`].
+    pub async fn finish(self) -> Result<ArtifactInfo> {
+        let info = self.writer.finish().await?;
+        self.list.lock().expect("artifact list").push(info.clone());
+        Ok(info)
+    }
+
+    /// Aborts the upload.
+    pub async fn abort(self) {
+        self.writer.abort().await
+    }
+}
+
+async fn get_bytes(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Bytes> {
+    let got = store
+        .get(&Path::from(path))
+        .await
+        .map_err(|e| Error::store(path, e))?;
+    got.bytes().await.map_err(|e| Error::store(path, e))
+}
+
+async fn put_create(store: &Arc<dyn ObjectStore>, path: &str, body: PutPayload) -> Result<()> {
+    store
+        .put_opts(
+            &Path::from(path),
+            body,
+            PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::store(path, e))
+}
