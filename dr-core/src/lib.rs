@@ -1,1 +1,49 @@
-//! placeholder
+//! `dr-core`: what every part of `dr` shares.
+//!
+//! - The traits: [`BackupSource`] (takes a consistent backup as named byte
+//!   streams plus metadata) and [`Restorer`] (reads a backup into a target and
+//!   checks it against the backup's snapshot).
+//! - The jobs: [`job::backup`] (source -> repository, manifest last),
+//!   [`job::restore`], [`job::verify`] (digests of every object, optionally a
+//!   scratch restore and the source's own check).
+//! - The error model: [`Error`] with [`ErrorKind`] for front ends and
+//!   [`Error::is_retryable`] for retries.
+//! - In-memory implementations ([`InMemorySource`], [`InMemoryRestorer`]) and,
+//!   with the `conformance` feature, the suites every implementation runs.
+//!
+//! `dr-core` depends on `dr-storage` and on no system crate.
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> dr_core::Result<()> {
+//! use dr_core::{job, InMemoryRestorer, InMemorySource, Restorer};
+//! use dr_storage::{Identities, InitOptions, Location, Repository, StoreOptions};
+//!
+//! let key = Identities::generate();
+//! let repo = Repository::init(
+//!     &Location::parse("memory://core-doc")?,
+//!     &StoreOptions::default(),
+//!     InitOptions::with_recipients(key.recipients().to_strings()),
+//! )
+//! .await?;
+//! let source = InMemorySource::new();
+//! source.insert("table-a", b"1,2,3".to_vec());
+//! let manifest = job::backup(&repo, &source, "demo").await?;
+//!
+//! let scratch = InMemoryRestorer::new();
+//! let report = job::verify(&repo, &manifest, Some(&key), Some(&scratch)).await?;
+//! assert!(report.ok());
+//! # Ok(()) }
+//! ```
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod error;
+pub mod job;
+mod memory;
+mod serde_secs;
+mod source;
+
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use memory::{InMemoryRestorer, InMemorySource};
+pub use source::{BackupReader, BackupSource, Check, CheckReport, RestoreReport, Restorer};

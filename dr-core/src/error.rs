@@ -1,0 +1,145 @@
+//! The shared error model.
+//!
+//! System crates keep detailed errors of their own and convert into this one,
+//! so a plan executor or a front end can decide (retry, exit code) without
+//! knowing the provider.
+
+use std::time::Duration;
+
+/// A boxed cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The broad class of an [`Error`], for front ends (exit codes) and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The input or configuration is wrong; nothing was attempted.
+    Usage,
+    /// A check found the data wrong (digest, row counts, archive contents).
+    VerificationFailed,
+    /// Anything else: a server, the store, a tool failed.
+    Failed,
+}
+
+/// Errors shared across `dr`. Every variant names the thing that is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The thing asked for does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// It exists already and is not replaced.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What exists.
+        what: String,
+    },
+    /// The state is not what the operation expects (a non-empty target, a
+    /// changed record, a held lock).
+    #[error("{what}: {reason}")]
+    Conflict {
+        /// The object in conflict.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused for lack of privileges.
+    #[error("permission denied on {what}: {reason}")]
+    PermissionDenied {
+        /// The object.
+        what: String,
+        /// The server's words.
+        reason: String,
+    },
+    /// The backend cannot do this.
+    #[error("{what} is not supported")]
+    Unsupported {
+        /// The operation and backend.
+        what: String,
+    },
+    /// A configuration value is wrong.
+    #[error("invalid configuration {key}: {reason}")]
+    InvalidConfig {
+        /// The key, flag or variable.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A server or tool could not be reached.
+    #[error("{what} is unavailable")]
+    Unavailable {
+        /// The server or tool.
+        what: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// An operation did not finish in time.
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// The bound.
+        after: Duration,
+    },
+    /// A verification found a difference.
+    #[error("verification of {what} failed: {reason}")]
+    VerificationFailed {
+        /// What was verified.
+        what: String,
+        /// The differences.
+        reason: String,
+    },
+    /// The repository failed; its error says which object.
+    #[error(transparent)]
+    Storage(#[from] dr_storage::Error),
+    /// A step failed for another reason.
+    #[error("{what} failed")]
+    Failed {
+        /// The operation.
+        what: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// `Result` with the shared [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A [`Error::Failed`] with a message as cause.
+    pub fn failed(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Failed {
+            what: what.into(),
+            source: reason.into().into(),
+        }
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use dr_storage::Error as S;
+        match self {
+            Error::InvalidConfig { .. } | Error::Unsupported { .. } => ErrorKind::Usage,
+            Error::VerificationFailed { .. } => ErrorKind::VerificationFailed,
+            Error::Storage(S::Corrupt { .. }) => ErrorKind::VerificationFailed,
+            Error::Storage(
+                S::InvalidLocation { .. } | S::InvalidKey { .. } | S::InvalidName { .. } | S::BackupNotFound { .. },
+            ) => ErrorKind::Usage,
+            Error::Storage(S::NotInitialized { .. } | S::UnsupportedFormat { .. }) => ErrorKind::Usage,
+            _ => ErrorKind::Failed,
+        }
+    }
+
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Timeout { .. } => true,
+            Error::Storage(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The backup, restore and verify jobs.
+
+use std::time::{Duration, Instant};
+
+use dr_storage::{Identities, Manifest, Repository};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::source::{BackupReader, BackupSource, CheckReport, RestoreReport, Restorer};
+
+/// Backs up `source` into `repository` under the source name `name`.
+///
+/// The source writes its artifacts; then the manifest is written with a
+/// conditional create. On any error the data objects written so far are
+/// removed and nothing is listed.
+///
+/// # Errors
+/// The source's error, or the repository's.
+pub async fn backup(repository: &Repository, source: &dyn BackupSource, name: &str) -> Result<Manifest> {
+    let writer = repository.begin_backup(source.kind(), name)?;
+    let span = tracing::info_span!("backup", source = %name, kind = source.kind(), backup_id = %writer.id());
+    async move {
+        tracing::info!(%source, "backup started");
+        match source.backup(&writer).await {
+            Ok(metadata) => match writer.commit(metadata).await {
+                Ok(m) => Ok(m),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "backup failed; removing its data objects");
+                writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Restores `manifest`'s backup through `restorer`.
+///
+/// # Errors
+/// [`Error::Unsupported`] when the restorer does not read this kind of backup;
+/// the restorer's errors.
+pub async fn restore(
+    repository: &Repository,
+    manifest: &Manifest,
+    identities: &Identities,
+    restorer: &dyn Restorer,
+) -> Result<RestoreReport> {
+    if !restorer.accepts(&manifest.source.kind) {
+        return Err(Error::Unsupported {
+            what: format!("restoring a {} backup with {restorer}", manifest.source.kind),
+        });
+    }
+    let span = tracing::info_span!("restore", source = %manifest.source.name, backup_id = %manifest.backup_id);
+    let reader = BackupReader::new(repository.clone(), manifest.clone(), identities.clone());
+    async move {
+        let started = Instant::now();
+        let mut report = restorer.restore(&reader).await?;
+        report.duration = started.elapsed();
+        tracing::info!(target = %report.target, "restore finished");
+        Ok(report)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The check of one stored artifact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArtifactCheck {
+    /// Artifact name.
+    pub name: String,
+    /// Object path in the repository.
+    pub object: String,
+    /// Whether decryption was part of the check (an identity was given).
+    pub decoded: bool,
+    /// `None` when the check passed, else what is wrong.
+    pub error: Option<String>,
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyReport {
+    /// Source name.
+    pub source: String,
+    /// Backup id.
+    pub backup_id: String,
+    /// One entry per artifact.
+    pub artifacts: Vec<ArtifactCheck>,
+    /// The scratch restore, when asked for and it ran.
+    pub restore: Option<RestoreReport>,
+    /// The source's own comparison after the scratch restore.
+    pub checks: Option<CheckReport>,
+    /// Why the scratch restore or check could not run.
+    pub restore_error: Option<String>,
+    /// Whether the scratch target was removed afterwards.
+    pub discarded: Option<bool>,
+    /// Wall time of the whole verification.
+    #[serde(with = "crate::serde_secs")]
+    pub duration: Duration,
+}
+
+impl VerifyReport {
+    /// Whether everything verified.
+    pub fn ok(&self) -> bool {
+        self.artifacts.iter().all(|a| a.error.is_none())
+            && self.restore_error.is_none()
+            && self.checks.as_ref().is_none_or(|c| c.ok())
+    }
+
+    /// Turns a failed report into [`Error::VerificationFailed`].
+    ///
+    /// # Errors
+    /// When [`VerifyReport::ok`] is false.
+    pub fn into_result(self) -> Result<Self> {
+        if self.ok() {
+            return Ok(self);
+        }
+        let mut reasons: Vec<String> = self
+            .artifacts
+            .iter()
+            .filter_map(|a| a.error.clone())
+            .collect();
+        if let Some(e) = &self.restore_error {
+            reasons.push(e.clone());
+        }
+        if let Some(c) = &self.checks {
+            if c.checks.is_empty() {
+                reasons.push("the restore check compared nothing".into());
+            }
+            reasons.extend(
+                c.failures()
+                    .map(|f| format!("{}: expected {}, found {}", f.name, f.expected, f.actual)),
+            );
+        }
+        Err(Error::VerificationFailed {
+            what: format!("backup {} of {}", self.backup_id, self.source),
+            reason: reasons.join("; "),
+        })
+    }
+}
+
+/// Verifies a backup.
+///
+/// - Without identities: size and SHA-256 of every stored object.
+/// - With identities: every artifact is decrypted and decompressed to the end,
+///   checking stored and plaintext sizes and digests.
+/// - With a `scratch` restorer (needs identities): the backup is restored into
+///   the scratch target, the source's own check compares it with the
+///   manifest, and the scratch target is discarded, on failure too.
+///
+/// The report says what failed; [`VerifyReport::into_result`] turns failures
+/// into an error.
+///
+/// # Errors
+/// Only when verification cannot start (a scratch restorer without keys).
+pub async fn verify(
+    repository: &Repository,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+    scratch: Option<&dyn Restorer>,
+) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let span = tracing::info_span!("verify", source = %manifest.source.name, backup_id = %manifest.backup_id);
+    let _enter = span.enter();
+    if scratch.is_some() && identities.is_none() {
+        return Err(Error::InvalidConfig {
+            key: "identity".into(),
+            reason: "a verify with a restore needs the identity file or passphrase".into(),
+        });
+    }
+    drop(_enter);
+    let outcomes = match identities {
+        Some(ids) => repository.check_decoded(manifest, ids).await,
+        None => repository.check_stored(manifest).await,
+    };
+    let artifacts: Vec<ArtifactCheck> = outcomes
+        .into_iter()
+        .map(|(info, r)| ArtifactCheck {
+            name: info.name,
+            object: info.object,
+            decoded: identities.is_some(),
+            error: r.err().map(|e| e.to_string()),
+        })
+        .collect();
+    let mut report = VerifyReport {
+        source: manifest.source.name.clone(),
+        backup_id: manifest.backup_id.clone(),
+        artifacts,
+        restore: None,
+        checks: None,
+        restore_error: None,
+        discarded: None,
+        duration: Duration::ZERO,
+    };
+    if let (Some(scratch), Some(ids)) = (scratch, identities) {
+        if report.artifacts.iter().any(|a| a.error.is_some()) {
+            report.restore_error = Some("scratch restore skipped: artifacts failed their checks".into());
+        } else {
+            match restore(repository, manifest, ids, scratch).await {
+                Ok(r) => {
+                    report.restore = Some(r);
+                    match scratch.check(manifest).await {
+                        Ok(c) => report.checks = Some(c),
+                        Err(e) => report.restore_error = Some(format!("check after restore: {e}")),
+                    }
+                }
+                Err(e) => report.restore_error = Some(format!("scratch restore: {e}")),
+            }
+            match scratch.discard().await {
+                Ok(()) => report.discarded = Some(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scratch target not removed");
+                    report.discarded = Some(false);
+                }
+            }
+        }
+    }
+    report.duration = started.elapsed();
+    Ok(report)
+}
