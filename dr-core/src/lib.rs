@@ -41,6 +41,7 @@ pub mod conformance;
 mod error;
 pub mod job;
 mod memory;
+pub mod plan;
 mod serde_secs;
 mod source;
 

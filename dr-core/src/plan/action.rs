@@ -1,0 +1,180 @@
+//! Plan actions: the executable steps that system crates provide.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What an action returned: a line for humans and the state that a rollback
+/// (or a later step) needs, recorded in the run's journal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ActionOutput {
+    /// One line for the report (`DNS api.example.com A 10.0.0.1 -> 10.1.0.1`).
+    pub summary: String,
+    /// Machine-readable state (previous values for rollback, ids, timings).
+    pub state: serde_json::Value,
+    /// Captured output (commands' stdout/stderr), bounded by the executor.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
+}
+
+impl ActionOutput {
+    /// An output with a summary and no state.
+    pub fn summary(summary: impl Into<String>) -> Self {
+        ActionOutput {
+            summary: summary.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a running action can see of its run.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ActionContext {
+    /// The plan run id.
+    pub run_id: String,
+    /// The step name.
+    pub step: String,
+    /// Outputs of the steps completed so far, by step name.
+    pub outputs: BTreeMap<String, ActionOutput>,
+    /// Seconds of the RTO budget left, when the plan has an objective.
+    pub rto_left_secs: Option<f64>,
+    /// Whether approvals are given in advance (`--yes`).
+    pub assume_yes: bool,
+}
+
+/// One executable action of a recovery plan (`postgres.revoke_writes`,
+/// `dns.failover`, `exec`, ...), built from a step's parameters by an
+/// [`ActionFactory`].
+///
+/// # Contract
+/// - [`describe`](Action::describe) changes nothing; it says what `run` would
+///   do, for `--dry-run` and `plan check`.
+/// - [`run`](Action::run) does the work and returns what a rollback needs in
+///   [`ActionOutput::state`]. It is idempotent where the system allows: running
+///   it again after a crash gives the same end state.
+/// - [`rollback`](Action::rollback) undoes `run` from its recorded output. An
+///   action without a rollback returns [`Error::Unsupported`] and says so in
+///   [`has_rollback`](Action::has_rollback).
+/// - Time limits and retries are the executor's; an action does not loop
+///   forever on its own.
+#[async_trait]
+pub trait Action: Debug + Send + Sync + 'static {
+    /// The action name, `system.verb` (`dns.failover`).
+    fn name(&self) -> &'static str;
+
+    /// What `run` would do, resolved, in one or a few lines.
+    fn describe(&self) -> String;
+
+    /// Performs the action.
+    ///
+    /// # Errors
+    /// Whatever failed; [`Error::is_retryable`] tells the executor whether to
+    /// try again.
+    async fn run(&self, ctx: &ActionContext) -> Result<ActionOutput>;
+
+    /// Whether [`rollback`](Action::rollback) is implemented.
+    fn has_rollback(&self) -> bool {
+        false
+    }
+
+    /// Undoes `run`, given the output it returned.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default.
+    async fn rollback(&self, _ctx: &ActionContext, _output: &ActionOutput) -> Result<ActionOutput> {
+        Err(Error::Unsupported {
+            what: format!("rollback of {}", self.name()),
+        })
+    }
+}
+
+/// Builds an [`Action`] from a step's parameters (a JSON object, already
+/// variable-substituted). Parameter errors are [`Error::InvalidConfig`] whose
+/// `key` names the parameter.
+pub type ActionFactory = Arc<dyn Fn(&serde_json::Value) -> Result<Arc<dyn Action>> + Send + Sync>;
+
+/// The actions a front end knows, by name. Each system crate offers a
+/// `register(&mut ActionRegistry, ...)` function that adds its own.
+#[derive(Default, Clone)]
+pub struct ActionRegistry {
+    factories: BTreeMap<String, ActionFactory>,
+}
+
+impl Debug for ActionRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.factories.keys()).finish()
+    }
+}
+
+impl ActionRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the factory of action `name`.
+    pub fn register(&mut self, name: &str, factory: ActionFactory) {
+        self.factories.insert(name.to_string(), factory);
+    }
+
+    /// Adds an action whose parameters deserialize into `P` (use
+    /// `#[serde(deny_unknown_fields)]` on `P`) and which is built by `build`.
+    pub fn register_typed<P, F>(&mut self, name: &str, build: F)
+    where
+        P: DeserializeOwned + 'static,
+        F: Fn(P) -> Result<Arc<dyn Action>> + Send + Sync + 'static,
+    {
+        let action = name.to_string();
+        self.register(
+            name,
+            Arc::new(move |params: &serde_json::Value| {
+                let p: P = parse_params(&action, params)?;
+                build(p)
+            }),
+        );
+    }
+
+    /// The registered action names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// Builds action `name` from `params`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unknown action or bad parameters.
+    pub fn build(&self, name: &str, params: &serde_json::Value) -> Result<Arc<dyn Action>> {
+        let factory = self.factories.get(name).ok_or_else(|| Error::InvalidConfig {
+            key: "action".into(),
+            reason: format!(
+                "unknown action {name:?}; known: {}",
+                self.names().collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        factory(params)
+    }
+}
+
+/// Deserializes an action's parameters, naming the action and the offending
+/// key in the error.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] with `key` = `<action>.<field>` where serde names it.
+pub fn parse_params<P: DeserializeOwned>(action: &str, params: &serde_json::Value) -> Result<P> {
+    P::deserialize(params).map_err(|e| {
+        let msg = e.to_string();
+        // serde names the field in backticks: "missing field `zone`".
+        let key = msg
+            .split('`')
+            .nth(1)
+            .map(|f| format!("{action}.{f}"))
+            .unwrap_or_else(|| action.to_string());
+        Error::InvalidConfig { key, reason: msg }
+    })
+}
