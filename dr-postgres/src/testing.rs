@@ -1,0 +1,282 @@
+//! Throwaway PostgreSQL clusters for tests and the demo (feature
+//! `test-cluster`).
+//!
+//! A cluster is made with `initdb` in a temporary directory and started with
+//! `pg_ctl` on a free loopback port, its socket in the same directory, with
+//! `trust` authentication for the superuser `postgres`. `initdb` and the server
+//! refuse to run as root: when the process is root, they run as the `postgres`
+//! user that Debian's package creates, and the directory is handed to it.
+//! Programs come from `DR_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::conn::ConnectionSettings;
+
+/// Options for [`TestCluster::start_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ClusterOptions {
+    /// Extra `postgresql.conf` lines.
+    pub conf: Vec<String>,
+}
+
+/// A running throwaway cluster; stopped and removed on drop.
+#[derive(Debug)]
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
+}
+
+/// The PostgreSQL server programs' directory.
+///
+/// # Panics
+/// When no PostgreSQL server is installed.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DR_PG_BIN") {
+        return PathBuf::from(d);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, p): &(u32, PathBuf)| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, p)| p)
+        .expect("no PostgreSQL server under /usr/lib/postgresql: run scripts/install-deps.sh")
+}
+
+/// Whether a PostgreSQL server is installed here.
+pub fn available() -> bool {
+    std::env::var_os("DR_PG_BIN").is_some()
+        || std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("bin/initdb").exists())
+}
+
+/// Returns true when tests needing PostgreSQL should run; false (with a
+/// message) when they should skip. With `DR_REQUIRE_SERVERS` set a missing
+/// server panics instead.
+pub fn should_run() -> bool {
+    if available() {
+        return true;
+    }
+    if std::env::var_os("DR_REQUIRE_SERVERS").is_some() {
+        panic!("DR_REQUIRE_SERVERS is set but no PostgreSQL server is installed");
+    }
+    eprintln!("skipping: no PostgreSQL server installed (scripts/install-deps.sh installs it)");
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl TestCluster {
+    /// Makes and starts a cluster with default settings.
+    ///
+    /// # Panics
+    /// When the cluster cannot be made (this is test support).
+    pub fn start() -> Self {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// Makes and starts a cluster with `options`.
+    ///
+    /// # Panics
+    /// When the cluster cannot be made.
+    pub fn start_with(options: ClusterOptions) -> Self {
+        let bin = bin_dir();
+        let dir = tempfile::Builder::new().prefix("drpg").tempdir_in("/tmp").expect("temp dir");
+        let owner = if nix::unistd::geteuid().is_root() {
+            let u = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("running as root needs the postgres user (Debian's postgresql package makes it)");
+            Some((u.uid.as_raw(), u.gid.as_raw()))
+        } else {
+            None
+        };
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
+        }
+        let cluster = TestCluster {
+            dir,
+            port: free_port(),
+            bin,
+            owner,
+        };
+        let data = cluster.data_dir();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        let mut conf = vec![
+            format!("port = {}", cluster.port),
+            "listen_addresses = '127.0.0.1'".into(),
+            format!("unix_socket_directories = '{}'", cluster.dir.path().display()),
+            "fsync = off".into(),
+            "full_page_writes = on".into(),
+            "max_connections = 50".into(),
+            "log_min_messages = warning".into(),
+        ];
+        conf.extend(options.conf);
+        let mut text = std::fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
+        text.push_str("\n# dr test cluster\n");
+        for line in conf {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        std::fs::write(data.join("postgresql.conf"), text).expect("write postgresql.conf");
+        cluster.start_server();
+        cluster
+    }
+
+    /// Starts the server (after [`TestCluster::stop`]).
+    pub fn start_server(&self) {
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data_dir().to_str().expect("utf-8"),
+                "-l",
+                log.to_str().expect("utf-8"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server (fast shutdown).
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", self.data_dir().to_str().expect("utf-8"), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// Runs a server program as the cluster's owner; panics with its output
+    /// on failure.
+    pub fn run(&self, program: &str, args: &[&str]) {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            panic!(
+                "{program} {args:?} failed: {}\n{}\nserver log:\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The cluster's temporary directory (socket, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server programs' directory.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `(uid, gid)` the server runs as, when the tests run as root.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.owner
+    }
+
+    /// A DSN for database `db` as the superuser `postgres`.
+    pub fn dsn(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Connection settings for database `db`.
+    pub fn settings(&self, db: &str) -> ConnectionSettings {
+        ConnectionSettings::from_dsn(&self.dsn(db)).expect("valid dsn")
+    }
+
+    /// Runs SQL with `psql` (ON_ERROR_STOP) in database `db`; returns stdout.
+    ///
+    /// # Panics
+    /// When psql fails.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.dsn(db), "-c", sql])
+            .output()
+            .expect("psql");
+        if !out.status.success() {
+            panic!("psql failed: {}\n{sql}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Initialises pgbench tables at `scale` in database `db` (created if missing).
+    ///
+    /// # Panics
+    /// When pgbench fails.
+    pub fn pgbench_init(&self, db: &str, scale: u32) {
+        if self.psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")) == "0" {
+            self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
+        }
+        let out = Command::new(self.bin.join("pgbench"))
+            .args(["-i", "-q", "-s", &scale.to_string(), "-d", &self.dsn(db)])
+            .output()
+            .expect("pgbench");
+        if !out.status.success() {
+            panic!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.args(["-D", self.data_dir().to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let _ = cmd.status();
+    }
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and the demo need (Debian packages
+# only; PostgreSQL 15 from Debian). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+apt_install postgresql-15 postgresql-contrib zstd
