@@ -121,15 +121,10 @@ impl Error {
 
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
-        use dr_storage::Error as S;
         match self {
             Error::InvalidConfig { .. } | Error::Unsupported { .. } => ErrorKind::Usage,
             Error::VerificationFailed { .. } => ErrorKind::VerificationFailed,
-            Error::Storage(S::Corrupt { .. }) => ErrorKind::VerificationFailed,
-            Error::Storage(
-                S::InvalidLocation { .. } | S::InvalidKey { .. } | S::InvalidName { .. } | S::BackupNotFound { .. },
-            ) => ErrorKind::Usage,
-            Error::Storage(S::NotInitialized { .. } | S::UnsupportedFormat { .. }) => ErrorKind::Usage,
+            Error::Storage(e) => storage_error_kind(e),
             _ => ErrorKind::Failed,
         }
     }
@@ -141,5 +136,25 @@ impl Error {
             Error::Storage(e) => e.is_retryable(),
             _ => false,
         }
+    }
+}
+
+/// The class of a repository error: corrupt data is a failed verification;
+/// bad locations, wrong or malformed keys, names, and missing or too-new
+/// repositories are usage
+/// errors; the rest are failures.
+pub fn storage_error_kind(e: &dr_storage::Error) -> ErrorKind {
+    use dr_storage::Error as S;
+    match e {
+        S::Corrupt { .. } => ErrorKind::VerificationFailed,
+        S::InvalidLocation { .. }
+        | S::InvalidKey { .. }
+        | S::Decrypt { .. }
+        | S::InvalidName { .. }
+        | S::BackupNotFound { .. }
+        | S::NotInitialized { .. }
+        | S::AlreadyInitialized { .. }
+        | S::UnsupportedFormat { .. } => ErrorKind::Usage,
+        _ => ErrorKind::Failed,
     }
 }

@@ -28,7 +28,7 @@ pub async fn backup(repository: &Repository, source: &dyn BackupSource, name: &s
                 Err(e) => Err(e.into()),
             },
             Err(e) => {
-                tracing::warn!(error = %e, "backup failed; removing its data objects");
+                tracing::info!(error = %e, "backup failed; removing its data objects");
                 writer.abort().await;
                 Err(e)
             }

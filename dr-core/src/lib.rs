@@ -45,6 +45,6 @@ pub mod plan;
 mod serde_secs;
 mod source;
 
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{storage_error_kind, BoxError, Error, ErrorKind, Result};
 pub use memory::{InMemoryRestorer, InMemorySource};
 pub use source::{BackupReader, BackupSource, Check, CheckReport, RestoreReport, Restorer};

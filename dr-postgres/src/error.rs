@@ -87,7 +87,9 @@ impl From<Error> for dr_core::Error {
         match e {
             Error::InvalidConfig { key, reason } => dr_core::Error::InvalidConfig { key, reason },
             Error::Data(e) => dr_core::Error::Storage(e),
-            Error::NoSuchDatabase { .. } => dr_core::Error::NotFound { what: e.to_string() },
+            Error::NoSuchDatabase { database, server } => dr_core::Error::NotFound {
+                what: format!("database {database:?} on {server}"),
+            },
             Error::TargetNotEmpty { target, reason } => dr_core::Error::Conflict { what: target, reason },
             Error::Connect { .. } => dr_core::Error::Unavailable {
                 what: "PostgreSQL".into(),

@@ -168,7 +168,7 @@ async fn failures_are_clear_and_leave_targets_untouched() {
         .await
         .unwrap_err();
     assert!(matches!(err, CoreError::NotFound { .. }), "{err:?}");
-    assert!(err.to_string().contains("\"nope\" does not exist"), "{err}");
+    assert!(err.to_string().contains("database \"nope\""), "{err}");
     assert!(repo.list_backups(None).await.unwrap().is_empty());
 
     let m = job::backup(&repo, &PostgresLogical::new(pg.settings("bench")), "bench")

@@ -42,6 +42,7 @@
 //! ```
 
 mod codec;
+mod config;
 mod error;
 mod keys;
 mod location;
@@ -50,6 +51,7 @@ mod progress;
 mod repo;
 
 pub use codec::{ArtifactInfo, ArtifactReader, ArtifactWriter, CodecOptions};
+pub use config::RepositorySettings;
 pub use error::{Error, Result};
 pub use keys::{fingerprint, read_passphrase_file, Identities, Recipients, SCRYPT_WORK_FACTOR};
 pub use location::{Location, StoreOptions, DEFAULT_LOCATION};

@@ -1,0 +1,192 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// dr: backups you have proven you can restore.
+#[derive(Debug, Parser)]
+#[command(name = "dr", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default ./dr.toml when present).
+    #[arg(long, global = true, env = "DR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug). `DR_LOG` takes a
+    /// tracing filter instead.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Repository selection and keys, shared by the commands that need them.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RepoArgs {
+    /// Repository: a path, file://, s3://bucket/prefix, gs://, az:// (default ./dr-repo).
+    #[arg(long, env = "DR_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Age identity file for reading backup data.
+    #[arg(long, env = "DR_IDENTITY_FILE", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// File holding the repository passphrase (or set DR_PASSPHRASE).
+    #[arg(long, env = "DR_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Age keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Repository administration.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Back up a source (a configured NAME, or --postgres DSN); without either,
+    /// every configured source.
+    Backup(BackupArgs),
+    /// List backups.
+    List(ListArgs),
+    /// Show one backup's manifest.
+    Show(ShowArgs),
+    /// Verify a backup: every object's size and SHA-256; with a key, decrypt
+    /// everything; with --restore, restore into a scratch target and compare.
+    Verify(VerifyArgs),
+    /// Restore a backup.
+    Restore(RestoreArgs),
+}
+
+/// `dr key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new age identity (mode 0600) and print its recipient.
+    Generate {
+        /// Where to write the identity.
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `dr repo ...`
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a repository (writes dr-repo.json once).
+    Init {
+        /// Repository selection.
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Age recipient (age1...) every backup is encrypted to; repeatable.
+        #[arg(long = "recipient", value_name = "AGE1...")]
+        recipients: Vec<String>,
+    },
+}
+
+/// `dr backup`
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Configured source name (or the name for an ad-hoc --postgres source).
+    pub name: Option<String>,
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Back up this PostgreSQL database (a DSN; the password from PGPASSWORD,
+    /// ~/.pgpass or --password-file, never from the command line).
+    #[arg(long, value_name = "DSN")]
+    pub postgres: Option<String>,
+    /// Password file for --postgres.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub password_file: Option<PathBuf>,
+    /// Skip the cluster globals (roles, tablespaces) for --postgres.
+    #[arg(long, requires = "postgres")]
+    pub no_globals: bool,
+}
+
+/// `dr list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+/// `dr show`
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Backup id (or a unique prefix), or `latest`.
+    pub backup: String,
+    /// Source name, when ids are ambiguous or for `latest`.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+}
+
+/// `dr verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id (or a unique prefix), or `latest`.
+    pub backup: String,
+    /// Source name.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Also restore into a scratch target and compare it with the backup.
+    #[arg(long)]
+    pub restore: bool,
+    /// PostgreSQL server for the scratch database (a DSN; a database
+    /// dr_verify_<random> is created there and dropped afterwards). Default:
+    /// the configured source's server.
+    #[arg(long, value_name = "DSN", env = "DR_SCRATCH_DSN")]
+    pub scratch: Option<String>,
+    /// Apply the backup's globals to the scratch server and keep owners;
+    /// without it the scratch restore runs with --no-owner --no-privileges.
+    #[arg(long)]
+    pub globals: bool,
+}
+
+/// `dr restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id (or a unique prefix), or `latest`.
+    pub backup: String,
+    /// Source name.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Target PostgreSQL database (a DSN); created if missing.
+    #[arg(long, value_name = "DSN")]
+    pub to: Option<String>,
+    /// Password file for the target.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Replace a target database that already holds objects.
+    #[arg(long)]
+    pub clean: bool,
+    /// Apply the backup's globals (roles, tablespaces) first.
+    #[arg(long)]
+    pub globals: bool,
+    /// Parallel pg_restore jobs (above 1 the dump is staged to a local file).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: u32,
+    /// Directory for the staged dump of a parallel restore.
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
+}

@@ -1,0 +1,310 @@
+//! The commands: configuration to objects, a library call, rendering.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dr_core::{job, BackupSource, Restorer};
+use dr_postgres::{ConnectionSettings, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer, PostgresSourceConfig};
+use dr_storage::{Identities, InitOptions, KeySource, Repository, RepositorySettings};
+
+use crate::args::{BackupArgs, Cli, Command, KeyCommand, ListArgs, RepoArgs, RepoCommand, RestoreArgs, ShowArgs, VerifyArgs};
+use crate::config::{DrConfig, SourceConfig};
+use crate::exit::{Usage, EXIT_OK, EXIT_VERIFY_FAILED};
+use crate::progress::Bar;
+use crate::render;
+
+/// Runs the parsed command line; returns the exit code.
+///
+/// # Errors
+/// Any failure; the caller maps it to an exit code with
+/// [`crate::exit::code`].
+pub async fn run(cli: Cli) -> Result<i32> {
+    let config = DrConfig::discover(cli.config.as_ref()).map_err(Usage::wrap)?;
+    let ctx = Ctx { cli: &cli, config };
+    match &cli.command {
+        Command::Key(KeyCommand::Generate { output, force }) => ctx.key_generate(output, *force),
+        Command::Repo(RepoCommand::Init { repo, recipients }) => ctx.repo_init(repo, recipients).await,
+        Command::Backup(a) => ctx.backup(a).await,
+        Command::List(a) => ctx.list(a).await,
+        Command::Show(a) => ctx.show(a).await,
+        Command::Verify(a) => ctx.verify(a).await,
+        Command::Restore(a) => ctx.restore(a).await,
+    }
+}
+
+struct Ctx<'a> {
+    cli: &'a Cli,
+    config: DrConfig,
+}
+
+impl Ctx<'_> {
+    fn print_json(&self, value: &impl serde::Serialize) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, value)?;
+        writeln!(out)?;
+        Ok(())
+    }
+
+    /// Repository settings: flags > DR_* environment (both through clap) > file.
+    fn settings(&self, args: &RepoArgs) -> RepositorySettings {
+        let mut s = self.config.repository.clone();
+        if let Some(r) = &args.repo {
+            s.url = Some(r.clone());
+        }
+        if let Some(i) = &args.identity {
+            s.identity_file = Some(i.clone());
+        }
+        if let Some(p) = &args.passphrase_file {
+            s.passphrase_file = Some(p.clone());
+        }
+        s
+    }
+
+    async fn open(&self, args: &RepoArgs) -> Result<(Repository, RepositorySettings, Option<Arc<Bar>>)> {
+        let s = self.settings(args);
+        let location = s.location().map_err(Usage::wrap)?;
+        let repo = Repository::open(&location, &s.store_options()).await?;
+        let repo = repo.with_codec(s.codec_options().map_err(Usage::wrap)?);
+        let bar = Bar::new(!self.cli.no_progress && !self.cli.json);
+        let repo = match &bar {
+            Some(b) => repo.with_progress(b.clone()),
+            None => repo,
+        };
+        Ok((repo, s, bar))
+    }
+
+    fn keys(&self, s: &RepositorySettings) -> Result<KeySource> {
+        s.key_source().map_err(Usage::wrap)
+    }
+
+    fn key_generate(&self, output: &Path, force: bool) -> Result<i32> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let id = Identities::generate();
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).mode(0o600);
+        if force {
+            opts.create(true).truncate(true);
+        } else {
+            opts.create_new(true);
+        }
+        let mut f = opts
+            .open(output)
+            .with_context(|| format!("writing identity file {} (use --force to replace it)", output.display()))?;
+        let text = id.to_file_text();
+        f.write_all(secrecy::ExposeSecret::expose_secret(&text).as_bytes())?;
+        let recipient = id.recipients().to_strings().remove(0);
+        if self.cli.json {
+            self.print_json(&serde_json::json!({ "recipient": recipient, "identity_file": output }))?;
+        } else {
+            println!("{recipient}");
+            eprintln!("identity written to {} (mode 0600); keep it away from the repository", output.display());
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn repo_init(&self, args: &RepoArgs, recipients: &[String]) -> Result<i32> {
+        let s = self.settings(args);
+        let location = s.location().map_err(Usage::wrap)?;
+        let mut init = InitOptions::with_recipients(if recipients.is_empty() {
+            s.recipients.clone()
+        } else {
+            recipients.to_vec()
+        });
+        init.passphrase = self.keys(&s)?.passphrase;
+        if init.recipients.is_empty() && init.passphrase.is_none() {
+            return Err(Usage::msg(
+                "dr repo init needs --recipient age1... (see `dr key generate`) or a passphrase (--passphrase-file or \
+                 DR_PASSPHRASE)",
+            ));
+        }
+        let repo = Repository::init(&location, &s.store_options(), init).await?;
+        if self.cli.json {
+            self.print_json(&serde_json::json!({ "location": location.to_string(), "config": repo.config() }))?;
+        } else {
+            println!(
+                "initialised repository {} at {location} ({} recipient(s))",
+                repo.config().repository_id,
+                repo.config().recipients.len()
+            );
+        }
+        Ok(EXIT_OK)
+    }
+
+    fn sources(&self, a: &BackupArgs) -> Result<Vec<(String, Box<dyn BackupSource>)>> {
+        if let Some(dsn) = &a.postgres {
+            let mut conn = ConnectionSettings::from_dsn(dsn).map_err(|e| Usage::wrap(e))?;
+            if let Some(f) = &a.password_file {
+                conn = conn.with_password_file(f).map_err(|e| Usage::wrap(e))?;
+            }
+            let name = a.name.clone().unwrap_or_else(|| conn.dbname().to_string());
+            let source = PostgresLogical::new(conn).with_globals(!a.no_globals);
+            return Ok(vec![(name, Box::new(source))]);
+        }
+        let selected: Vec<(&String, &SourceConfig)> = match &a.name {
+            Some(n) => vec![(
+                n,
+                self.config
+                    .sources
+                    .get(n)
+                    .ok_or_else(|| Usage::msg(format!("no source {n:?} in the configuration")))?,
+            )],
+            None => self.config.sources.iter().collect(),
+        };
+        if selected.is_empty() {
+            return Err(Usage::msg(
+                "nothing to back up: name a configured source, or give --postgres DSN",
+            ));
+        }
+        selected
+            .into_iter()
+            .map(|(name, cfg)| Ok((name.clone(), build_source(cfg).map_err(Usage::wrap)?)))
+            .collect()
+    }
+
+    async fn backup(&self, a: &BackupArgs) -> Result<i32> {
+        let sources = self.sources(a)?;
+        let (repo, _, bar) = self.open(&a.repo).await?;
+        let mut done = Vec::new();
+        for (name, source) in sources {
+            let result = job::backup(&repo, source.as_ref(), &name).await;
+            if let Some(b) = &bar {
+                b.finish();
+            }
+            let m = result.with_context(|| format!("backup of {name} ({source})"))?;
+            if !self.cli.json {
+                println!("{}", render::backup_summary(&m));
+            }
+            done.push(m);
+        }
+        if self.cli.json {
+            self.print_json(&done)?;
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn list(&self, a: &ListArgs) -> Result<i32> {
+        let (repo, _, _) = self.open(&a.repo).await?;
+        let all = repo.list_backups(a.source.as_deref()).await?;
+        if self.cli.json {
+            self.print_json(&all)?;
+        } else {
+            writeln!(std::io::stdout(), "{}", render::list(&all))?;
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn show(&self, a: &ShowArgs) -> Result<i32> {
+        let (repo, _, _) = self.open(&a.repo).await?;
+        let m = repo.find_backup(a.source.as_deref(), &a.backup).await?;
+        if self.cli.json {
+            self.print_json(&m)?;
+        } else {
+            println!("{}", render::show(&m));
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn verify(&self, a: &VerifyArgs) -> Result<i32> {
+        let (repo, s, bar) = self.open(&a.repo).await?;
+        let m = repo.find_backup(a.source.as_deref(), &a.backup).await?;
+        let keys = self.keys(&s)?;
+        let ids = if keys.identities.is_some() || keys.passphrase.is_some() {
+            Some(repo.unlock(&keys)?)
+        } else {
+            None
+        };
+        let scratch: Option<Box<dyn Restorer>> = if a.restore {
+            if ids.is_none() {
+                return Err(Usage::msg("verify --restore needs --identity FILE or the repository passphrase"));
+            }
+            Some(self.scratch_restorer(&m, a)?)
+        } else {
+            None
+        };
+        let report = job::verify(&repo, &m, ids.as_ref(), scratch.as_deref()).await;
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        let report = report?;
+        if self.cli.json {
+            self.print_json(&report)?;
+        } else {
+            println!("{}", render::verify(&report));
+        }
+        Ok(if report.ok() { EXIT_OK } else { EXIT_VERIFY_FAILED })
+    }
+
+    fn scratch_restorer(&self, m: &dr_storage::Manifest, a: &VerifyArgs) -> Result<Box<dyn Restorer>> {
+        match m.source.kind.as_str() {
+            dr_postgres::KIND_LOGICAL => {
+                let server = match &a.scratch {
+                    Some(dsn) => ConnectionSettings::from_dsn(dsn).map_err(|e| Usage::wrap(e))?,
+                    None => match self.config.sources.get(&m.source.name) {
+                        Some(SourceConfig::Postgres(c)) => c.connection().map_err(|e| Usage::wrap(e))?,
+                        None => {
+                            return Err(Usage::msg(format!(
+                                "verify --restore of {} needs --scratch DSN (a PostgreSQL server for the scratch \
+                                 database)",
+                                m.source.name
+                            )))
+                        }
+                    },
+                };
+                let mut opts = LogicalRestoreOptions::default();
+                opts.globals = a.globals;
+                opts.no_owner = !a.globals;
+                Ok(Box::new(PostgresLogicalRestorer::scratch(&server, opts)))
+            }
+            other => Err(Usage::msg(format!("no scratch restore for backups of kind {other}"))),
+        }
+    }
+
+    async fn restore(&self, a: &RestoreArgs) -> Result<i32> {
+        let (repo, s, bar) = self.open(&a.repo).await?;
+        let m = repo.find_backup(a.source.as_deref(), &a.backup).await?;
+        let keys = self.keys(&s)?;
+        let ids = repo.unlock(&keys).map_err(Usage::wrap_storage)?;
+        let restorer: Box<dyn Restorer> = match m.source.kind.as_str() {
+            dr_postgres::KIND_LOGICAL => {
+                let dsn = a
+                    .to
+                    .as_ref()
+                    .ok_or_else(|| Usage::msg("restoring a PostgreSQL backup needs --to DSN (the target database)"))?;
+                let mut conn = ConnectionSettings::from_dsn(dsn).map_err(|e| Usage::wrap(e))?;
+                if let Some(f) = &a.password_file {
+                    conn = conn.with_password_file(f).map_err(|e| Usage::wrap(e))?;
+                }
+                let mut opts = LogicalRestoreOptions::default();
+                opts.clean = a.clean;
+                opts.globals = a.globals;
+                opts.jobs = a.jobs;
+                opts.staging_dir = a.staging_dir.clone();
+                Box::new(PostgresLogicalRestorer::new(conn, opts))
+            }
+            other => bail!("no restorer for backups of kind {other}"),
+        };
+        let report = job::restore(&repo, &m, &ids, restorer.as_ref()).await;
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        let report = report.with_context(|| format!("restore of backup {} into {restorer}", m.backup_id))?;
+        if self.cli.json {
+            self.print_json(&report)?;
+        } else {
+            println!("{}", render::restore(&m, &report));
+        }
+        Ok(EXIT_OK)
+    }
+}
+
+fn build_source(cfg: &SourceConfig) -> Result<Box<dyn BackupSource>> {
+    match cfg {
+        SourceConfig::Postgres(c) => Ok(Box::new(logical(c)?)),
+    }
+}
+
+fn logical(c: &PostgresSourceConfig) -> Result<PostgresLogical> {
+    c.logical_source().map_err(|e| anyhow!(dr_core::Error::from(e)))
+}

@@ -1,0 +1,163 @@
+//! Human output: tables and summaries. (`--json` output is the serde form of
+//! the library types.)
+
+use comfy_table::{presets::NOTHING, Cell, CellAlignment, Table};
+use dr_core::job::VerifyReport;
+use dr_core::RestoreReport;
+use dr_storage::Manifest;
+
+/// Bytes in binary units.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Seconds with one decimal.
+pub fn secs(d: std::time::Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.iter().map(|h| Cell::new(h)));
+    t
+}
+
+/// `dr list`.
+pub fn list(manifests: &[Manifest]) -> String {
+    if manifests.is_empty() {
+        return "no backups".into();
+    }
+    let mut t = table(&["SOURCE", "BACKUP ID", "KIND", "STARTED (UTC)", "DURATION", "SIZE", "STORED"]);
+    for m in manifests {
+        t.add_row(vec![
+            Cell::new(&m.source.name),
+            Cell::new(&m.backup_id),
+            Cell::new(&m.source.kind),
+            Cell::new(m.started_at.format("%Y-%m-%d %H:%M:%S")),
+            Cell::new(secs(m.duration().to_std().unwrap_or_default())).set_alignment(CellAlignment::Right),
+            Cell::new(bytes(m.plain_size())).set_alignment(CellAlignment::Right),
+            Cell::new(bytes(m.stored_size())).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    t.to_string()
+}
+
+/// The one-line summary of a committed backup.
+pub fn backup_summary(m: &Manifest) -> String {
+    format!(
+        "backup {} of {} ({}): {} artifact(s), {} -> {} stored in {}",
+        m.backup_id,
+        m.source.name,
+        m.source.kind,
+        m.artifacts.len(),
+        bytes(m.plain_size()),
+        bytes(m.stored_size()),
+        secs(m.duration().to_std().unwrap_or_default())
+    )
+}
+
+/// `dr show`.
+pub fn show(m: &Manifest) -> String {
+    let mut out = format!(
+        "backup     {}\nsource     {} ({})\nstarted    {}\nfinished   {}\nsize       {} ({} stored, zstd {} + {})\n\n",
+        m.backup_id,
+        m.source.name,
+        m.source.kind,
+        m.started_at.to_rfc3339(),
+        m.finished_at.to_rfc3339(),
+        bytes(m.plain_size()),
+        bytes(m.stored_size()),
+        m.codec.zstd_level,
+        m.codec.encryption
+    );
+    let mut t = table(&["ARTIFACT", "SIZE", "STORED", "SHA-256 (STORED)"]);
+    for a in &m.artifacts {
+        t.add_row(vec![
+            Cell::new(&a.name),
+            Cell::new(bytes(a.plain_size)).set_alignment(CellAlignment::Right),
+            Cell::new(bytes(a.stored_size)).set_alignment(CellAlignment::Right),
+            Cell::new(&a.stored_sha256),
+        ]);
+    }
+    out.push_str(&t.to_string());
+    if let Some(counts) = m.metadata.get("row_counts").and_then(|c| c.as_object()) {
+        out.push_str("\n\n");
+        let mut t = table(&["TABLE", "ROWS"]);
+        for (name, n) in counts {
+            t.add_row(vec![Cell::new(name), Cell::new(n).set_alignment(CellAlignment::Right)]);
+        }
+        out.push_str(&t.to_string());
+    }
+    out
+}
+
+/// `dr restore`.
+pub fn restore(m: &Manifest, r: &RestoreReport) -> String {
+    let mut out = format!(
+        "restored backup {} of {} into {}: {} in {}",
+        m.backup_id,
+        m.source.name,
+        r.target,
+        bytes(r.bytes_read),
+        secs(r.duration)
+    );
+    for w in &r.warnings {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
+    out
+}
+
+/// `dr verify`.
+pub fn verify(r: &VerifyReport) -> String {
+    let mut out = format!("verify of backup {} of {}\n", r.backup_id, r.source);
+    for a in &r.artifacts {
+        let what = if a.decoded { "decrypted, digests match" } else { "stored digest matches" };
+        match &a.error {
+            None => out.push_str(&format!("  ok      {}  ({what})\n", a.name)),
+            Some(e) => out.push_str(&format!("  FAILED  {}  {e}\n", a.name)),
+        }
+    }
+    if let Some(rr) = &r.restore {
+        out.push_str(&format!(
+            "  ok      restore into {} ({} in {})\n",
+            rr.target,
+            bytes(rr.bytes_read),
+            secs(rr.duration)
+        ));
+    }
+    if let Some(e) = &r.restore_error {
+        out.push_str(&format!("  FAILED  {e}\n"));
+    }
+    if let Some(c) = &r.checks {
+        let failures: Vec<_> = c.failures().collect();
+        if failures.is_empty() {
+            out.push_str(&format!("  ok      {} comparisons with the backup's snapshot match\n", c.checks.len()));
+        } else {
+            out.push_str(&format!("  FAILED  {} of {} comparisons differ:\n", failures.len(), c.checks.len()));
+            for f in failures {
+                out.push_str(&format!("            {}: expected {}, found {}\n", f.name, f.expected, f.actual));
+            }
+        }
+    }
+    if let Some(d) = r.discarded {
+        out.push_str(if d { "  ok      scratch target removed\n" } else { "  WARNING scratch target NOT removed\n" });
+    }
+    out.push_str(&format!(
+        "{} in {}",
+        if r.ok() { "verified" } else { "VERIFICATION FAILED" },
+        secs(r.duration)
+    ));
+    out
+}

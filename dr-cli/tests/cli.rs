@@ -1,0 +1,317 @@
+//! The `dr` binary end to end: exit codes, stderr, `--json`, against a real
+//! PostgreSQL cluster and a local repository.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use dr_postgres::testing::{should_run, TestCluster};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn repo(&self) -> String {
+        format!("file://{}", self.path("repo").display())
+    }
+    fn key(&self) -> String {
+        self.path("key.txt").display().to_string()
+    }
+    /// `dr` in the temp dir with a clean environment for dr's own variables.
+    fn dr(&self) -> Command {
+        let mut c = Command::cargo_bin("dr").unwrap();
+        c.current_dir(self.dir.path())
+            .env_remove("DR_REPO")
+            .env_remove("DR_CONFIG")
+            .env_remove("DR_IDENTITY_FILE")
+            .env_remove("DR_PASSPHRASE")
+            .env_remove("DR_PASSPHRASE_FILE");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.dr().args(args).output().unwrap()
+    }
+    fn init(&self) {
+        let out = self.run(&["key", "generate", "--output", &self.key()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(recipient.starts_with("age1"));
+        let out = self.run(&["repo", "init", "--repo", &self.repo(), "--recipient", &recipient]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.run(&a);
+        assert!(
+            out.status.success(),
+            "dr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn backup_list_verify_restore_end_to_end() {
+    if !should_run() {
+        return;
+    }
+    let pg = TestCluster::start();
+    pg.pgbench_init("db", 1);
+    let env = Env::new();
+    env.init();
+    let dsn = pg.dsn("db");
+    let backups = env.json(&["backup", "--repo", &env.repo(), "--postgres", &dsn]);
+    assert_eq!(backups[0]["source"]["name"], "db");
+    assert_eq!(backups[0]["metadata"]["row_counts"]["public.pgbench_accounts"], 100000);
+
+    let list = env.json(&["list", "--repo", &env.repo()]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let report = env.json(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
+    assert!(report["artifacts"].as_array().unwrap().iter().all(|a| a["error"].is_null()));
+
+    let report = env.json(&[
+        "verify", "latest", "--repo", &env.repo(), "--identity", &env.key(), "--restore", "--scratch",
+        &pg.dsn("postgres"),
+    ]);
+    assert_eq!(report["discarded"], true);
+    assert!(report["checks"]["checks"].as_array().unwrap().len() >= 4);
+
+    let out = env.run(&["restore", "latest", "--repo", &env.repo(), "--identity", &env.key(), "--to", &pg.dsn("copy")]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(pg.psql("copy", "SELECT count(*) FROM pgbench_accounts"), "100000");
+
+    // Restoring again into the now non-empty database is refused.
+    let out = env.run(&["restore", "latest", "--repo", &env.repo(), "--identity", &env.key(), "--to", &pg.dsn("copy")]);
+    assert_eq!(code(&out), 3);
+    assert!(stderr(&out).contains("already holds objects"), "{}", stderr(&out));
+
+    // A wrong identity: exit 2, clear message, target untouched.
+    let other = env.path("other.txt");
+    env.run(&["key", "generate", "--output", other.to_str().unwrap()]);
+    let out = env.run(&[
+        "restore", "latest", "--repo", &env.repo(), "--identity", other.to_str().unwrap(), "--to", &pg.dsn("other"),
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot decrypt"), "{}", stderr(&out));
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'other%'"), "0");
+}
+
+fn objects(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.join("backups")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn damaged_repositories_fail_verification_naming_the_object() {
+    if !should_run() {
+        return;
+    }
+    let pg = TestCluster::start();
+    pg.pgbench_init("db", 1);
+    let env = Env::new();
+    env.init();
+    env.json(&["backup", "--repo", &env.repo(), "--postgres", &pg.dsn("db")]);
+    let data: Vec<PathBuf> = objects(&env.path("repo"))
+        .into_iter()
+        .filter(|p| p.to_str().unwrap().ends_with(".zst.age"))
+        .collect();
+    assert_eq!(data.len(), 2);
+    for obj in &data {
+        let original = std::fs::read(obj).unwrap();
+        let name = obj.file_name().unwrap().to_str().unwrap();
+        // One flipped byte, with and without a key.
+        let mut bad = original.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x20;
+        std::fs::write(obj, &bad).unwrap();
+        for with_key in [false, true] {
+            let mut args = vec!["verify", "latest", "--repo"];
+            let repo = env.repo();
+            let key = env.key();
+            args.push(&repo);
+            if with_key {
+                args.extend(["--identity", &key]);
+            }
+            let out = env.run(&args);
+            assert_eq!(code(&out), 1, "flip in {name}: {}", String::from_utf8_lossy(&out.stdout));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(name) && stdout.contains("corrupt"), "{stdout}");
+        }
+        // Truncated.
+        std::fs::write(obj, &original[..original.len() - 10]).unwrap();
+        let out = env.run(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
+        assert_eq!(code(&out), 1);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(name));
+        // Missing.
+        std::fs::remove_file(obj).unwrap();
+        let out = env.run(&["verify", "latest", "--repo", &env.repo()]);
+        assert_eq!(code(&out), 1);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(name) && stdout.contains("missing"), "{stdout}");
+        std::fs::write(obj, &original).unwrap();
+    }
+    let out = env.run(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
+    assert_eq!(code(&out), 0);
+
+    // A repository of a newer format: exit 2 naming the version.
+    let cfg = env.path("repo/dr-repo.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"format_version\": 1", "\"format_version\": 7");
+    std::fs::write(&cfg, text).unwrap();
+    let out = env.run(&["list", "--repo", &env.repo()]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("format version 7"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_backup_killed_mid_upload_leaves_nothing_listed() {
+    if !should_run() {
+        return;
+    }
+    let pg = TestCluster::start();
+    // Random text does not compress: the upload takes long enough to be killed.
+    pg.psql("postgres", "CREATE DATABASE big");
+    pg.psql(
+        "big",
+        "CREATE TABLE t AS SELECT g AS id, md5(random()::text) || md5(random()::text) || md5(random()::text) AS v \
+         FROM generate_series(1, 1500000) g",
+    );
+    let env = Env::new();
+    env.init();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("dr"))
+        .args(["backup", "--repo", &env.repo(), "--postgres", &pg.dsn("big")])
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until data is being written, then kill without warning.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while objects(&env.path("repo")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the backup was killed before it finished");
+    let list = env.json(&["list", "--repo", &env.repo()]);
+    assert_eq!(list, serde_json::json!([]), "a killed backup is not listed");
+    // The next backup succeeds and is the only one listed.
+    env.json(&["backup", "--repo", &env.repo(), "--postgres", &pg.dsn("big")]);
+    let list = env.json(&["list", "--repo", &env.repo()]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let out = env.run(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
+    assert_eq!(code(&out), 0);
+}
+
+#[test]
+fn configuration_file_sources_and_precedence() {
+    if !should_run() {
+        return;
+    }
+    let pg = TestCluster::start();
+    pg.pgbench_init("shop", 1);
+    let env = Env::new();
+    env.init();
+    let cfg = env.path("dr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repository]\nurl = \"{}\"\nidentity_file = \"{}\"\n\n[sources.shop]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+            env.path("not-this-repo").display(),
+            env.key(),
+            pg.dsn("shop")
+        ),
+    )
+    .unwrap();
+    // The file names a repository that does not exist; DR_REPO overrides it.
+    let out = env.dr().args(["backup", "shop"]).env("DR_CONFIG", &cfg).output().unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not-this-repo"));
+    let out = env
+        .dr()
+        .args(["backup", "shop"])
+        .env("DR_CONFIG", &cfg)
+        .env("DR_REPO", env.repo())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // A flag beats the environment.
+    let out = env
+        .dr()
+        .args(["list", "--repo", &env.repo()])
+        .env("DR_CONFIG", &cfg)
+        .env("DR_REPO", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // verify --restore takes the scratch server from the configured source.
+    let out = env
+        .dr()
+        .args(["verify", "latest", "--restore"])
+        .env("DR_CONFIG", &cfg)
+        .env("DR_REPO", env.repo())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // Unknown keys are errors naming the key.
+    std::fs::write(&cfg, "[repository]\nurll = \"x\"\n").unwrap();
+    let out = env.dr().args(["list"]).env("DR_CONFIG", &cfg).output().unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("urll"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    let out = env.run(&["backup"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("nothing to back up"), "{}", stderr(&out));
+    let out = env.run(&["list", "--repo", "ftp://x/y"]);
+    assert_eq!(code(&out), 2);
+    let out = env.run(&["repo", "init", "--repo", &env.repo()]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--recipient"), "{}", stderr(&out));
+    let out = env.run(&["repo", "init", "--repo", &env.repo(), "--recipient", "age1bogus"]);
+    assert_eq!(code(&out), 2);
+    let out = env.run(&["frobnicate"]);
+    assert_eq!(code(&out), 2);
+    // A key file is never overwritten without --force.
+    env.run(&["key", "generate", "--output", &env.key()]);
+    let out = env.run(&["key", "generate", "--output", &env.key()]);
+    assert_ne!(code(&out), 0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.key()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
