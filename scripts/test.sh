@@ -29,4 +29,8 @@ done
 
 export DR_REQUIRE_SERVERS=1
 export RUST_BACKTRACE=1
-cargo test --workspace --all-features "$@"
+if [ $# -gt 0 ]; then
+  cargo test --all-features "$@"
+else
+  cargo test --workspace --all-features
+fi
