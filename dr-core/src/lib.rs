@@ -42,6 +42,7 @@ mod error;
 pub mod job;
 mod memory;
 pub mod plan;
+pub mod retention;
 mod serde_secs;
 mod source;
 

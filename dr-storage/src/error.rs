@@ -124,6 +124,23 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A lease is held by someone else.
+    #[error(
+        "lock {name} is held by {holder} ({purpose}) until {expires_at}{}",
+        if *stale { "; it has expired: if that process is gone, break it with --break-stale-lock" } else { "" }
+    )]
+    Locked {
+        /// Lock name.
+        name: String,
+        /// The holder.
+        holder: String,
+        /// What it is held for.
+        purpose: String,
+        /// Its expiry.
+        expires_at: chrono::DateTime<chrono::Utc>,
+        /// Whether it has expired.
+        stale: bool,
+    },
     /// The operation was cancelled (the writer was dropped or aborted).
     #[error("{what} was aborted")]
     Aborted {
