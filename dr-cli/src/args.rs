@@ -61,6 +61,44 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Restore a backup.
     Restore(RestoreArgs),
+    /// Apply the retention policies of dr.toml: delete expired backups, the
+    /// WAL no kept backup needs, and orphaned objects.
+    Prune(PruneArgs),
+    /// Per source: the newest recovery point against the RPO; exit 1 when an
+    /// objective is violated.
+    Status(StatusArgs),
+}
+
+/// `dr prune`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Print the plan (what is kept by which rule, what is deleted) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Break a `prune` lock whose holder let it expire.
+    #[arg(long)]
+    pub break_stale_lock: bool,
+    /// Wait this long for another prune to finish (e.g. `5m`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// Objects under no manifest are removed only when older than this.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    pub orphan_grace: std::time::Duration,
+}
+
+/// `dr status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Also write the Prometheus text format to FILE (`-` for stdout), for a
+    /// node_exporter textfile collector. Written atomically.
+    #[arg(long, value_name = "FILE")]
+    pub prometheus: Option<PathBuf>,
 }
 
 /// `dr key ...`

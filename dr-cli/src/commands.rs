@@ -9,7 +9,10 @@ use dr_core::{job, BackupSource, Restorer};
 use dr_postgres::{ConnectionSettings, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer, PostgresSourceConfig};
 use dr_storage::{Identities, InitOptions, KeySource, Repository, RepositorySettings};
 
-use crate::args::{BackupArgs, Cli, Command, KeyCommand, ListArgs, RepoArgs, RepoCommand, RestoreArgs, ShowArgs, VerifyArgs};
+use crate::args::{
+    BackupArgs, Cli, Command, KeyCommand, ListArgs, PruneArgs, RepoArgs, RepoCommand, RestoreArgs, ShowArgs, StatusArgs,
+    VerifyArgs,
+};
 use crate::config::{DrConfig, SourceConfig};
 use crate::exit::{Usage, EXIT_OK, EXIT_VERIFY_FAILED};
 use crate::progress::Bar;
@@ -31,6 +34,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Show(a) => ctx.show(a).await,
         Command::Verify(a) => ctx.verify(a).await,
         Command::Restore(a) => ctx.restore(a).await,
+        Command::Prune(a) => ctx.prune(a).await,
+        Command::Status(a) => ctx.status(a).await,
     }
 }
 
@@ -145,12 +150,14 @@ impl Ctx<'_> {
         let selected: Vec<(&String, &SourceConfig)> = match &a.name {
             Some(n) => vec![(
                 n,
-                self.config
+                &self
+                    .config
                     .sources
                     .get(n)
-                    .ok_or_else(|| Usage::msg(format!("no source {n:?} in the configuration")))?,
+                    .ok_or_else(|| Usage::msg(format!("no source {n:?} in the configuration")))?
+                    .config,
             )],
-            None => self.config.sources.iter().collect(),
+            None => self.config.sources.iter().map(|(n, e)| (n, &e.config)).collect(),
         };
         if selected.is_empty() {
             return Err(Usage::msg(
@@ -241,7 +248,7 @@ impl Ctx<'_> {
             dr_postgres::KIND_LOGICAL => {
                 let server = match &a.scratch {
                     Some(dsn) => ConnectionSettings::from_dsn(dsn).map_err(|e| Usage::wrap(e))?,
-                    None => match self.config.sources.get(&m.source.name) {
+                    None => match self.config.sources.get(&m.source.name).map(|e| &e.config) {
                         Some(SourceConfig::Postgres(c)) => c.connection().map_err(|e| Usage::wrap(e))?,
                         None => {
                             return Err(Usage::msg(format!(
@@ -296,6 +303,74 @@ impl Ctx<'_> {
             println!("{}", render::restore(&m, &report));
         }
         Ok(EXIT_OK)
+    }
+}
+
+impl Ctx<'_> {
+    async fn prune(&self, a: &PruneArgs) -> Result<i32> {
+        let (repo, _, _) = self.open(&a.repo).await?;
+        let policies: std::collections::BTreeMap<String, dr_core::retention::RetentionPolicy> = self
+            .config
+            .sources
+            .iter()
+            .map(|(n, e)| (n.clone(), e.retention.clone()))
+            .collect();
+        let mut opts = dr_core::prune::PruneOptions::default();
+        opts.orphan_grace = a.orphan_grace;
+        opts.lock_wait = a.lock_wait;
+        opts.break_stale_lock = a.break_stale_lock;
+        let plan = dr_core::prune::plan_prune(&repo, &policies, &[], &opts, chrono::Utc::now()).await?;
+        if a.dry_run {
+            if self.cli.json {
+                self.print_json(&plan)?;
+            } else {
+                println!("{}", render::prune_plan(&plan));
+            }
+            return Ok(EXIT_OK);
+        }
+        let report = dr_core::prune::prune(&repo, &plan, &opts).await?;
+        if self.cli.json {
+            self.print_json(&serde_json::json!({ "plan": plan, "report": report }))?;
+        } else {
+            println!("{}", render::prune_plan(&plan));
+            println!(
+                "pruned: {} backup(s), {} WAL object(s), {} orphan(s); {} freed",
+                report.backups_deleted.len(),
+                report.wal_deleted,
+                report.orphans_deleted,
+                render::bytes(report.bytes_freed)
+            );
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn status(&self, a: &StatusArgs) -> Result<i32> {
+        let (repo, _, _) = self.open(&a.repo).await?;
+        let configured: Vec<String> = self.config.sources.keys().cloned().collect();
+        let statuses = dr_core::status::status(
+            &repo,
+            &configured,
+            &self.config.objectives,
+            &Default::default(),
+            chrono::Utc::now(),
+        )
+        .await?;
+        if let Some(path) = &a.prometheus {
+            let text = dr_core::status::to_prometheus(&statuses);
+            if path.as_os_str() == "-" {
+                print!("{text}");
+            } else {
+                let tmp = path.with_extension("prom.tmp");
+                std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        if self.cli.json {
+            self.print_json(&statuses)?;
+        } else if a.prometheus.as_deref() != Some(Path::new("-")) {
+            println!("{}", render::status(&statuses));
+        }
+        Ok(if statuses.iter().all(|s| s.rpo_met) { EXIT_OK } else { EXIT_VERIFY_FAILED })
     }
 }
 

@@ -20,9 +20,27 @@ pub struct DrConfig {
     /// `[repository]`.
     #[serde(default)]
     pub repository: RepositorySettings,
+    /// `[objectives]`: RPO and RTO, with per-source overrides.
+    #[serde(default)]
+    pub objectives: dr_core::objectives::ObjectivesConfig,
     /// `[sources.NAME]`, each with a `kind`.
     #[serde(default)]
-    pub sources: BTreeMap<String, SourceConfig>,
+    pub sources: BTreeMap<String, SourceEntry>,
+}
+
+/// One `[sources.NAME]` section: the keys every kind shares, and the kind's
+/// own (which refuse unknown keys).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceEntry {
+    /// `kind = ...` and the kind's keys.
+    #[serde(flatten)]
+    pub config: SourceConfig,
+    /// `[sources.NAME.retention]`: keep_last, keep_daily, ..., pitr_window.
+    #[serde(default)]
+    pub retention: dr_core::retention::RetentionPolicy,
+    /// Cron schedule of backups for dr-agent (`"0 */6 * * *"`).
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 /// One `[sources.NAME]` section.
@@ -87,13 +105,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.repository.url.as_deref(), Some("s3://b/p"));
-        assert!(matches!(c.sources["shop"], SourceConfig::Postgres(_)));
+        assert!(matches!(c.sources["shop"].config, SourceConfig::Postgres(_)));
         let err = DrConfig::parse("[repository]\nurll = 'x'\n").unwrap_err();
         assert!(format!("{err:#}").contains("urll"), "{err:#}");
         let err = DrConfig::parse("[sources.a]\nkind = 'postgres'\ndns = 'x'\n").unwrap_err();
         assert!(format!("{err:#}").contains("dns"), "{err:#}");
         let err = DrConfig::parse("[sources.a]\nkind = 'oracle'\n").unwrap_err();
         assert!(format!("{err:#}").contains("oracle"), "{err:#}");
+        let c = DrConfig::parse("[sources.a]\nkind = 'postgres'\n[sources.a.retention]\nkeep_daily = 7\n").unwrap();
+        assert_eq!(c.sources["a"].retention.keep_daily, Some(7));
+        let err = DrConfig::parse("[sources.a]\nkind = 'postgres'\n[sources.a.retention]\nkeep_dayly = 7\n").unwrap_err();
+        assert!(format!("{err:#}").contains("keep_dayly"), "{err:#}");
         let err = DrConfig::parse("[sources.'bad name']\nkind = 'postgres'\n").unwrap_err();
         assert!(format!("{err:#}").contains("bad name"), "{err:#}");
     }

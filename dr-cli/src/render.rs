@@ -161,3 +161,59 @@ pub fn verify(r: &VerifyReport) -> String {
     ));
     out
 }
+
+/// `dr prune --dry-run`.
+pub fn prune_plan(p: &dr_core::prune::PrunePlan) -> String {
+    let mut t = table(&["SOURCE", "BACKUP ID", "STARTED (UTC)", "STORED", "DECISION"]);
+    for d in &p.retention.backups {
+        t.add_row(vec![
+            Cell::new(&d.backup.source),
+            Cell::new(&d.backup.id),
+            Cell::new(d.backup.started_at.format("%Y-%m-%d %H:%M:%S")),
+            Cell::new(bytes(d.backup.stored_bytes)).set_alignment(CellAlignment::Right),
+            Cell::new(if d.keep() { format!("keep ({})", d.kept_by.join(", ")) } else { "DELETE".into() }),
+        ]);
+    }
+    let mut out = if p.retention.backups.is_empty() { "no backups".to_string() } else { t.to_string() };
+    for w in &p.retention.wal {
+        out.push_str(&format!(
+            "\nWAL {} (system {}): keep from LSN {}, {} kept, {} deleted ({})",
+            w.source,
+            w.system_id,
+            w.keep_from_lsn.map(|l| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)).unwrap_or_else(|| "-".into()),
+            w.kept.len(),
+            w.deleted.len(),
+            bytes(w.bytes_freed)
+        ));
+    }
+    out.push_str(&format!(
+        "\norphans: {} to delete, {} younger than the grace period\n{} to free",
+        p.orphans.len(),
+        p.orphans_in_grace,
+        bytes(p.bytes_freed())
+    ));
+    out
+}
+
+/// `dr status`.
+pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
+    if statuses.is_empty() {
+        return "no sources".into();
+    }
+    let mut t = table(&["SOURCE", "LAST BACKUP (UTC)", "AGE", "SIZE", "RPO", "STATUS"]);
+    for s in statuses {
+        t.add_row(vec![
+            Cell::new(&s.source),
+            Cell::new(s.last_backup_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())),
+            Cell::new(
+                s.last_backup_age_seconds
+                    .map(|a| humantime::format_duration(std::time::Duration::from_secs(a as u64)).to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            Cell::new(s.last_backup_stored_bytes.map(bytes).unwrap_or_else(|| "-".into())),
+            Cell::new(humantime::format_duration(std::time::Duration::from_secs(s.rpo_seconds as u64))),
+            Cell::new(if s.rpo_met { "ok".to_string() } else { format!("VIOLATED: {}", s.problems.join("; ")) }),
+        ]);
+    }
+    t.to_string()
+}

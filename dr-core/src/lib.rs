@@ -41,8 +41,11 @@ pub mod conformance;
 mod error;
 pub mod job;
 mod memory;
+pub mod objectives;
 pub mod plan;
+pub mod prune;
 pub mod retention;
+pub mod status;
 mod serde_secs;
 mod source;
 
