@@ -250,3 +250,25 @@ async fn parallel_restore_stages_and_cleans_up() {
     assert!(restorer.check(&m).await.unwrap().ok());
     assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0, "staged dump removed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pg_dump_older_than_the_server_is_refused() {
+    if !should_run() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let pg = TestCluster::start();
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["pg_dump", "pg_dumpall"] {
+        let path = bin.path().join(tool);
+        std::fs::write(&path, format!("#!/bin/sh\necho '{tool} (PostgreSQL) 9.6.24'\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (repo, _key, _d) = repo().await;
+    let source = PostgresLogical::new(pg.settings("postgres")).with_bin_dir(Some(bin.path().to_path_buf()));
+    let err = job::backup(&repo, &source, "old").await.unwrap_err();
+    assert!(matches!(err, CoreError::InvalidConfig { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("version 9") && text.contains("older than the server"), "{text}");
+    assert!(repo.list_backups(None).await.unwrap().is_empty());
+}
