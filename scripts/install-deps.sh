@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-apt_install postgresql-15 postgresql-contrib zstd
+# protobuf: etcd-client's build script runs protoc (dr-k8s, feature etcd).
+apt_install postgresql-15 postgresql-contrib zstd protobuf-compiler libprotobuf-dev

@@ -38,13 +38,19 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod dns;
+pub mod drill;
 mod error;
 pub mod job;
 mod memory;
+pub mod metrics;
 pub mod objectives;
 pub mod plan;
+#[cfg(feature = "notify")]
+pub mod notify;
 pub mod prune;
 pub mod retention;
+pub mod schedule;
 pub mod status;
 mod serde_secs;
 mod source;

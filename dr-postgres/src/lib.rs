@@ -10,6 +10,11 @@
 //!   temporary name, renamed only on success; its check compares every
 //!   table's row count with the manifest.
 //! - [`PostgresSourceConfig`]: the `dr.toml` section of a PostgreSQL source.
+//! - [`wal`]: continuous WAL archiving, `wal-push` / `wal-fetch`
+//!   ([`wal_push`], [`wal_fetch`]) with PostgreSQL's exit-code rules.
+//! - [`physical`]: physical base backups ([`PostgresPhysical`], kind
+//!   `postgres-physical`) and point-in-time restore ([`plan_pitr`],
+//!   [`pitr_restore`]).
 //! - With the `test-cluster` feature, [`testing::TestCluster`] makes
 //!   throwaway clusters with `initdb`/`pg_ctl`.
 
@@ -17,12 +22,17 @@ mod config;
 mod conn;
 mod error;
 pub mod logical;
+pub mod plan;
+pub mod physical;
 #[cfg(feature = "test-cluster")]
 pub mod testing;
 mod tools;
+pub mod wal;
 
 pub use config::PostgresSourceConfig;
 pub use conn::{ConnectionSettings, PassFile};
 pub use error::{Error, Result};
 pub use logical::{LogicalMetadata, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer, KIND_LOGICAL};
 pub use tools::{find as find_tool, Tool};
+pub use wal::{wal_fetch, wal_push, WalError};
+pub use physical::{pitr_restore, plan_pitr, PitrOptions, PostgresPhysical, RecoveryTarget, KIND_PHYSICAL};

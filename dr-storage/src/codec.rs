@@ -612,3 +612,63 @@ pub(crate) async fn check_stored(store: &Arc<dyn ObjectStore>, info: &ArtifactIn
     }
     Ok(())
 }
+
+/// Encodes a small stream held in memory (a WAL segment) in one go:
+/// zstd on the calling thread, then age to `recipients`. Returns the stored
+/// bytes. Crate-internal hook for `wal`, which needs the whole object before
+/// a conditional create.
+pub(crate) fn encode_buffer(plain: &[u8], recipients: &Recipients, zstd_level: i32, object: &str) -> Result<Vec<u8>> {
+    let io_err = |source: io::Error| Error::Io {
+        what: format!("encoding {object}"),
+        source,
+    };
+    let compressed = zstd::bulk::compress(plain, zstd_level).map_err(io_err)?;
+    let encryptor = age::Encryptor::with_recipients(recipients.0.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| Error::InvalidKey {
+            what: "repository recipients".into(),
+            reason: e.to_string(),
+        })?;
+    let mut out = Vec::with_capacity(compressed.len() + 256);
+    let mut w = encryptor.wrap_output(&mut out).map_err(io_err)?;
+    w.write_all(&compressed).map_err(io_err)?;
+    w.finish().map_err(io_err)?;
+    Ok(out)
+}
+
+/// Decodes stored bytes held in memory (age, then zstd) and checks the
+/// plaintext against `plain_sha256` (hex). Crate-internal hook for `wal`,
+/// whose objects carry only the plaintext digest in their name.
+///
+/// # Errors
+/// [`Error::Decrypt`] for a key that does not open it, [`Error::Corrupt`]
+/// when it does not decode or the digest differs.
+pub(crate) fn decode_buffer(
+    stored: &[u8],
+    identities: &Identities,
+    plain_sha256: &str,
+    object: &str,
+) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| Error::Corrupt {
+        object: object.to_string(),
+        reason,
+    };
+    let decryptor = age::Decryptor::new(stored).map_err(|e| corrupt(format!("not an age file: {e}")))?;
+    let reader = decryptor.decrypt(identities.as_dyn()).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => Error::Decrypt {
+            object: object.to_string(),
+            reason: "no identity given matches the recipients it was encrypted to (wrong identity file?)".into(),
+        },
+        e => corrupt(e.to_string()),
+    })?;
+    let mut plain = Vec::new();
+    zstd::stream::read::Decoder::new(reader)
+        .and_then(|mut d| d.read_to_end(&mut plain))
+        .map_err(|e| corrupt(format!("does not decode: {e}")))?;
+    let sha = hex::encode(Sha256::digest(&plain));
+    if sha != plain_sha256 {
+        return Err(corrupt(format!(
+            "plaintext sha256 {sha}, the object name says {plain_sha256}"
+        )));
+    }
+    Ok(plain)
+}

@@ -12,6 +12,7 @@
 //! - [`BackupWriter`]: writes artifacts through the codec, then commits the
 //!   [`Manifest`].
 //! - [`Recipients`] / [`Identities`]: age X25519 keys.
+//! - [`WalArchive`]: archived PostgreSQL WAL, create-only, named by digest.
 //!
 //! The codec compresses with zstd, encrypts with age, and records size and
 //! SHA-256 of plaintext and stored bytes. Everything streams: memory stays at a
@@ -50,6 +51,7 @@ mod lock;
 mod manifest;
 mod progress;
 mod repo;
+mod wal;
 
 pub use codec::{ArtifactInfo, ArtifactReader, ArtifactWriter, CodecOptions};
 pub use config::RepositorySettings;
@@ -63,4 +65,8 @@ pub use progress::{NoProgress, Progress};
 pub use repo::{
     validate_source_name, BackupWriter, InitOptions, KeySource, RecordedArtifact, RepoConfig, Repository,
     FORMAT_VERSION, REPO_CONFIG,
+};
+pub use wal::{
+    sha256_hex, validate_wal_name, write_atomically, PushOutcome, Registration, WalArchive, WalArchiveInfo, WalObject,
+    WAL_ARCHIVE_VERSION, WAL_PREFIX,
 };

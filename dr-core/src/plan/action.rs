@@ -46,6 +46,83 @@ pub struct ActionContext {
     pub rto_left_secs: Option<f64>,
     /// Whether approvals are given in advance (`--yes`).
     pub assume_yes: bool,
+    /// When the current attempt's time runs out (the step's `timeout`). An
+    /// action that polls (`http.check`) stops polling before it.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Where an action records state before it changes anything, so that a
+    /// re-run after a crash knows what the interrupted attempt saw (see
+    /// [`Checkpoint`]). `None` outside the executor.
+    pub checkpoint: Option<Checkpoint>,
+    /// Who answers `approve` steps; `None` when nobody can (no terminal, no
+    /// approval file).
+    pub approver: Option<Arc<dyn super::Approver>>,
+}
+
+impl ActionContext {
+    /// A context for running an action outside a plan (tests, ad-hoc use).
+    pub fn new(run_id: impl Into<String>, step: impl Into<String>) -> Self {
+        ActionContext {
+            run_id: run_id.into(),
+            step: step.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The time left before [`deadline`](ActionContext::deadline), if any.
+    pub fn time_left(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+    }
+}
+
+/// Durable per-step state that survives a crash: an action saves what it is
+/// about to change *before* changing it (`postgres.revoke_writes` saves the
+/// privileges it found), the executor writes it to the run's journal at once,
+/// and a re-run of the step after a crash finds it in
+/// [`previous`](Checkpoint::previous).
+#[derive(Clone)]
+pub struct Checkpoint {
+    previous: Option<serde_json::Value>,
+    sink: Arc<dyn CheckpointSink>,
+}
+
+impl Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("previous", &self.previous.is_some())
+            .finish()
+    }
+}
+
+/// Where a [`Checkpoint`] writes (the executor's journal).
+#[async_trait]
+pub trait CheckpointSink: Send + Sync + 'static {
+    /// Stores `state` durably before returning.
+    ///
+    /// # Errors
+    /// The journal could not be written; the action must not go on changing
+    /// things it could not record.
+    async fn save(&self, state: serde_json::Value) -> Result<()>;
+}
+
+impl Checkpoint {
+    /// A checkpoint writing into `sink`, with the state an earlier attempt saved.
+    pub fn new(previous: Option<serde_json::Value>, sink: Arc<dyn CheckpointSink>) -> Self {
+        Checkpoint { previous, sink }
+    }
+
+    /// What an earlier, interrupted attempt of this step saved.
+    pub fn previous(&self) -> Option<&serde_json::Value> {
+        self.previous.as_ref()
+    }
+
+    /// Saves `state` durably (in the run journal) before returning.
+    ///
+    /// # Errors
+    /// The journal could not be written.
+    pub async fn save(&self, state: serde_json::Value) -> Result<()> {
+        self.sink.save(state).await
+    }
 }
 
 /// One executable action of a recovery plan (`postgres.revoke_writes`,
@@ -150,13 +227,16 @@ impl ActionRegistry {
     /// # Errors
     /// [`Error::InvalidConfig`] for an unknown action or bad parameters.
     pub fn build(&self, name: &str, params: &serde_json::Value) -> Result<Arc<dyn Action>> {
-        let factory = self.factories.get(name).ok_or_else(|| Error::InvalidConfig {
-            key: "action".into(),
-            reason: format!(
-                "unknown action {name:?}; known: {}",
-                self.names().collect::<Vec<_>>().join(", ")
-            ),
-        })?;
+        let factory = self
+            .factories
+            .get(name)
+            .ok_or_else(|| Error::InvalidConfig {
+                key: "action".into(),
+                reason: format!(
+                    "unknown action {name:?}; known: {}",
+                    self.names().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
         factory(params)
     }
 }

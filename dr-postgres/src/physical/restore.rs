@@ -1,0 +1,672 @@
+//! Point-in-time restore of a physical backup (PostgreSQL 15 docs §26.3.4
+//! "Recovering Using a Continuous Archive Backup").
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dr_storage::{Identities, Manifest, Repository, WalArchive};
+use serde::Serialize;
+
+use super::source::{PhysicalMetadata, BASE_ARTIFACT, KIND_PHYSICAL};
+use super::target::{RecoveryTarget, TargetAction};
+use crate::conn::ConnectionSettings;
+use crate::wal::{History, Lsn, WalError};
+
+/// Options of a point-in-time restore.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PitrOptions {
+    /// The data directory to create; must be absent or empty.
+    pub pgdata: PathBuf,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+    /// What the server does there.
+    pub action: TargetAction,
+    /// Use this backup (id or unique prefix) instead of choosing one.
+    pub backup: Option<String>,
+    /// Follow this timeline instead of the newest in the archive.
+    pub timeline: Option<u32>,
+    /// The `dr` program for `restore_command`.
+    pub dr_program: PathBuf,
+    /// Arguments `restore_command` passes to `dr wal-fetch` before
+    /// `--source`: the repository and the key *file* (never a key), e.g.
+    /// `["--repo", "s3://b/p", "--identity", "/etc/dr/key.txt"]`.
+    pub fetch_args: Vec<String>,
+    /// Start the server and wait until recovery ends.
+    pub start: bool,
+    /// Write `archive_mode = off`, so that the restored cluster never pushes
+    /// a new timeline into the production archive (verification, tests).
+    pub archive_mode_off: bool,
+    /// Write this `port`.
+    pub port: Option<u16>,
+    /// Write this `unix_socket_directories` (default: the data directory
+    /// when started).
+    pub socket_dir: Option<PathBuf>,
+    /// `(uid, gid)` owning the data directory and running the server.
+    /// Default when running as root: the `postgres` user.
+    pub owner: Option<(u32, u32)>,
+    /// Superuser name to connect as after the start (default `postgres`).
+    pub user: String,
+    /// Bound on the recovery when started.
+    pub wait_timeout: Duration,
+    /// Directory of the server programs (`pg_ctl`); default
+    /// `/usr/lib/postgresql/<major>/bin`.
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl PitrOptions {
+    /// Options for restoring into `pgdata` up to `target`, with `restore_command`
+    /// running `dr_program wal-fetch <fetch_args>`.
+    pub fn new(
+        pgdata: PathBuf,
+        target: RecoveryTarget,
+        dr_program: PathBuf,
+        fetch_args: Vec<String>,
+    ) -> Self {
+        PitrOptions {
+            pgdata,
+            target,
+            action: TargetAction::Promote,
+            backup: None,
+            timeline: None,
+            dr_program,
+            fetch_args,
+            start: false,
+            archive_mode_off: false,
+            port: None,
+            socket_dir: None,
+            owner: None,
+            user: "postgres".into(),
+            wait_timeout: Duration::from_secs(900),
+            bin_dir: None,
+        }
+    }
+}
+
+/// The chosen backup and the settings a restore will write; print it, then
+/// [`pitr_restore`] it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrPlan {
+    /// The source name.
+    pub source: String,
+    /// The backup chosen.
+    pub backup_id: String,
+    /// Its facts.
+    pub backup: PhysicalMetadata,
+    /// The target.
+    pub target: RecoveryTarget,
+    /// The timeline recovery follows.
+    pub timeline: u32,
+    /// The lines written to `postgresql.auto.conf`.
+    pub settings: Vec<(String, String)>,
+    /// Why other backups were not chosen.
+    pub rejected: Vec<String>,
+    #[serde(skip)]
+    manifest: Manifest,
+}
+
+/// Where recovery ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryPoint {
+    /// The WAL position of the server after recovery.
+    pub lsn: String,
+    /// Its timeline.
+    pub timeline: u32,
+    /// The commit time of the last transaction replayed.
+    pub last_replayed_commit: Option<DateTime<Utc>>,
+    /// Whether the server is still in recovery (paused at the target).
+    pub in_recovery: bool,
+}
+
+/// What [`pitr_restore`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrReport {
+    /// The data directory.
+    pub pgdata: PathBuf,
+    /// The plan carried out.
+    pub plan: PitrPlan,
+    /// Plaintext bytes restored.
+    pub bytes: u64,
+    /// Set when the server was started and recovery ended.
+    pub reached: Option<RecoveryPoint>,
+    /// The port the server listens on, when started.
+    pub port: Option<u16>,
+    /// The socket directory, when started.
+    pub socket_dir: Option<PathBuf>,
+    /// Wall time.
+    pub elapsed_secs: f64,
+}
+
+fn metadata(m: &Manifest) -> Result<PhysicalMetadata, WalError> {
+    serde_json::from_value(m.metadata.clone()).map_err(|e| WalError::InvalidInput {
+        what: "backup manifest".into(),
+        value: m.backup_id.clone(),
+        reason: format!("not a physical backup's metadata: {e}"),
+    })
+}
+
+/// Chooses the backup for `opts.target`: the newest physical backup of
+/// `source` whose stop point is before the target, on a timeline from which
+/// the target timeline is reachable. Never falls back to another target.
+///
+/// # Errors
+/// [`WalError::NoBackupForTarget`] listing why each backup was refused;
+/// [`WalError::TimelineUnreachable`] for an explicit backup off the target's
+/// history; repository errors.
+pub async fn plan_pitr(
+    repo: &Repository,
+    identities: &Identities,
+    source: &str,
+    opts: &PitrOptions,
+) -> Result<PitrPlan, WalError> {
+    let mut backups: Vec<Manifest> = repo
+        .list_backups(Some(source))
+        .await?
+        .into_iter()
+        .filter(|m| m.source.kind == KIND_PHYSICAL)
+        .collect();
+    if let Some(sel) = &opts.backup {
+        let m = repo.find_backup(Some(source), sel).await?;
+        backups = vec![m];
+    }
+    let none = |reason: String| WalError::NoBackupForTarget {
+        source_name: source.to_string(),
+        target: opts.target.to_string(),
+        reason,
+    };
+    if backups.is_empty() {
+        return Err(none("the source has no physical backup".into()));
+    }
+    let first = metadata(&backups[0])?;
+    let archive = WalArchive::new(repo, &first.wal_source)?;
+    let system_id: u64 = first.system_identifier.parse().unwrap_or_default();
+    // The timeline to follow: asked for, else the newest in the archive.
+    let newest_history = archive
+        .list_history(system_id)
+        .await?
+        .iter()
+        .filter_map(|o| {
+            o.name
+                .strip_suffix(".history")
+                .and_then(|t| u32::from_str_radix(t, 16).ok())
+        })
+        .max();
+    let mut timeline = opts.timeline.unwrap_or_else(|| {
+        let b = backups
+            .iter()
+            .filter_map(|m| metadata(m).ok())
+            .map(|m| m.stop_timeline)
+            .max()
+            .unwrap_or(1);
+        newest_history.unwrap_or(1).max(b)
+    });
+    if timeline == 0 {
+        timeline = 1;
+    }
+    let history = if timeline == 1 {
+        History::first()
+    } else {
+        let name = format!("{timeline:08X}.history");
+        let (_, text) = archive
+            .fetch(system_id, &name, identities)
+            .await
+            .map_err(|e| match e {
+                dr_storage::Error::NotFound { .. } => WalError::NotArchived {
+                    source_name: archive.source().to_string(),
+                    name: name.clone(),
+                },
+                e => e.into(),
+            })?;
+        History::parse(timeline, &String::from_utf8_lossy(&text))?
+    };
+    let mut rejected = Vec::new();
+    let mut chosen: Option<(Manifest, PhysicalMetadata)> = None;
+    for m in backups.iter().rev() {
+        let meta = metadata(m)?;
+        if meta.system_identifier != first.system_identifier {
+            rejected.push(format!(
+                "{}: another cluster (system id {})",
+                m.backup_id, meta.system_identifier
+            ));
+            continue;
+        }
+        if let Err(e) = history.check_reachable(meta.stop_timeline, meta.stop_lsn) {
+            if opts.backup.is_some() {
+                return Err(e);
+            }
+            rejected.push(format!("{}: {e}", m.backup_id));
+            continue;
+        }
+        let before = match &opts.target {
+            RecoveryTarget::Time(_) => {
+                let t = opts.target.time_utc().expect("time target");
+                (meta.stop_time <= t).then_some(()).ok_or(format!(
+                    "ends at {} (server time), after the target",
+                    meta.stop_time.to_rfc3339()
+                ))
+            }
+            RecoveryTarget::Lsn(l) => (meta.stop_lsn <= *l)
+                .then_some(())
+                .ok_or(format!("ends at LSN {}, after the target", meta.stop_lsn)),
+            RecoveryTarget::Xid(x) => (*x >= meta.stop_xmin).then_some(()).ok_or(format!(
+                "transaction {x} had already ended when the backup finished (xmin {})",
+                meta.stop_xmin
+            )),
+            RecoveryTarget::Name(_) | RecoveryTarget::Immediate | RecoveryTarget::Latest => Ok(()),
+        };
+        match before {
+            Ok(()) => {
+                chosen = Some((m.clone(), meta));
+                break;
+            }
+            Err(why) => rejected.push(format!("{}: {why}", m.backup_id)),
+        }
+    }
+    let Some((manifest, meta)) = chosen else {
+        return Err(none(if rejected.is_empty() {
+            "no candidate".into()
+        } else {
+            rejected.join("; ")
+        }));
+    };
+    let settings = recovery_settings(opts, &archive, timeline);
+    Ok(PitrPlan {
+        source: source.to_string(),
+        backup_id: manifest.backup_id.clone(),
+        backup: meta,
+        target: opts.target.clone(),
+        timeline,
+        settings,
+        rejected,
+        manifest,
+    })
+}
+
+/// Quotes a word for `/bin/sh` (PostgreSQL runs `restore_command` through
+/// the shell).
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn recovery_settings(
+    opts: &PitrOptions,
+    archive: &WalArchive,
+    timeline: u32,
+) -> Vec<(String, String)> {
+    let mut words = vec![
+        sh_quote(&opts.dr_program.display().to_string()),
+        "wal-fetch".to_string(),
+    ];
+    words.extend(opts.fetch_args.iter().map(|a| sh_quote(a)));
+    words.extend([
+        "--source".to_string(),
+        sh_quote(archive.source()),
+        "%f".into(),
+        "%p".into(),
+    ]);
+    let mut s = vec![("restore_command".to_string(), words.join(" "))];
+    for (k, v) in opts.target.settings() {
+        s.push((k.to_string(), v));
+    }
+    if !matches!(opts.target, RecoveryTarget::Latest) {
+        s.push(("recovery_target_action".into(), opts.action.as_str().into()));
+    }
+    s.push(("recovery_target_timeline".into(), timeline.to_string()));
+    if opts.archive_mode_off {
+        s.push(("archive_mode".into(), "off".into()));
+    }
+    if let Some(p) = opts.port {
+        s.push(("port".into(), p.to_string()));
+    }
+    if let Some(d) = socket_dir(opts) {
+        s.push(("unix_socket_directories".into(), d.display().to_string()));
+    }
+    s
+}
+
+fn socket_dir(opts: &PitrOptions) -> Option<PathBuf> {
+    opts.socket_dir
+        .clone()
+        .or_else(|| opts.start.then(|| opts.pgdata.clone()))
+}
+
+/// `postgresql.conf` string quoting: single quotes doubled.
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn default_owner() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+fn chown_tree(dir: &Path, owner: (u32, u32)) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1))?;
+    if dir.is_dir() && !dir.is_symlink() {
+        for e in std::fs::read_dir(dir)? {
+            chown_tree(&e?.path(), owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// Restores the plan's backup into `opts.pgdata` and writes the recovery
+/// settings; with `opts.start`, starts the server as the data directory's
+/// owner and waits until recovery ends.
+///
+/// # Errors
+/// [`WalError::TargetNotEmpty`] before anything is written;
+/// [`WalError::RecoveryFailed`] with the end of the server log; repository
+/// errors (a wrong key fails before the directory is created).
+pub async fn pitr_restore(
+    repo: &Repository,
+    identities: &Identities,
+    plan: &PitrPlan,
+    opts: &PitrOptions,
+) -> Result<PitrReport, WalError> {
+    let started = Instant::now();
+    let pgdata = &opts.pgdata;
+    if pgdata.exists() {
+        let mut entries = std::fs::read_dir(pgdata).map_err(io(pgdata))?;
+        if entries.next().is_some() {
+            return Err(WalError::TargetNotEmpty {
+                dir: pgdata.clone(),
+                reason: "is not empty; restore into an empty or absent directory".into(),
+            });
+        }
+    }
+    // Opening the artifact checks the key before anything is written.
+    let reader = repo
+        .open_artifact(&plan.manifest, BASE_ARTIFACT, identities)
+        .await?;
+    std::fs::create_dir_all(pgdata).map_err(io(pgdata))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(pgdata))?;
+    }
+    let owner = opts.owner.or_else(default_owner);
+    let dest = pgdata.clone();
+    let bytes = tokio::task::spawn_blocking(move || -> Result<u64, WalError> {
+        let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
+        let mut counted = CountingRead {
+            inner: &mut bridge,
+            n: 0,
+        };
+        let mut archive = tar::Archive::new(&mut counted);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(false);
+        archive.unpack(&dest).map_err(|e| {
+            dr_storage::Error::from_io(e, format!("unpacking into {}", dest.display()))
+        })?;
+        // Read to the end so that the codec checks the digests.
+        std::io::copy(&mut counted, &mut std::io::sink())
+            .map_err(|e| dr_storage::Error::from_io(e, "reading the end of the base backup"))?;
+        Ok(counted.n)
+    })
+    .await
+    .map_err(|e| WalError::Io {
+        path: pgdata.clone(),
+        source: std::io::Error::other(e),
+    })??;
+    // Files that must not survive into the restored cluster.
+    for stale in ["postmaster.pid", "postmaster.opts"] {
+        let _ = std::fs::remove_file(pgdata.join(stale));
+    }
+    std::fs::write(pgdata.join("recovery.signal"), b"").map_err(io(pgdata))?;
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&format!(
+        "\n# written by dr: point-in-time restore of backup {} to {}\n",
+        plan.backup_id, plan.target
+    ));
+    for (k, v) in &plan.settings {
+        text.push_str(&format!("{k} = {}\n", conf_quote(v)));
+    }
+    std::fs::write(&auto, text).map_err(io(&auto))?;
+    if let Some(o) = owner {
+        chown_tree(pgdata, o).map_err(io(pgdata))?;
+    }
+    tracing::info!(pgdata = %pgdata.display(), backup_id = %plan.backup_id, target = %plan.target, "base backup restored");
+    let mut report = PitrReport {
+        pgdata: pgdata.clone(),
+        plan: plan.clone(),
+        bytes,
+        reached: None,
+        port: None,
+        socket_dir: None,
+        elapsed_secs: 0.0,
+    };
+    if opts.start {
+        let port = opts.port.unwrap_or(5432);
+        let sock = socket_dir(opts).expect("socket dir when started");
+        report.reached = Some(start_and_wait(plan, opts, owner, port, &sock).await?);
+        report.port = Some(port);
+        report.socket_dir = Some(sock);
+    }
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+struct CountingRead<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// The server programs' directory for `major`.
+fn server_bin(opts: &PitrOptions, major: u32) -> PathBuf {
+    opts.bin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
+}
+
+/// Runs `pg_ctl` as the owner.
+pub(crate) async fn pg_ctl(
+    bin: &Path,
+    owner: Option<(u32, u32)>,
+    args: &[&str],
+) -> Result<(bool, String), WalError> {
+    let path = bin.join("pg_ctl");
+    let mut cmd = tokio::process::Command::new(&path);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    // The server inherits this directory; make it one the owner can enter.
+    cmd.current_dir("/");
+    let out = cmd.output().await.map_err(io(&path))?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+fn log_path(pgdata: &Path) -> PathBuf {
+    pgdata.join("dr-restore.log")
+}
+
+fn log_tail(pgdata: &Path) -> String {
+    let text = std::fs::read_to_string(log_path(pgdata)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+async fn start_and_wait(
+    plan: &PitrPlan,
+    opts: &PitrOptions,
+    owner: Option<(u32, u32)>,
+    port: u16,
+    sock: &Path,
+) -> Result<RecoveryPoint, WalError> {
+    let bin = server_bin(opts, plan.backup.server_version_num / 10000);
+    let pgdata = opts.pgdata.to_string_lossy().to_string();
+    let log = log_path(&opts.pgdata).to_string_lossy().to_string();
+    let timeout = opts.wait_timeout.as_secs().max(1).to_string();
+    let failed = |reason: String| WalError::RecoveryFailed {
+        dir: opts.pgdata.clone(),
+        reason,
+    };
+    let (ok, out) = pg_ctl(
+        &bin,
+        owner,
+        &["-D", &pgdata, "-l", &log, "-w", "-t", &timeout, "start"],
+    )
+    .await?;
+    if opts.action == TargetAction::Shutdown {
+        // The server shuts down at the target; pg_ctl may or may not have
+        // seen it accept connections first.
+        let deadline = Instant::now() + opts.wait_timeout;
+        while opts.pgdata.join("postmaster.pid").exists() {
+            if Instant::now() > deadline {
+                return Err(WalError::Timeout {
+                    what: "recovery to the target".into(),
+                    after: opts.wait_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let tail = log_tail(&opts.pgdata);
+        if !tail.contains("shutdown at recovery target")
+            && !tail.contains("database system is shut down")
+        {
+            return Err(failed(format!("{out}\n{tail}")));
+        }
+        let control = crate::wal::read_control(&opts.pgdata)?;
+        return Ok(RecoveryPoint {
+            lsn: control.checkpoint.to_string(),
+            timeline: control.timeline,
+            last_replayed_commit: None,
+            in_recovery: true,
+        });
+    }
+    if !ok {
+        return Err(failed(format!(
+            "pg_ctl start: {}\nserver log:\n{}",
+            out.trim(),
+            log_tail(&opts.pgdata)
+        )));
+    }
+    let conn = ConnectionSettings::from_dsn(&format!(
+        "host={} port={port} user={} dbname=postgres",
+        sock.display(),
+        opts.user
+    ))?;
+    let client = conn.connect().await?;
+    let deadline = Instant::now() + opts.wait_timeout;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() \
+                 ELSE 'not paused' END",
+                &[],
+            )
+            .await
+            .map_err(|e| WalError::Postgres(crate::Error::Query {
+                what: "waiting for recovery".into(),
+                target: conn.target(),
+                source: e,
+            }))?;
+        let in_recovery: bool = row.get(0);
+        let pause: String = row.get(1);
+        if !in_recovery || (opts.action == TargetAction::Pause && pause == "paused") {
+            break;
+        }
+        if !opts.pgdata.join("postmaster.pid").exists() {
+            return Err(failed(log_tail(&opts.pgdata)));
+        }
+        if Instant::now() > deadline {
+            return Err(WalError::Timeout {
+                what: "recovery to the target".into(),
+                after: opts.wait_timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let q = |e| {
+        WalError::Postgres(crate::Error::Query {
+            what: "reading the recovery point".into(),
+            target: conn.target(),
+            source: e,
+        })
+    };
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(q)?
+        .get(0);
+    if !in_recovery {
+        client.batch_execute("CHECKPOINT").await.map_err(q)?;
+    }
+    let row = client
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+             (SELECT timeline_id FROM pg_control_checkpoint()), pg_last_xact_replay_timestamp()",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let lsn: String = row.get(0);
+    let _: Lsn = lsn.parse()?;
+    Ok(RecoveryPoint {
+        lsn,
+        timeline: row.get::<_, i32>(1) as u32,
+        last_replayed_commit: row
+            .get::<_, Option<std::time::SystemTime>>(2)
+            .map(Into::into),
+        in_recovery,
+    })
+}
+
+/// Stops a server started by [`pitr_restore`] (fast shutdown).
+///
+/// # Errors
+/// When `pg_ctl stop` fails.
+pub async fn stop_server(opts: &PitrOptions, server_major: u32) -> Result<(), WalError> {
+    let bin = server_bin(opts, server_major);
+    let owner = opts.owner.or_else(default_owner);
+    let pgdata = opts.pgdata.to_string_lossy().to_string();
+    let (ok, out) = pg_ctl(&bin, owner, &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await?;
+    if !ok && opts.pgdata.join("postmaster.pid").exists() {
+        return Err(WalError::RecoveryFailed {
+            dir: opts.pgdata.clone(),
+            reason: format!("pg_ctl stop: {out}"),
+        });
+    }
+    Ok(())
+}

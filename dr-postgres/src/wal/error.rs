@@ -1,0 +1,253 @@
+//! The error of WAL archiving, physical backups and point-in-time restore.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of [`crate::wal`] and [`crate::physical`]. Every variant names the
+/// file, object or setting concerned; none carries a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalError {
+    /// A value given by the user or by PostgreSQL is malformed.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidInput {
+        /// What it should be (`WAL file name`, `LSN`, `--target-time`).
+        what: String,
+        /// The value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file that should be WAL is not (bad header, wrong size).
+    #[error("{file} is not a valid WAL file: {reason}")]
+    NotWal {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The segment comes from another cluster than the archive's.
+    #[error(
+        "{file} belongs to the cluster with system identifier {found}, but the WAL archive of source {source_name:?} \
+         belongs to system identifier {registered}; refusing to mix clusters. After pg_upgrade or a new initdb the \
+         cluster has a new identity: archive it under a new source name (change archive_command to \
+         `dr wal-push --source <new-name> %p`) and take a new physical base backup of it"
+    )]
+    SystemIdMismatch {
+        /// The archive's source name.
+        source_name: String,
+        /// The system identifier registered in `archive.json`.
+        registered: u64,
+        /// The one the file (or pg_control) carries.
+        found: u64,
+        /// The file pushed.
+        file: String,
+    },
+    /// Another content is already archived under the same name.
+    #[error(
+        "{name} is already archived with different content (stored sha256 {stored_sha256}, pushed sha256 \
+         {pushed_sha256}); archived WAL is never overwritten: check whether two clusters archive into source \
+         {source_name:?}"
+    )]
+    Conflict {
+        /// The source name.
+        source_name: String,
+        /// The file name.
+        name: String,
+        /// SHA-256 of the stored plaintext.
+        stored_sha256: String,
+        /// SHA-256 of the pushed file.
+        pushed_sha256: String,
+    },
+    /// The source has no WAL archive (nothing was ever pushed).
+    #[error("source {source_name:?} has no WAL archive in {repository} (no archive.json): check --source and --repo")]
+    NoArchive {
+        /// The source name.
+        source_name: String,
+        /// The repository.
+        repository: String,
+    },
+    /// The file asked for is not in the archive (the listing succeeded).
+    #[error("{name} is not in the WAL archive of source {source_name:?}")]
+    NotArchived {
+        /// The source name.
+        source_name: String,
+        /// The file name.
+        name: String,
+    },
+    /// Transient errors persisted through every retry.
+    #[error("{what} still failing after {attempts} attempts over {elapsed:?}")]
+    RetriesExhausted {
+        /// The operation.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// The last error.
+        #[source]
+        last: Box<WalError>,
+    },
+    /// A precondition of a physical backup is not met.
+    #[error("physical backup preflight: {check}: {reason}")]
+    Preflight {
+        /// The check (`archive_mode`, `archive_command`, `WAL switch`).
+        check: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The WAL a backup needs did not reach the archive in time.
+    #[error(
+        "WAL archiving is broken: {segment} did not reach the archive of source {source_name:?} within {waited:?}; \
+         check archive_command and pg_stat_archiver (the backup is not listed)"
+    )]
+    ArchiveStalled {
+        /// The source name.
+        source_name: String,
+        /// The segment waited for.
+        segment: String,
+        /// The bound.
+        waited: Duration,
+    },
+    /// No base backup can reach the recovery target.
+    #[error("no physical backup of {source_name:?} can reach {target}: {reason}")]
+    NoBackupForTarget {
+        /// The source name.
+        source_name: String,
+        /// The target.
+        target: String,
+        /// Why each candidate was refused.
+        reason: String,
+    },
+    /// The target timeline does not descend from the backup's timeline at the
+    /// backup's position.
+    #[error("timeline {target_timeline} does not contain timeline {backup_timeline} at {backup_lsn}: {reason}")]
+    TimelineUnreachable {
+        /// The timeline recovery would follow.
+        target_timeline: u32,
+        /// The backup's timeline.
+        backup_timeline: u32,
+        /// The backup's stop location.
+        backup_lsn: String,
+        /// Details.
+        reason: String,
+    },
+    /// The restore target directory is not empty.
+    #[error("data directory {}: {reason}", dir.display())]
+    TargetNotEmpty {
+        /// The directory.
+        dir: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The restored server did not reach its target.
+    #[error("recovery of {} failed: {reason}", dir.display())]
+    RecoveryFailed {
+        /// The data directory.
+        dir: PathBuf,
+        /// What happened (the end of the server log).
+        reason: String,
+    },
+    /// A bound was exceeded.
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// The bound.
+        after: Duration,
+    },
+    /// A local file failed.
+    #[error("I/O failed on {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The repository failed.
+    #[error(transparent)]
+    Storage(#[from] dr_storage::Error),
+    /// PostgreSQL or its programs failed.
+    #[error(transparent)]
+    Postgres(#[from] crate::Error),
+}
+
+impl WalError {
+    /// Whether trying again may succeed (store and network faults).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WalError::Storage(e) => e.is_retryable(),
+            WalError::Postgres(crate::Error::Connect { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this is an authoritative "not in the archive".
+    pub fn is_not_archived(&self) -> bool {
+        matches!(self, WalError::NotArchived { .. })
+    }
+
+    /// Whether the error is about the input or configuration.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            WalError::InvalidInput { .. }
+            | WalError::NotWal { .. }
+            | WalError::NoArchive { .. } => true,
+            WalError::Storage(e) => dr_core::storage_error_kind(e) == dr_core::ErrorKind::Usage,
+            WalError::RetriesExhausted { last, .. } => last.is_usage(),
+            _ => false,
+        }
+    }
+}
+
+impl From<WalError> for dr_core::Error {
+    fn from(e: WalError) -> Self {
+        match e {
+            WalError::InvalidInput {
+                what,
+                value,
+                reason,
+            } => dr_core::Error::InvalidConfig {
+                key: what,
+                reason: format!("{value:?}: {reason}"),
+            },
+            WalError::Storage(s) => dr_core::Error::Storage(s),
+            WalError::Postgres(p) => p.into(),
+            WalError::Conflict { ref name, .. } => dr_core::Error::Conflict {
+                what: name.clone(),
+                reason: e.to_string(),
+            },
+            WalError::SystemIdMismatch { ref file, .. } => dr_core::Error::Conflict {
+                what: file.clone(),
+                reason: e.to_string(),
+            },
+            WalError::TargetNotEmpty { ref dir, .. } => dr_core::Error::Conflict {
+                what: dir.display().to_string(),
+                reason: e.to_string(),
+            },
+            WalError::NotArchived { .. }
+            | WalError::NoArchive { .. }
+            | WalError::NoBackupForTarget { .. } => dr_core::Error::NotFound {
+                what: e.to_string(),
+            },
+            WalError::Preflight { ref check, .. } => dr_core::Error::InvalidConfig {
+                key: check.clone(),
+                reason: e.to_string(),
+            },
+            WalError::Timeout { what, after } => dr_core::Error::Timeout { what, after },
+            WalError::ArchiveStalled { .. } => dr_core::Error::Failed {
+                what: "WAL archiving".into(),
+                source: Box::new(e),
+            },
+            WalError::RetriesExhausted { .. } => dr_core::Error::Unavailable {
+                what: "WAL archive".into(),
+                source: Box::new(e),
+            },
+            other => dr_core::Error::Failed {
+                what: "PostgreSQL WAL".into(),
+                source: Box::new(other),
+            },
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! Physical base backups and point-in-time restore on a real cluster with
+//! archiving on, under pgbench write load, against S3 (moto, when
+//! `DR_TEST_S3_URL` is set) or a local directory.
+//!
+//! PostgreSQL runs `archive_command` itself. It calls this test binary
+//! through a small shell script (the `helper_entry` test below, selected by
+//! `DR_HELPER_ARGS`), which runs exactly the library calls `dr wal-push` and
+//! `dr wal-fetch` make and exits with their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dr_postgres::physical::{
+    self, PhysicalMetadata, PhysicalOptions, PitrOptions, PostgresPhysical, RecoveryTarget,
+};
+use dr_postgres::testing::{self, ClusterOptions, TestCluster};
+use dr_postgres::wal::{self, FetchOptions, PushOptions, RetryPolicy, WalError};
+use dr_storage::{Identities, InitOptions, Location, Repository, StoreOptions, WalArchive};
+
+/// Entry point when PostgreSQL runs the helper: `wal-push --repo URL --source S FILE`
+/// or `wal-fetch --repo URL --identity F --source S NAME DEST`.
+#[test]
+fn helper_entry() {
+    let Ok(args) = std::env::var("DR_HELPER_ARGS") else {
+        return;
+    };
+    let words: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    let code = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_helper(&words));
+    std::process::exit(code);
+}
+
+async fn run_helper(words: &[String]) -> i32 {
+    let flag = |name: &str| {
+        words
+            .iter()
+            .position(|w| w == name)
+            .map(|i| words[i + 1].clone())
+    };
+    let positional: Vec<&String> = {
+        let mut out = Vec::new();
+        let mut i = 1;
+        while i < words.len() {
+            if words[i].starts_with("--") {
+                i += 2;
+            } else {
+                out.push(&words[i]);
+                i += 1;
+            }
+        }
+        out
+    };
+    let location = Location::parse(&flag("--repo").unwrap()).unwrap();
+    let repo = match Repository::open(&location, &StoreOptions::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("helper: {e}");
+            return 3;
+        }
+    };
+    let archive = WalArchive::new(&repo, &flag("--source").unwrap()).unwrap();
+    let mut retry = RetryPolicy::default();
+    retry.deadline = Duration::from_secs(5);
+    match words[0].as_str() {
+        "wal-push" => {
+            let mut opts = PushOptions::default();
+            opts.retry = retry;
+            let r = wal::wal_push(&archive, Path::new(positional[0]), &opts).await;
+            if let Err(e) = &r {
+                eprintln!("wal-push: {e}");
+            }
+            wal::push_exit_code(&r)
+        }
+        "wal-fetch" => {
+            let ids = Identities::from_file(Path::new(&flag("--identity").unwrap())).unwrap();
+            let mut opts = FetchOptions::default();
+            opts.retry = retry;
+            let r = wal::wal_fetch(
+                &archive,
+                positional[0],
+                Path::new(positional[1]),
+                &ids,
+                &opts,
+            )
+            .await;
+            if let Err(e) = &r {
+                eprintln!("wal-fetch: {e}");
+            }
+            wal::fetch_exit_code(&r, false)
+        }
+        other => panic!("unknown helper command {other}"),
+    }
+}
+
+/// A repository readable and writable by the `postgres` user, and a key file
+/// it can read.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    url: String,
+    repo: Repository,
+    key: Identities,
+    key_file: PathBuf,
+    helper: PathBuf,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::Builder::new()
+        .prefix("drw")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let url = match std::env::var("DR_TEST_S3_URL") {
+        Ok(u) => format!(
+            "{}/wal-{}",
+            u.trim_end_matches('/'),
+            hex::encode(rand::random::<[u8; 6]>())
+        ),
+        Err(_) => {
+            if std::env::var_os("DR_REQUIRE_SERVERS").is_some() {
+                panic!("DR_REQUIRE_SERVERS is set but DR_TEST_S3_URL is not");
+            }
+            let p = dir.path().join("repo");
+            std::fs::create_dir(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+            p.display().to_string()
+        }
+    };
+    let key = Identities::generate();
+    let key_file = dir.path().join("key.txt");
+    std::fs::write(
+        &key_file,
+        secrecy::ExposeSecret::expose_secret(&key.to_file_text()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let repo = Repository::init(
+        &Location::parse(&url).unwrap(),
+        &StoreOptions::default(),
+        InitOptions::with_recipients(key.recipients().to_strings()),
+    )
+    .await
+    .unwrap();
+    if !url.starts_with("s3://") {
+        chmod_tree(Path::new(&url));
+    }
+    let helper = dir.path().join("dr-helper.sh");
+    let exe = std::env::current_exe().unwrap();
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nDR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --nocapture --test-threads=1 -q\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Fixture {
+        _dir: dir,
+        url,
+        repo,
+        key,
+        key_file,
+        helper,
+    }
+}
+
+fn chmod_tree(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if p.is_dir() { 0o777 } else { 0o666 };
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            chmod_tree(&e.unwrap().path());
+        }
+    }
+}
+
+impl Fixture {
+    fn archive_command(&self, source: &str) -> String {
+        format!(
+            "archive_command = '{} wal-push --repo {} --source {source} %p'",
+            self.helper.display(),
+            self.url
+        )
+    }
+
+    fn archiving_cluster(&self, source: &str) -> TestCluster {
+        let mut o = ClusterOptions::default();
+        o.conf = vec![
+            "wal_level = replica".into(),
+            "archive_mode = on".into(),
+            self.archive_command(source),
+            "max_wal_senders = 4".into(),
+        ];
+        TestCluster::start_with(o)
+    }
+}
+
+/// Waits until the cluster has archived `segment` (pg_stat_archiver).
+fn wait_archived(c: &TestCluster, segment: &str) {
+    let started = Instant::now();
+    loop {
+        let last = c.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.as_str() >= segment {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{segment} not archived; last {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn switch_wal(c: &TestCluster) -> String {
+    c.psql(
+        "postgres",
+        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
+    )
+}
+
+/// Ground truth: a table of (id, committed_at) written continuously, one row
+/// per transaction, while pgbench writes too.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn start_load(c: &TestCluster) -> Load {
+    c.psql(
+        "postgres",
+        "CREATE TABLE truth (id bigserial PRIMARY KEY, committed_at timestamptz NOT NULL)",
+    );
+    c.pgbench_init("postgres", 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let dsn = c.dsn("postgres");
+    let bin = c.bin().to_path_buf();
+    let s = stop.clone();
+    let d = dsn.clone();
+    threads.push(std::thread::spawn(move || {
+        // One transaction per row; committed_at is the commit time written
+        // with clock_timestamp() as the last statement of the transaction.
+        let mut child = std::process::Command::new(bin.join("psql"))
+            .args(["-X", "-q", "-d", &d])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        use std::io::Write;
+        while !s.load(std::sync::atomic::Ordering::SeqCst) {
+            writeln!(
+                stdin,
+                "INSERT INTO truth (committed_at) VALUES (clock_timestamp());"
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(child.stdin.take());
+        child.wait().unwrap();
+    }));
+    let bin = c.bin().to_path_buf();
+    let s = stop.clone();
+    threads.push(std::thread::spawn(move || {
+        while !s.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::process::Command::new(bin.join("pgbench"))
+                .args(["-n", "-q", "-c", "2", "-T", "1", "-d", &dsn])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }));
+    Load { stop, threads }
+}
+
+impl Load {
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn pitr_options(f: &Fixture, pgdata: PathBuf, target: RecoveryTarget) -> PitrOptions {
+    let mut o = PitrOptions::new(
+        pgdata,
+        target,
+        f.helper.clone(),
+        vec![
+            "--repo".into(),
+            f.url.clone(),
+            "--identity".into(),
+            f.key_file.display().to_string(),
+        ],
+    );
+    o.start = true;
+    o.archive_mode_off = true;
+    o.port = Some(free_port());
+    o.wait_timeout = Duration::from_secs(120);
+    o
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn restore_dir(parent: &Path, name: &str) -> PathBuf {
+    parent.join(name)
+}
+
+/// Restores to `target` and returns (rows present, max committed_at, max id).
+async fn restore_and_count(
+    f: &Fixture,
+    parent: &Path,
+    name: &str,
+    target: RecoveryTarget,
+) -> (i64, String, physical::PitrReport) {
+    let opts = pitr_options(f, restore_dir(parent, name), target);
+    let plan = physical::plan_pitr(&f.repo, &f.key, "db", &opts)
+        .await
+        .unwrap();
+    let report = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .unwrap();
+    let conn = dr_postgres::ConnectionSettings::from_dsn(&format!(
+        "host={} port={} user=postgres dbname=postgres",
+        report.socket_dir.as_ref().unwrap().display(),
+        report.port.unwrap()
+    ))
+    .unwrap();
+    let client = conn.connect().await.unwrap();
+    let row = client
+        .query_one("SELECT count(*), coalesce(max(id), 0), archive_mode FROM truth, (SELECT current_setting('archive_mode') AS archive_mode) s GROUP BY archive_mode", &[])
+        .await
+        .unwrap();
+    let count: i64 = row.get(0);
+    let max_id: i64 = row.get(1);
+    let last: String = client
+        .query_one(
+            "SELECT coalesce(max(committed_at)::text, '') FROM truth",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mode: String = row.get(2);
+    assert_eq!(mode, "off", "a restored test cluster must not archive");
+    // Ids are dense and in commit order: every row up to max_id is present.
+    assert_eq!(count, max_id, "rows missing below the last one restored");
+    physical::stop_server(&opts, 15).await.unwrap();
+    (max_id, last, report)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pitr_to_time_lsn_and_name_under_load() {
+    if !testing::should_run() {
+        return;
+    }
+    let f = fixture().await;
+    let c = f.archiving_cluster("db");
+    let load = start_load(&c);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Base backup: preflight, pg_basebackup streamed, stop segment archived.
+    let source = PostgresPhysical::new(c.settings("postgres"), PhysicalOptions::default());
+    let manifest = dr_core::job::backup(&f.repo, &source, "db").await.unwrap();
+    assert_eq!(manifest.source.kind, physical::KIND_PHYSICAL);
+    let meta: PhysicalMetadata = serde_json::from_value(manifest.metadata.clone()).unwrap();
+    assert!(meta.stop_lsn > meta.start_lsn);
+    assert!(
+        meta.backup_label.contains("START WAL LOCATION"),
+        "{}",
+        meta.backup_label
+    );
+    assert!(meta.databases.contains(&"postgres".to_string()));
+    let archive = WalArchive::new(&f.repo, "db").unwrap();
+    let sysid: u64 = meta.system_identifier.parse().unwrap();
+    assert!(!archive
+        .find(sysid, &meta.stop_segment)
+        .await
+        .unwrap()
+        .is_empty());
+    let before_backup_end = chrono::Utc::now() - chrono::Duration::hours(1);
+
+    // Targets after the backup, under load.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t1: String = c.psql("postgres", "SELECT clock_timestamp()");
+    let t1_rows: i64 = c
+        .psql(
+            "postgres",
+            &format!("SELECT count(*) FROM truth WHERE committed_at <= '{t1}'"),
+        )
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let lsn_row = c.psql(
+        "postgres",
+        "SELECT (SELECT max(id) FROM truth) || ' ' || pg_current_wal_lsn()",
+    );
+    let (lsn_max_id, lsn) = lsn_row.split_once(' ').unwrap();
+    let lsn_max_id: i64 = lsn_max_id.parse().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    // Writers wait on the lock, so the restore point sits exactly after row
+    // name_max.
+    let out = c.psql(
+        "postgres",
+        "BEGIN; LOCK TABLE truth IN EXCLUSIVE MODE; SELECT max(id) FROM truth; \
+         SELECT pg_create_restore_point('before_the_end'); COMMIT;",
+    );
+    let name_max: i64 = out.lines().next().unwrap().trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    load.stop();
+    let seg = switch_wal(&c);
+    wait_archived(&c, &seg);
+
+    let parent = tempfile::Builder::new()
+        .prefix("drr")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    // Time: every row committed at or before the target, none after.
+    let (t, explicit) = physical::parse_target_time(&t1).unwrap();
+    assert!(explicit);
+    let (max_id, last, report) =
+        restore_and_count(&f, parent.path(), "t", RecoveryTarget::Time(t)).await;
+    let after: String = c.psql("postgres", &format!("SELECT string_agg(id || '@' || committed_at, ', ') FROM truth WHERE id > {t1_rows} AND id <= {max_id} + 1"));
+    assert_eq!(
+        max_id, t1_rows,
+        "time target {t1}: restored up to {last}; live rows after: {after}; {:?}",
+        report.plan.settings
+    );
+    let reached = report.reached.unwrap();
+    assert!(
+        reached.timeline >= 2,
+        "promoted onto a new timeline: {reached:?}"
+    );
+
+    // LSN: the row visible at that LSN is there, and not much later ones.
+    let (max_id, _, _) = restore_and_count(
+        &f,
+        parent.path(),
+        "l",
+        RecoveryTarget::Lsn(lsn.parse().unwrap()),
+    )
+    .await;
+    assert!(
+        max_id >= lsn_max_id,
+        "LSN target lost committed rows: {max_id} < {lsn_max_id}"
+    );
+    assert!(
+        max_id <= lsn_max_id + 2,
+        "LSN target replayed too far: {max_id} vs {lsn_max_id}"
+    );
+
+    // Name: the restore point.
+    let (max_id, _, _) = restore_and_count(
+        &f,
+        parent.path(),
+        "n",
+        RecoveryTarget::Name("before_the_end".into()),
+    )
+    .await;
+    assert_eq!(max_id, name_max);
+
+    // The same backup to the same target twice: no collision (archive_mode
+    // off, nothing pushed), same result.
+    let (again, _, _) = restore_and_count(&f, parent.path(), "t2", RecoveryTarget::Time(t)).await;
+    assert_eq!(again, t1_rows);
+    assert!(
+        archive.list_history(sysid).await.unwrap().is_empty(),
+        "a test restore archived a timeline"
+    );
+
+    // A target before the first backup's stop point is a hard error.
+    let opts = pitr_options(
+        &f,
+        parent.path().join("early"),
+        RecoveryTarget::Time(before_backup_end.fixed_offset()),
+    );
+    let err = physical::plan_pitr(&f.repo, &f.key, "db", &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WalError::NoBackupForTarget { .. }), "{err}");
+    assert!(!parent.path().join("early").exists());
+
+    // A non-empty target directory is refused before anything is written.
+    let busy = parent.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("x"), b"x").unwrap();
+    let opts = pitr_options(&f, busy.clone(), RecoveryTarget::Immediate);
+    let plan = physical::plan_pitr(&f.repo, &f.key, "db", &opts)
+        .await
+        .unwrap();
+    let err = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WalError::TargetNotEmpty { .. }), "{err}");
+}
+
+/// A base backup while archive_command fails is marked failed within the
+/// bound, with an error saying archiving is broken; nothing is listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_fails_when_archiving_is_broken() {
+    if !testing::should_run() {
+        return;
+    }
+    let f = fixture().await;
+    let mut o = ClusterOptions::default();
+    o.conf = vec![
+        "wal_level = replica".into(),
+        "archive_mode = on".into(),
+        // Calls wal-push, but into a repository that does not exist.
+        format!(
+            "archive_command = '{} wal-push --repo /nonexistent/repo --source db %p'",
+            f.helper.display()
+        ),
+    ];
+    let c = TestCluster::start_with(o);
+    let mut opts = PhysicalOptions::default();
+    opts.archive_timeout = Duration::from_secs(5);
+    let source = PostgresPhysical::new(c.settings("postgres"), opts);
+    let started = Instant::now();
+    let err = dr_core::job::backup(&f.repo, &source, "db")
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.to_string().contains("WAL archiving is broken")
+            || format!("{err:?}").contains("ArchiveStalled"),
+        "{err:?}"
+    );
+    assert!(f.repo.list_backups(Some("db")).await.unwrap().is_empty());
+
+    // archive_mode off: refused by the preflight, naming the setting.
+    let plain = TestCluster::start();
+    let source = PostgresPhysical::new(plain.settings("postgres"), PhysicalOptions::default());
+    let err = dr_core::job::backup(&f.repo, &source, "db2")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("archive_mode"), "{err:?}");
+}

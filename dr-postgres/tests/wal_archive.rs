@@ -1,0 +1,543 @@
+//! The archiving rules of `wal-push` / `wal-fetch` on real clusters with
+//! `archive_mode = on`, against S3 (moto, when `DR_TEST_S3_URL` is set) or a
+//! local directory.
+//!
+//! PostgreSQL runs `archive_command` itself. It calls this test binary
+//! through a small shell script (the `helper_entry` test below, selected by
+//! `DR_HELPER_ARGS`), which runs exactly the library calls `dr wal-push` and
+//! `dr wal-fetch` make and exits with their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dr_postgres::testing::{self, ClusterOptions, TestCluster};
+use dr_postgres::wal::{
+    self, FetchOptions, PushOptions, RetryPolicy, WalError, EXIT_ABORT_RECOVERY,
+};
+use dr_storage::{Identities, InitOptions, Location, Repository, StoreOptions, WalArchive};
+
+/// Entry point when PostgreSQL runs the helper: `wal-push --repo URL --source S FILE`
+/// or `wal-fetch --repo URL --identity F --source S NAME DEST`.
+#[test]
+fn helper_entry() {
+    let Ok(args) = std::env::var("DR_HELPER_ARGS") else {
+        return;
+    };
+    let words: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    let code = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_helper(&words));
+    std::process::exit(code);
+}
+
+async fn run_helper(words: &[String]) -> i32 {
+    let flag = |name: &str| {
+        words
+            .iter()
+            .position(|w| w == name)
+            .map(|i| words[i + 1].clone())
+    };
+    let positional: Vec<&String> = {
+        let mut out = Vec::new();
+        let mut i = 1;
+        while i < words.len() {
+            if words[i].starts_with("--") {
+                i += 2;
+            } else {
+                out.push(&words[i]);
+                i += 1;
+            }
+        }
+        out
+    };
+    let location = Location::parse(&flag("--repo").unwrap()).unwrap();
+    let repo = match Repository::open(&location, &StoreOptions::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("helper: {e}");
+            return 3;
+        }
+    };
+    let archive = WalArchive::new(&repo, &flag("--source").unwrap()).unwrap();
+    let mut retry = RetryPolicy::default();
+    retry.deadline = Duration::from_secs(5);
+    match words[0].as_str() {
+        "wal-push" => {
+            let mut opts = PushOptions::default();
+            opts.retry = retry;
+            let r = wal::wal_push(&archive, Path::new(positional[0]), &opts).await;
+            if let Err(e) = &r {
+                eprintln!("wal-push: {e}");
+            }
+            wal::push_exit_code(&r)
+        }
+        "wal-fetch" => {
+            let ids = Identities::from_file(Path::new(&flag("--identity").unwrap())).unwrap();
+            let mut opts = FetchOptions::default();
+            opts.retry = retry;
+            let r = wal::wal_fetch(
+                &archive,
+                positional[0],
+                Path::new(positional[1]),
+                &ids,
+                &opts,
+            )
+            .await;
+            if let Err(e) = &r {
+                eprintln!("wal-fetch: {e}");
+            }
+            wal::fetch_exit_code(&r, false)
+        }
+        other => panic!("unknown helper command {other}"),
+    }
+}
+
+/// A repository readable and writable by the `postgres` user, and a key file
+/// it can read.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    url: String,
+    repo: Repository,
+    key: Identities,
+    _key_file: PathBuf,
+    helper: PathBuf,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::Builder::new()
+        .prefix("drw")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let url = match std::env::var("DR_TEST_S3_URL") {
+        Ok(u) => format!(
+            "{}/wal-{}",
+            u.trim_end_matches('/'),
+            hex::encode(rand::random::<[u8; 6]>())
+        ),
+        Err(_) => {
+            if std::env::var_os("DR_REQUIRE_SERVERS").is_some() {
+                panic!("DR_REQUIRE_SERVERS is set but DR_TEST_S3_URL is not");
+            }
+            let p = dir.path().join("repo");
+            std::fs::create_dir(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+            p.display().to_string()
+        }
+    };
+    let key = Identities::generate();
+    let key_file = dir.path().join("key.txt");
+    std::fs::write(
+        &key_file,
+        secrecy::ExposeSecret::expose_secret(&key.to_file_text()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let repo = Repository::init(
+        &Location::parse(&url).unwrap(),
+        &StoreOptions::default(),
+        InitOptions::with_recipients(key.recipients().to_strings()),
+    )
+    .await
+    .unwrap();
+    if !url.starts_with("s3://") {
+        chmod_tree(Path::new(&url));
+    }
+    let helper = dir.path().join("dr-helper.sh");
+    let exe = std::env::current_exe().unwrap();
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nDR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --nocapture --test-threads=1 -q\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Fixture {
+        _dir: dir,
+        url,
+        repo,
+        key,
+        _key_file: key_file,
+        helper,
+    }
+}
+
+fn chmod_tree(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if p.is_dir() { 0o777 } else { 0o666 };
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            chmod_tree(&e.unwrap().path());
+        }
+    }
+}
+
+impl Fixture {
+    fn archive_command(&self, source: &str) -> String {
+        format!(
+            "archive_command = '{} wal-push --repo {} --source {source} %p'",
+            self.helper.display(),
+            self.url
+        )
+    }
+
+    fn archiving_cluster(&self, source: &str) -> TestCluster {
+        let mut o = ClusterOptions::default();
+        o.conf = vec![
+            "wal_level = replica".into(),
+            "archive_mode = on".into(),
+            self.archive_command(source),
+            "max_wal_senders = 4".into(),
+        ];
+        TestCluster::start_with(o)
+    }
+}
+
+/// Waits until the cluster has archived `segment` (pg_stat_archiver).
+fn wait_archived(c: &TestCluster, segment: &str) {
+    let started = Instant::now();
+    loop {
+        let last = c.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.as_str() >= segment {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{segment} not archived; last {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn switch_wal(c: &TestCluster) -> String {
+    c.psql(
+        "postgres",
+        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
+    )
+}
+
+fn system_id(c: &TestCluster) -> u64 {
+    c.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system()",
+    )
+    .parse()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archiving_rules_on_real_clusters() {
+    if !testing::should_run() {
+        return;
+    }
+    let f = fixture().await;
+    let a = f.archiving_cluster("db");
+    a.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 50000) g",
+    );
+    let seg = switch_wal(&a);
+    wait_archived(&a, &seg);
+    let archive = WalArchive::new(&f.repo, "db").unwrap();
+    let sysid = system_id(&a);
+    // archive.json names cluster A, and every archived segment is there.
+    assert_eq!(archive.system_id().await.unwrap(), Some(sysid));
+    let stored = archive.list(sysid).await.unwrap();
+    assert!(stored.iter().any(|o| o.name == seg), "{seg} in {stored:?}");
+    assert_eq!(
+        a.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"),
+        "0"
+    );
+
+    // Rule 5: fetch writes the exact content atomically; rule 6: a missing
+    // name is an authoritative not-found (exit 1) and creates nothing.
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join(&seg);
+    let fopts = FetchOptions::default();
+    wal::wal_fetch(&archive, &seg, &dest, &f.key, &fopts)
+        .await
+        .unwrap();
+    let content = std::fs::read(&dest).unwrap();
+    assert_eq!(content.len(), 16 << 20);
+    let missing = work.path().join("missing");
+    let r = wal::wal_fetch(
+        &archive,
+        "0000000100000000000000FF",
+        &missing,
+        &f.key,
+        &fopts,
+    )
+    .await;
+    assert!(matches!(r, Err(WalError::NotArchived { .. })), "{r:?}");
+    assert_eq!(wal::fetch_exit_code(&r, false), 1);
+    assert!(!missing.exists());
+
+    // Rule 2: the same content again is success; other content fails,
+    // naming both checksums, and the stored object is unchanged.
+    let popts = PushOptions::default();
+    let again = wal::wal_push(&archive, &dest, &popts).await.unwrap();
+    assert!(!again.stored);
+    let mut changed = content.clone();
+    changed[10_000] ^= 0xFF;
+    let other_dir = tempfile::tempdir().unwrap();
+    let changed_path = other_dir.path().join(&seg);
+    std::fs::write(&changed_path, &changed).unwrap();
+    let r = wal::wal_push(&archive, &changed_path, &popts).await;
+    let Err(e @ WalError::Conflict { .. }) = &r else {
+        panic!("{r:?}")
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&dr_storage::sha256_hex(&content))
+            && msg.contains(&dr_storage::sha256_hex(&changed)),
+        "{msg}"
+    );
+    let code = wal::push_exit_code(&r);
+    assert!((1..=125).contains(&code), "{code}");
+    wal::wal_fetch(&archive, &seg, &dest, &f.key, &fopts)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), content);
+
+    // Rule 4 and 7: .partial, .history and .backup names; X.partial is never
+    // served for X.
+    let partial = other_dir.path().join(format!("{seg}.partial"));
+    std::fs::write(&partial, &changed).unwrap();
+    wal::wal_push(&archive, &partial, &popts).await.unwrap();
+    wal::wal_fetch(&archive, &seg, &dest, &f.key, &fopts)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        content,
+        "X.partial served for X"
+    );
+    wal::wal_fetch(&archive, &format!("{seg}.partial"), &dest, &f.key, &fopts)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), changed);
+    let mut hopts = PushOptions::default();
+    hopts.pgdata = Some(a.data_dir());
+    let hist = other_dir.path().join("00000002.history");
+    std::fs::write(&hist, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    assert!(wal::wal_push(&archive, &hist, &hopts).await.unwrap().stored);
+    std::fs::write(&hist, "1\t0/4000000\tother\n").unwrap();
+    assert!(matches!(
+        wal::wal_push(&archive, &hist, &hopts).await,
+        Err(WalError::Conflict { .. })
+    ));
+    let backup = other_dir.path().join(format!("{seg}.00000028.backup"));
+    std::fs::write(&backup, "START WAL LOCATION: 0/2000028\n").unwrap();
+    wal::wal_push(&archive, &backup, &hopts).await.unwrap();
+    // Without pg_control a .history file has no system identifier: refused.
+    let r = wal::wal_push(&archive, &backup, &PushOptions::default()).await;
+    assert!(matches!(r, Err(WalError::InvalidInput { .. })), "{r:?}");
+    // Not WAL at all.
+    let junk = other_dir.path().join("000000010000000000000077");
+    std::fs::write(&junk, b"not wal").unwrap();
+    assert!(matches!(
+        wal::wal_push(&archive, &junk, &popts).await,
+        Err(WalError::NotWal { .. })
+    ));
+    let junk = other_dir.path().join("pg_internal.init");
+    std::fs::write(&junk, b"x").unwrap();
+    assert!(matches!(
+        wal::wal_push(&archive, &junk, &popts).await,
+        Err(WalError::InvalidInput { .. })
+    ));
+
+    // Rule 3: a second cluster archiving into the same source is refused by
+    // its archive_command, which PostgreSQL counts as failures.
+    let b = f.archiving_cluster("db");
+    assert_ne!(system_id(&b), sysid);
+    b.psql("postgres", "CREATE TABLE t AS SELECT 1");
+    switch_wal(&b);
+    let started = Instant::now();
+    while b.psql("postgres", "SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "B's archiving never failed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        b.psql("postgres", "SELECT archived_count FROM pg_stat_archiver"),
+        "0"
+    );
+    let log = std::fs::read_to_string(b.dir().join("server.log")).unwrap();
+    assert!(log.contains("system identifier"), "B's log: {log}");
+    assert_eq!(archive.system_id().await.unwrap(), Some(sysid));
+    drop(b);
+    drop(a);
+}
+
+/// An object store that fails every call while `down` is set (a stand-in for
+/// an unreachable store; the real one is moto stopped, see pitr tests).
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn object_store::ObjectStore>,
+    down: Arc<AtomicBool>,
+}
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flaky({})", self.inner)
+    }
+}
+
+impl Flaky {
+    fn check(&self) -> object_store::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(object_store::Error::Generic {
+                store: "flaky",
+                source: Box::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "store is down",
+                )),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for Flaky {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.check()?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.check()?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.check()?;
+        self.inner.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+        self.check()?;
+        self.inner.delete(location).await
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        if let Err(e) = self.check() {
+            return Box::pin(futures::stream::once(async move { Err(e) }));
+        }
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.check()?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.check()?;
+        self.inner.copy(from, to).await
+    }
+    async fn copy_if_not_exists(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.check()?;
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+/// Rule 6 with a store that goes away: fetch retries with a bound, then
+/// exits above 125 so that recovery stops (1 in standby mode); push fails
+/// within 1..125. A store that comes back within the bound is not an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_errors_are_retried_then_stop_recovery() {
+    let key = Identities::generate();
+    let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let down = Arc::new(AtomicBool::new(false));
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(Flaky {
+        inner: inner.clone(),
+        down: down.clone(),
+    });
+    Repository::init(
+        &Location::parse("memory://flaky-init").unwrap(),
+        &StoreOptions::default(),
+        InitOptions::with_recipients(key.recipients().to_strings()),
+    )
+    .await
+    .unwrap();
+    // Write dr-repo.json into the flaky store's backing memory.
+    let cfg = serde_json::json!({
+        "format_version": dr_storage::FORMAT_VERSION, "repository_id": "flaky", "created_at": "2026-01-01T00:00:00Z",
+        "codec": "zstd+age-x25519", "recipients": key.recipients().to_strings()
+    });
+    inner
+        .put(
+            &object_store::path::Path::from("dr-repo.json"),
+            serde_json::to_vec(&cfg).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let repo = Repository::open_store(store, "flaky".into()).await.unwrap();
+    let archive = WalArchive::new(&repo, "db").unwrap();
+    archive.register(42).await.unwrap();
+    archive
+        .push(42, "000000010000000000000001", b"segment")
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("RECOVERYXLOG");
+    let mut opts = FetchOptions::default();
+    opts.retry = RetryPolicy::new(4, Duration::from_secs(10));
+    down.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let r = wal::wal_fetch(&archive, "000000010000000000000001", &dest, &key, &opts).await;
+    assert!(
+        matches!(r, Err(WalError::RetriesExhausted { attempts: 4, .. })),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(wal::fetch_exit_code(&r, false), EXIT_ABORT_RECOVERY);
+    assert_eq!(wal::fetch_exit_code(&r, true), 1);
+    assert!(!dest.exists());
+
+    // The store comes back during the retries: success.
+    let d = down.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        d.store(false, Ordering::SeqCst);
+    });
+    down.store(true, Ordering::SeqCst);
+    wal::wal_fetch(&archive, "000000010000000000000001", &dest, &key, &opts)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"segment");
+}

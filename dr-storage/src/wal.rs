@@ -1,0 +1,659 @@
+//! Archived PostgreSQL WAL in the repository.
+//!
+//! Layout (like pgBackRest's archive, so an identical re-push is recognised
+//! from the object name alone, without any key):
+//! ```text
+//! wal/<source>/archive.json                                   the system identifier this source archives
+//! wal/<source>/<system-id>/<first 16 hex of name>/<name>-<sha256>.zst.age   segments, .partial, .backup
+//! wal/<source>/<system-id>/history/<name>-<sha256>.zst.age                  timeline .history files
+//! ```
+//! `<sha256>` is the SHA-256 of the plaintext. Objects are written with a
+//! conditional create and never overwritten (PostgreSQL 15 docs §26.3.1: "the
+//! archive command should generally be designed to refuse to overwrite any
+//! pre-existing archive file").
+//!
+//! Pushing needs only the recipients in `dr-repo.json`; fetching needs a key.
+//! A WAL object is small (one segment, 16 MiB by default), so it is encoded
+//! in memory and stored with one conditional `PUT`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys::{Identities, Recipients};
+use crate::repo::{validate_source_name, Repository};
+
+/// The top-level prefix of archived WAL.
+pub const WAL_PREFIX: &str = "wal";
+
+/// The format of `archive.json` this build writes.
+pub const WAL_ARCHIVE_VERSION: u32 = 1;
+
+const STORED_SUFFIX: &str = ".zst.age";
+
+/// `wal/<source>/archive.json`: which cluster a source's archive belongs to.
+/// Written once, with a conditional create, by the first push.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WalArchiveInfo {
+    /// [`WAL_ARCHIVE_VERSION`].
+    pub format_version: u32,
+    /// The source name.
+    pub source: String,
+    /// The PostgreSQL system identifier, decimal (a string: JSON numbers
+    /// lose precision above 2^53).
+    pub system_identifier: String,
+    /// When the first push registered it.
+    pub registered_at: DateTime<Utc>,
+}
+
+impl WalArchiveInfo {
+    /// The system identifier as a number.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the recorded value is not a number.
+    pub fn system_id(&self, object: &str) -> Result<u64> {
+        self.system_identifier.parse().map_err(|_| Error::Corrupt {
+            object: object.to_string(),
+            reason: format!(
+                "system_identifier {:?} is not a number",
+                self.system_identifier
+            ),
+        })
+    }
+}
+
+/// The outcome of [`WalArchive::register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// This call created `archive.json` for the system identifier.
+    Created,
+    /// `archive.json` already names this system identifier.
+    Matches,
+    /// `archive.json` names another cluster.
+    Differs {
+        /// The system identifier recorded there.
+        registered: u64,
+    },
+}
+
+/// One stored WAL object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalObject {
+    /// The PostgreSQL file name (`000000010000000000000003`, `00000002.history`).
+    pub name: String,
+    /// SHA-256 of the plaintext, hex (from the object name).
+    pub plain_sha256: String,
+    /// The object path relative to the repository root.
+    pub object: String,
+    /// Stored bytes.
+    pub stored_size: u64,
+    /// When the store last modified it.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// The outcome of [`WalArchive::push`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The object was stored by this call.
+    Stored(WalObject),
+    /// An object with the same name and the same content was already there.
+    AlreadyStored(WalObject),
+    /// An object with the same name and other content is there; nothing was
+    /// written.
+    Conflict {
+        /// What is stored.
+        existing: WalObject,
+        /// SHA-256 of the content that was pushed.
+        pushed_sha256: String,
+    },
+}
+
+/// Checks a WAL file name: 1 to 64 bytes of letters, digits and `.`, not
+/// starting with `.`; anything but a `.history` file starts with 16 hex
+/// digits (timeline and log number).
+///
+/// # Errors
+/// [`Error::InvalidName`].
+pub fn validate_wal_name(name: &str) -> Result<()> {
+    let bad = |reason| Error::InvalidName {
+        what: "WAL file name",
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() || name.len() > 64 {
+        return Err(bad("must be 1 to 64 bytes"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') || name.starts_with('.') {
+        return Err(bad(
+            "may contain only letters, digits and '.', and not start with '.'",
+        ));
+    }
+    if !name.ends_with(".history")
+        && (name.len() < 16 || !name.as_bytes()[..16].iter().all(u8::is_ascii_hexdigit))
+    {
+        return Err(bad(
+            "must start with 16 hex digits (timeline and log) or be a .history file",
+        ));
+    }
+    Ok(())
+}
+
+/// The directory of `name` under the system identifier.
+fn wal_dir(name: &str) -> &str {
+    if name.ends_with(".history") {
+        "history"
+    } else {
+        &name[..16]
+    }
+}
+
+/// SHA-256 of `data`, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Splits a stored file name `<name>-<sha256>.zst.age`.
+fn parse_stored(file: &str) -> Option<(&str, &str)> {
+    let stem = file.strip_suffix(STORED_SUFFIX)?;
+    let (name, sha) = stem.rsplit_once('-')?;
+    (sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then_some((name, sha))
+}
+
+/// The WAL archive of one source in a repository. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WalArchive {
+    repo: Repository,
+    source: String,
+}
+
+impl std::fmt::Display for WalArchive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{WAL_PREFIX}/{}", self.repo, self.source)
+    }
+}
+
+impl WalArchive {
+    /// The archive of `source` in `repo`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad source name.
+    pub fn new(repo: &Repository, source: &str) -> Result<Self> {
+        validate_source_name(source)?;
+        Ok(WalArchive {
+            repo: repo.clone(),
+            source: source.to_string(),
+        })
+    }
+
+    /// The source name.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The repository.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    fn store(&self) -> &std::sync::Arc<dyn ObjectStore> {
+        self.repo.store()
+    }
+
+    /// The path of `archive.json`.
+    pub fn info_path(&self) -> String {
+        format!("{WAL_PREFIX}/{}/archive.json", self.source)
+    }
+
+    fn dir_path(&self, system_id: u64, name: &str) -> String {
+        format!("{WAL_PREFIX}/{}/{system_id}/{}", self.source, wal_dir(name))
+    }
+
+    /// The object path for `name` with plaintext digest `sha`.
+    pub fn object_path(&self, system_id: u64, name: &str, sha: &str) -> String {
+        format!(
+            "{}/{name}-{sha}{STORED_SUFFIX}",
+            self.dir_path(system_id, name)
+        )
+    }
+
+    /// Reads `archive.json`; `None` before the first push.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Format`] when it does not parse.
+    pub async fn info(&self) -> Result<Option<WalArchiveInfo>> {
+        let path = self.info_path();
+        let got = match self.store().get(&StorePath::from(path.as_str())).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(path, e)),
+        };
+        let body = got
+            .bytes()
+            .await
+            .map_err(|e| Error::store(path.as_str(), e))?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|source| Error::Format {
+                object: path,
+                what: "WAL archive description",
+                source,
+            })
+    }
+
+    /// The registered system identifier, if any.
+    ///
+    /// # Errors
+    /// As [`WalArchive::info`].
+    pub async fn system_id(&self) -> Result<Option<u64>> {
+        match self.info().await? {
+            Some(i) => Ok(Some(i.system_id(&self.info_path())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Registers `system_id` as the cluster of this archive (a conditional
+    /// create of `archive.json`), or compares it with the one registered.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn register(&self, system_id: u64) -> Result<Registration> {
+        if let Some(id) = self.system_id().await? {
+            return Ok(if id == system_id {
+                Registration::Matches
+            } else {
+                Registration::Differs { registered: id }
+            });
+        }
+        let info = WalArchiveInfo {
+            format_version: WAL_ARCHIVE_VERSION,
+            source: self.source.clone(),
+            system_identifier: system_id.to_string(),
+            registered_at: Utc::now(),
+        };
+        match self.repo.put_json_create(&self.info_path(), &info).await {
+            Ok(()) => {
+                tracing::info!(source = %self.source, system_id, "WAL archive registered");
+                Ok(Registration::Created)
+            }
+            // Another pusher won the race: compare with what it wrote.
+            Err(Error::AlreadyExists { .. }) => match self.system_id().await? {
+                Some(id) if id == system_id => Ok(Registration::Matches),
+                Some(id) => Ok(Registration::Differs { registered: id }),
+                None => Err(Error::NotFound {
+                    object: self.info_path(),
+                }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_dir(&self, prefix: &str) -> Result<Vec<WalObject>> {
+        let listed: Vec<_> = self
+            .store()
+            .list(Some(&StorePath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(prefix, e))?;
+        let mut out: Vec<WalObject> = listed
+            .into_iter()
+            .filter_map(|m| {
+                let file = m.location.filename()?;
+                let (name, sha) = parse_stored(file)?;
+                Some(WalObject {
+                    name: name.to_string(),
+                    plain_sha256: sha.to_string(),
+                    object: m.location.to_string(),
+                    stored_size: m.size,
+                    last_modified: m.last_modified,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.name, &a.plain_sha256).cmp(&(&b.name, &b.plain_sha256)));
+        Ok(out)
+    }
+
+    /// The stored objects called exactly `name` (`X.partial` is not `X`).
+    /// An empty result is authoritative: the listing succeeded.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; store errors.
+    pub async fn find(&self, system_id: u64, name: &str) -> Result<Vec<WalObject>> {
+        validate_wal_name(name)?;
+        let all = self.list_dir(&self.dir_path(system_id, name)).await?;
+        Ok(all.into_iter().filter(|o| o.name == name).collect())
+    }
+
+    /// Every stored object of `system_id`, sorted by name.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list(&self, system_id: u64) -> Result<Vec<WalObject>> {
+        self.list_dir(&format!("{WAL_PREFIX}/{}/{system_id}", self.source))
+            .await
+    }
+
+    /// The timeline history files of `system_id`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list_history(&self, system_id: u64) -> Result<Vec<WalObject>> {
+        self.list_dir(&format!("{WAL_PREFIX}/{}/{system_id}/history", self.source))
+            .await
+    }
+
+    /// Stores `plain` as `name`, create-only. The same content already
+    /// stored is [`PushOutcome::AlreadyStored`]; other content is
+    /// [`PushOutcome::Conflict`] and nothing is written. The system identifier
+    /// must have been checked by the caller ([`WalArchive::register`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; store and codec errors. `Ok` means the object
+    /// is completely stored.
+    pub async fn push(&self, system_id: u64, name: &str, plain: &[u8]) -> Result<PushOutcome> {
+        let sha = sha256_hex(plain);
+        let existing = self.find(system_id, name).await?;
+        if let Some(same) = existing.iter().find(|o| o.plain_sha256 == sha) {
+            return Ok(PushOutcome::AlreadyStored(same.clone()));
+        }
+        if let Some(other) = existing.into_iter().next() {
+            return Ok(PushOutcome::Conflict {
+                existing: other,
+                pushed_sha256: sha,
+            });
+        }
+        let object = self.object_path(system_id, name, &sha);
+        let recipients = Recipients::parse(&self.repo.config().recipients)?;
+        let level = self.repo.codec().zstd_level;
+        let stored = {
+            let obj = object.clone();
+            let plain = plain.to_vec();
+            tokio::task::spawn_blocking(move || {
+                codec::encode_buffer(&plain, &recipients, level, &obj)
+            })
+            .await
+            .map_err(|e| Error::Io {
+                what: format!("encoding {object}"),
+                source: std::io::Error::other(e),
+            })??
+        };
+        let stored_size = stored.len() as u64;
+        let put = self
+            .store()
+            .put_opts(
+                &StorePath::from(object.as_str()),
+                stored.into(),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await;
+        let obj = WalObject {
+            name: name.to_string(),
+            plain_sha256: sha.clone(),
+            object: object.clone(),
+            stored_size,
+            last_modified: Utc::now(),
+        };
+        match put {
+            Ok(_) => {
+                tracing::debug!(object = %object, stored_size, "WAL object stored");
+                Ok(PushOutcome::Stored(obj))
+            }
+            // The digest is in the name: an object already at this path holds
+            // the same plaintext (a concurrent push of the same file).
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(PushOutcome::AlreadyStored(obj)),
+            Err(e) => Err(Error::store(object, e)),
+        }
+    }
+
+    /// Reads, decrypts and checks the object called exactly `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] only when the listing succeeded and holds no such
+    /// name; [`Error::Corrupt`] when two objects of that name differ or the
+    /// content does not match its digest; [`Error::Decrypt`]; store errors.
+    pub async fn fetch(
+        &self,
+        system_id: u64,
+        name: &str,
+        identities: &Identities,
+    ) -> Result<(WalObject, Vec<u8>)> {
+        let found = self.find(system_id, name).await?;
+        let obj = match found.as_slice() {
+            [] => {
+                return Err(Error::NotFound {
+                    object: format!("{}/{name}", self.dir_path(system_id, name)),
+                })
+            }
+            [one] => one.clone(),
+            [first, second, ..] => {
+                return Err(Error::Corrupt {
+                    object: format!("{}/{name}", self.dir_path(system_id, name)),
+                    reason: format!(
+                        "two different objects carry this name (sha256 {} and {}); remove the wrong one",
+                        first.plain_sha256, second.plain_sha256
+                    ),
+                })
+            }
+        };
+        let path = StorePath::from(obj.object.as_str());
+        let got = self
+            .store()
+            .get(&path)
+            .await
+            .map_err(|e| Error::store(obj.object.as_str(), e))?;
+        let stored = got
+            .bytes()
+            .await
+            .map_err(|e| Error::store(obj.object.as_str(), e))?;
+        let identities = identities.clone();
+        let o = obj.clone();
+        let plain = tokio::task::spawn_blocking(move || {
+            codec::decode_buffer(&stored, &identities, &o.plain_sha256, &o.object)
+        })
+        .await
+        .map_err(|e| Error::Io {
+            what: format!("decoding {}", obj.object),
+            source: std::io::Error::other(e),
+        })??;
+        Ok((obj, plain))
+    }
+
+    /// [`WalArchive::fetch`] into the file `dest`, atomically: the content is
+    /// checked, written to a temporary file in the same directory, synced,
+    /// and renamed over `dest`. On any error `dest` is untouched and the
+    /// temporary file removed.
+    ///
+    /// # Errors
+    /// As [`WalArchive::fetch`]; [`Error::Io`] naming the file.
+    pub async fn fetch_to_path(
+        &self,
+        system_id: u64,
+        name: &str,
+        identities: &Identities,
+        dest: &Path,
+    ) -> Result<WalObject> {
+        let (obj, plain) = self.fetch(system_id, name, identities).await?;
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || write_atomically(&dest, &plain))
+            .await
+            .map_err(|e| Error::Io {
+                what: "writing the fetched WAL file".into(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(obj)
+    }
+}
+
+/// Writes `data` to `dest` through a synced temporary file and a rename,
+/// then syncs the directory.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = dest
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{file_name}.dr-{}.tmp",
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    let io = |path: &Path, source| Error::Io {
+        what: path.display().to_string(),
+        source,
+    };
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
+        f.write_all(data).map_err(|e| io(&tmp, e))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, dest).map_err(|e| io(dest, e))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InitOptions, Location, StoreOptions};
+
+    async fn archive(name: &str) -> (WalArchive, Identities) {
+        let key = Identities::generate();
+        let repo = Repository::init(
+            &Location::parse(&format!("memory://wal-{name}")).unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        (WalArchive::new(&repo, "db").unwrap(), key)
+    }
+
+    #[test]
+    fn names() {
+        validate_wal_name("000000010000000000000001").unwrap();
+        validate_wal_name("00000002.history").unwrap();
+        validate_wal_name("000000010000000000000001.partial").unwrap();
+        validate_wal_name("000000010000000000000001.00000028.backup").unwrap();
+        assert!(validate_wal_name("../x").is_err());
+        assert!(validate_wal_name("").is_err());
+        assert!(validate_wal_name("zz0000010000000000000001").is_err());
+        assert_eq!(wal_dir("000000010000000A00000001"), "000000010000000A");
+        assert_eq!(wal_dir("00000002.history"), "history");
+        let sha = "a".repeat(64);
+        assert_eq!(
+            parse_stored(&format!("000000010000000000000001.partial-{sha}.zst.age")),
+            Some(("000000010000000000000001.partial", sha.as_str()))
+        );
+        assert_eq!(parse_stored("x-abc.zst.age"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn push_is_create_only_and_fetch_checks() {
+        let (a, key) = archive("push").await;
+        assert_eq!(a.register(7).await.unwrap(), Registration::Created);
+        assert_eq!(a.register(7).await.unwrap(), Registration::Matches);
+        assert_eq!(
+            a.register(8).await.unwrap(),
+            Registration::Differs { registered: 7 }
+        );
+        let seg = "000000010000000000000001";
+        let data = vec![5u8; 100_000];
+        let PushOutcome::Stored(o) = a.push(7, seg, &data).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.plain_sha256, sha256_hex(&data));
+        assert!(matches!(
+            a.push(7, seg, &data).await.unwrap(),
+            PushOutcome::AlreadyStored(_)
+        ));
+        let PushOutcome::Conflict {
+            existing,
+            pushed_sha256,
+        } = a.push(7, seg, b"other").await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(existing.plain_sha256, sha256_hex(&data));
+        assert_eq!(pushed_sha256, sha256_hex(b"other"));
+        a.push(7, &format!("{seg}.partial"), b"partial")
+            .await
+            .unwrap();
+        let (_, got) = a.fetch(7, seg, &key).await.unwrap();
+        assert_eq!(got, data);
+        assert!(matches!(
+            a.fetch(7, "000000010000000000000002", &key).await,
+            Err(Error::NotFound { .. })
+        ));
+        // X.partial is never served for X, and X never for X.partial.
+        let (_, p) = a.fetch(7, &format!("{seg}.partial"), &key).await.unwrap();
+        assert_eq!(p, b"partial");
+        let wrong = Identities::generate();
+        assert!(matches!(
+            a.fetch(7, seg, &wrong).await,
+            Err(Error::Decrypt { .. })
+        ));
+        assert_eq!(a.list(7).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fetch_detects_corruption_and_writes_atomically() {
+        let (a, key) = archive("corrupt").await;
+        let seg = "000000010000000000000003";
+        let PushOutcome::Stored(o) = a.push(1, seg, b"good").await.unwrap() else {
+            panic!()
+        };
+        // Replace the stored object with another encoding under the same name.
+        let recipients = key.recipients();
+        let bad = codec::encode_buffer(b"evil", &recipients, 3, "x").unwrap();
+        a.store()
+            .put(&StorePath::from(o.object.as_str()), bad.into())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let err = a.fetch_to_path(1, seg, &key, &dest).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(!dest.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no temporary file left"
+        );
+        a.push(1, "00000002.history", b"1\t0/3000000\tno reason\n")
+            .await
+            .unwrap();
+        a.fetch_to_path(1, "00000002.history", &key, &dest)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"1\t0/3000000\tno reason\n");
+        assert_eq!(a.list_history(1).await.unwrap().len(), 1);
+    }
+}
