@@ -67,6 +67,19 @@ pub enum Command {
     /// Per source: the newest recovery point against the RPO; exit 1 when an
     /// objective is violated.
     Status(StatusArgs),
+    /// archive_command: store one WAL file (`dr wal-push --source NAME %p`).
+    WalPush(crate::wal::WalPushArgs),
+    /// restore_command: fetch one WAL file (`dr wal-fetch --source NAME %f %p`).
+    WalFetch(crate::wal::WalFetchArgs),
+    /// Recovery plans: check, run, resume, list runs.
+    #[command(subcommand)]
+    Plan(crate::plan_cmd::PlanCommand),
+    /// Run a plan as a drill against scratch targets (`dr drill PLAN`), or
+    /// list stored drill reports (`dr drill list`).
+    Drill(crate::plan_cmd::DrillArgs),
+    /// DNS records: get, set, failover, rollback.
+    #[command(subcommand)]
+    Dns(crate::dns_cmd::DnsCommand),
 }
 
 /// `dr prune`
@@ -147,6 +160,10 @@ pub struct BackupArgs {
     /// Skip the cluster globals (roles, tablespaces) for --postgres.
     #[arg(long, requires = "postgres")]
     pub no_globals: bool,
+    /// A physical base backup of --postgres's cluster (for PITR) instead of a
+    /// logical dump; needs archiving into the same repository (`dr wal-push`).
+    #[arg(long, requires = "postgres")]
+    pub physical: bool,
 }
 
 /// `dr list`
@@ -227,4 +244,27 @@ pub struct RestoreArgs {
     /// Directory for the staged dump of a parallel restore.
     #[arg(long, value_name = "DIR")]
     pub staging_dir: Option<PathBuf>,
+    /// Point-in-time restore of a physical backup (`--pgdata DIR` and a target).
+    #[command(flatten)]
+    pub pitr: crate::wal::PitrArgs,
+    /// Vault: use `snapshot-force` (a snapshot of another cluster).
+    #[arg(long)]
+    pub force: bool,
+    /// Vault: unseal key files to unseal a node that sealed itself after a
+    /// forced restore (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub unseal_key_file: Vec<PathBuf>,
+    /// Kubernetes: map a namespace to another, `OLD=NEW` (repeatable).
+    #[arg(long, value_name = "OLD=NEW")]
+    pub namespace_map: Vec<String>,
+    /// Kubernetes: what to do with objects that exist: `report` or `update`.
+    #[arg(long, default_value = "report")]
+    pub existing: String,
+    /// Kubernetes: a server-side dry run.
+    #[arg(long)]
+    pub server_dry_run: bool,
+    /// etcd: write the verified snapshot file into this directory (then run
+    /// `etcdctl snapshot restore` on it on the target node).
+    #[arg(long, value_name = "DIR")]
+    pub etcd_snapshot_dir: Option<PathBuf>,
 }

@@ -14,7 +14,7 @@ use dr_postgres::PostgresSourceConfig;
 use dr_storage::RepositorySettings;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrConfig {
     /// `[repository]`.
@@ -26,6 +26,25 @@ pub struct DrConfig {
     /// `[sources.NAME]`, each with a `kind`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceEntry>,
+    /// `[dns]`: the DNS provider for `dr dns` and `dns.*` plan steps.
+    #[serde(default)]
+    pub dns: Option<dr_dns::DnsConfig>,
+    /// `[plans]`: where plan run journals are kept.
+    #[serde(default)]
+    pub plans: PlanSettings,
+    /// `[agent]`: dr-agent's settings.
+    #[serde(default)]
+    pub agent: crate::agent::AgentConfig,
+}
+
+/// `[plans]` in `dr.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSettings {
+    /// Directory of the local run journals (default `./dr-runs`); a copy goes
+    /// to the repository under `plans/runs/`.
+    #[serde(default)]
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// One `[sources.NAME]` section: the keys every kind shares, and the kind's
@@ -44,11 +63,26 @@ pub struct SourceEntry {
 }
 
 /// One `[sources.NAME]` section.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SourceConfig {
     /// `kind = "postgres"`: a logical backup of one database.
     Postgres(PostgresSourceConfig),
+    /// `kind = "postgres-physical"`: a base backup of the cluster (PITR with
+    /// the WAL archive that `dr wal-push` fills under the same source name).
+    PostgresPhysical(PostgresSourceConfig),
+    /// `kind = "vault-raft"`: a Vault (or OpenBao) raft snapshot.
+    VaultRaft(dr_vault::VaultConfig),
+    /// `kind = "kubernetes"`: the resources of selected namespaces.
+    Kubernetes(dr_k8s::KubernetesSourceConfig),
+    /// `kind = "etcd"`: an etcd v3 snapshot.
+    Etcd(dr_k8s::EtcdSourceConfig),
+}
+
+impl PartialEq for SourceConfig {
+    fn eq(&self, other: &Self) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
 }
 
 impl DrConfig {
@@ -57,7 +91,8 @@ impl DrConfig {
     /// # Errors
     /// Unreadable file, TOML errors (with line and key), unknown keys.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading configuration {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading configuration {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in configuration {}", path.display()))
     }
 
@@ -105,16 +140,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.repository.url.as_deref(), Some("s3://b/p"));
-        assert!(matches!(c.sources["shop"].config, SourceConfig::Postgres(_)));
+        assert!(matches!(
+            c.sources["shop"].config,
+            SourceConfig::Postgres(_)
+        ));
         let err = DrConfig::parse("[repository]\nurll = 'x'\n").unwrap_err();
         assert!(format!("{err:#}").contains("urll"), "{err:#}");
         let err = DrConfig::parse("[sources.a]\nkind = 'postgres'\ndns = 'x'\n").unwrap_err();
         assert!(format!("{err:#}").contains("dns"), "{err:#}");
         let err = DrConfig::parse("[sources.a]\nkind = 'oracle'\n").unwrap_err();
         assert!(format!("{err:#}").contains("oracle"), "{err:#}");
-        let c = DrConfig::parse("[sources.a]\nkind = 'postgres'\n[sources.a.retention]\nkeep_daily = 7\n").unwrap();
+        let c = DrConfig::parse(
+            "[sources.a]\nkind = 'postgres'\n[sources.a.retention]\nkeep_daily = 7\n",
+        )
+        .unwrap();
         assert_eq!(c.sources["a"].retention.keep_daily, Some(7));
-        let err = DrConfig::parse("[sources.a]\nkind = 'postgres'\n[sources.a.retention]\nkeep_dayly = 7\n").unwrap_err();
+        let err = DrConfig::parse(
+            "[sources.a]\nkind = 'postgres'\n[sources.a.retention]\nkeep_dayly = 7\n",
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("keep_dayly"), "{err:#}");
         let err = DrConfig::parse("[sources.'bad name']\nkind = 'postgres'\n").unwrap_err();
         assert!(format!("{err:#}").contains("bad name"), "{err:#}");

@@ -64,7 +64,9 @@ pub fn code(e: &anyhow::Error) -> i32 {
         let kind = if let Some(c) = cause.downcast_ref::<dr_core::Error>() {
             Some(c.kind())
         } else {
-            cause.downcast_ref::<dr_storage::Error>().map(dr_core::storage_error_kind)
+            cause
+                .downcast_ref::<dr_storage::Error>()
+                .map(dr_core::storage_error_kind)
         };
         match kind {
             Some(ErrorKind::Usage) => return EXIT_USAGE,

@@ -2,12 +2,16 @@
 //! configuration to the libraries' trait objects, table and JSON rendering,
 //! the progress bar and exit codes. Everything else lives in the libraries.
 
+pub mod agent;
 pub mod args;
 pub mod commands;
 pub mod config;
+pub mod dns_cmd;
 pub mod exit;
+pub mod plan_cmd;
 pub mod progress;
 pub mod render;
+pub mod wal;
 
 /// Installs the tracing subscriber on stderr: `DR_LOG` as a filter, else
 /// warnings (info with -v, debug with -vv).

@@ -18,8 +18,10 @@ impl Bar {
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg:20} {bytes:>10} {binary_bytes_per_sec:>12} {elapsed}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{spinner} {msg:20} {bytes:>10} {binary_bytes_per_sec:>12} {elapsed}",
+            )
+            .expect("valid template"),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
         Some(Arc::new(Bar(bar)))

@@ -39,14 +39,23 @@ pub fn list(manifests: &[Manifest]) -> String {
     if manifests.is_empty() {
         return "no backups".into();
     }
-    let mut t = table(&["SOURCE", "BACKUP ID", "KIND", "STARTED (UTC)", "DURATION", "SIZE", "STORED"]);
+    let mut t = table(&[
+        "SOURCE",
+        "BACKUP ID",
+        "KIND",
+        "STARTED (UTC)",
+        "DURATION",
+        "SIZE",
+        "STORED",
+    ]);
     for m in manifests {
         t.add_row(vec![
             Cell::new(&m.source.name),
             Cell::new(&m.backup_id),
             Cell::new(&m.source.kind),
             Cell::new(m.started_at.format("%Y-%m-%d %H:%M:%S")),
-            Cell::new(secs(m.duration().to_std().unwrap_or_default())).set_alignment(CellAlignment::Right),
+            Cell::new(secs(m.duration().to_std().unwrap_or_default()))
+                .set_alignment(CellAlignment::Right),
             Cell::new(bytes(m.plain_size())).set_alignment(CellAlignment::Right),
             Cell::new(bytes(m.stored_size())).set_alignment(CellAlignment::Right),
         ]);
@@ -96,7 +105,10 @@ pub fn show(m: &Manifest) -> String {
         out.push_str("\n\n");
         let mut t = table(&["TABLE", "ROWS"]);
         for (name, n) in counts {
-            t.add_row(vec![Cell::new(name), Cell::new(n).set_alignment(CellAlignment::Right)]);
+            t.add_row(vec![
+                Cell::new(name),
+                Cell::new(n).set_alignment(CellAlignment::Right),
+            ]);
         }
         out.push_str(&t.to_string());
     }
@@ -123,7 +135,11 @@ pub fn restore(m: &Manifest, r: &RestoreReport) -> String {
 pub fn verify(r: &VerifyReport) -> String {
     let mut out = format!("verify of backup {} of {}\n", r.backup_id, r.source);
     for a in &r.artifacts {
-        let what = if a.decoded { "decrypted, digests match" } else { "stored digest matches" };
+        let what = if a.decoded {
+            "decrypted, digests match"
+        } else {
+            "stored digest matches"
+        };
         match &a.error {
             None => out.push_str(&format!("  ok      {}  ({what})\n", a.name)),
             Some(e) => out.push_str(&format!("  FAILED  {}  {e}\n", a.name)),
@@ -143,20 +159,38 @@ pub fn verify(r: &VerifyReport) -> String {
     if let Some(c) = &r.checks {
         let failures: Vec<_> = c.failures().collect();
         if failures.is_empty() {
-            out.push_str(&format!("  ok      {} comparisons with the backup's snapshot match\n", c.checks.len()));
+            out.push_str(&format!(
+                "  ok      {} comparisons with the backup's snapshot match\n",
+                c.checks.len()
+            ));
         } else {
-            out.push_str(&format!("  FAILED  {} of {} comparisons differ:\n", failures.len(), c.checks.len()));
+            out.push_str(&format!(
+                "  FAILED  {} of {} comparisons differ:\n",
+                failures.len(),
+                c.checks.len()
+            ));
             for f in failures {
-                out.push_str(&format!("            {}: expected {}, found {}\n", f.name, f.expected, f.actual));
+                out.push_str(&format!(
+                    "            {}: expected {}, found {}\n",
+                    f.name, f.expected, f.actual
+                ));
             }
         }
     }
     if let Some(d) = r.discarded {
-        out.push_str(if d { "  ok      scratch target removed\n" } else { "  WARNING scratch target NOT removed\n" });
+        out.push_str(if d {
+            "  ok      scratch target removed\n"
+        } else {
+            "  WARNING scratch target NOT removed\n"
+        });
     }
     out.push_str(&format!(
         "{} in {}",
-        if r.ok() { "verified" } else { "VERIFICATION FAILED" },
+        if r.ok() {
+            "verified"
+        } else {
+            "VERIFICATION FAILED"
+        },
         secs(r.duration)
     ));
     out
@@ -171,16 +205,26 @@ pub fn prune_plan(p: &dr_core::prune::PrunePlan) -> String {
             Cell::new(&d.backup.id),
             Cell::new(d.backup.started_at.format("%Y-%m-%d %H:%M:%S")),
             Cell::new(bytes(d.backup.stored_bytes)).set_alignment(CellAlignment::Right),
-            Cell::new(if d.keep() { format!("keep ({})", d.kept_by.join(", ")) } else { "DELETE".into() }),
+            Cell::new(if d.keep() {
+                format!("keep ({})", d.kept_by.join(", "))
+            } else {
+                "DELETE".into()
+            }),
         ]);
     }
-    let mut out = if p.retention.backups.is_empty() { "no backups".to_string() } else { t.to_string() };
+    let mut out = if p.retention.backups.is_empty() {
+        "no backups".to_string()
+    } else {
+        t.to_string()
+    };
     for w in &p.retention.wal {
         out.push_str(&format!(
             "\nWAL {} (system {}): keep from LSN {}, {} kept, {} deleted ({})",
             w.source,
             w.system_id,
-            w.keep_from_lsn.map(|l| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)).unwrap_or_else(|| "-".into()),
+            w.keep_from_lsn
+                .map(|l| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff))
+                .unwrap_or_else(|| "-".into()),
             w.kept.len(),
             w.deleted.len(),
             bytes(w.bytes_freed)
@@ -200,19 +244,43 @@ pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
     if statuses.is_empty() {
         return "no sources".into();
     }
-    let mut t = table(&["SOURCE", "LAST BACKUP (UTC)", "AGE", "SIZE", "RPO", "STATUS"]);
+    let mut t = table(&[
+        "SOURCE",
+        "LAST BACKUP (UTC)",
+        "AGE",
+        "SIZE",
+        "RPO",
+        "STATUS",
+    ]);
     for s in statuses {
         t.add_row(vec![
             Cell::new(&s.source),
-            Cell::new(s.last_backup_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())),
             Cell::new(
-                s.last_backup_age_seconds
-                    .map(|a| humantime::format_duration(std::time::Duration::from_secs(a as u64)).to_string())
+                s.last_backup_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                     .unwrap_or_else(|| "-".into()),
             ),
-            Cell::new(s.last_backup_stored_bytes.map(bytes).unwrap_or_else(|| "-".into())),
-            Cell::new(humantime::format_duration(std::time::Duration::from_secs(s.rpo_seconds as u64))),
-            Cell::new(if s.rpo_met { "ok".to_string() } else { format!("VIOLATED: {}", s.problems.join("; ")) }),
+            Cell::new(
+                s.last_backup_age_seconds
+                    .map(|a| {
+                        humantime::format_duration(std::time::Duration::from_secs(a as u64))
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            Cell::new(
+                s.last_backup_stored_bytes
+                    .map(bytes)
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            Cell::new(humantime::format_duration(std::time::Duration::from_secs(
+                s.rpo_seconds as u64,
+            ))),
+            Cell::new(if s.rpo_met {
+                "ok".to_string()
+            } else {
+                format!("VIOLATED: {}", s.problems.join("; "))
+            }),
         ]);
     }
     t.to_string()

@@ -42,11 +42,26 @@ impl Env {
     }
     fn init(&self) {
         let out = self.run(&["key", "generate", "--output", &self.key()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert!(recipient.starts_with("age1"));
-        let out = self.run(&["repo", "init", "--repo", &self.repo(), "--recipient", &recipient]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = self.run(&[
+            "repo",
+            "init",
+            "--repo",
+            &self.repo(),
+            "--recipient",
+            &recipient,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
@@ -81,39 +96,98 @@ fn backup_list_verify_restore_end_to_end() {
     let dsn = pg.dsn("db");
     let backups = env.json(&["backup", "--repo", &env.repo(), "--postgres", &dsn]);
     assert_eq!(backups[0]["source"]["name"], "db");
-    assert_eq!(backups[0]["metadata"]["row_counts"]["public.pgbench_accounts"], 100000);
+    assert_eq!(
+        backups[0]["metadata"]["row_counts"]["public.pgbench_accounts"],
+        100000
+    );
 
     let list = env.json(&["list", "--repo", &env.repo()]);
     assert_eq!(list.as_array().unwrap().len(), 1);
 
-    let report = env.json(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
-    assert!(report["artifacts"].as_array().unwrap().iter().all(|a| a["error"].is_null()));
+    let report = env.json(&[
+        "verify",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        &env.key(),
+    ]);
+    assert!(report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["error"].is_null()));
 
     let report = env.json(&[
-        "verify", "latest", "--repo", &env.repo(), "--identity", &env.key(), "--restore", "--scratch",
+        "verify",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        &env.key(),
+        "--restore",
+        "--scratch",
         &pg.dsn("postgres"),
     ]);
     assert_eq!(report["discarded"], true);
     assert!(report["checks"]["checks"].as_array().unwrap().len() >= 4);
 
-    let out = env.run(&["restore", "latest", "--repo", &env.repo(), "--identity", &env.key(), "--to", &pg.dsn("copy")]);
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        &env.key(),
+        "--to",
+        &pg.dsn("copy"),
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(pg.psql("copy", "SELECT count(*) FROM pgbench_accounts"), "100000");
+    assert_eq!(
+        pg.psql("copy", "SELECT count(*) FROM pgbench_accounts"),
+        "100000"
+    );
 
     // Restoring again into the now non-empty database is refused.
-    let out = env.run(&["restore", "latest", "--repo", &env.repo(), "--identity", &env.key(), "--to", &pg.dsn("copy")]);
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        &env.key(),
+        "--to",
+        &pg.dsn("copy"),
+    ]);
     assert_eq!(code(&out), 3);
-    assert!(stderr(&out).contains("already holds objects"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already holds objects"),
+        "{}",
+        stderr(&out)
+    );
 
     // A wrong identity: exit 2, clear message, target untouched.
     let other = env.path("other.txt");
     env.run(&["key", "generate", "--output", other.to_str().unwrap()]);
     let out = env.run(&[
-        "restore", "latest", "--repo", &env.repo(), "--identity", other.to_str().unwrap(), "--to", &pg.dsn("other"),
+        "restore",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        other.to_str().unwrap(),
+        "--to",
+        &pg.dsn("other"),
     ]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot decrypt"), "{}", stderr(&out));
-    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'other%'"), "0");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'other%'"
+        ),
+        "0"
+    );
 }
 
 fn objects(repo: &Path) -> Vec<PathBuf> {
@@ -163,13 +237,28 @@ fn damaged_repositories_fail_verification_naming_the_object() {
                 args.extend(["--identity", &key]);
             }
             let out = env.run(&args);
-            assert_eq!(code(&out), 1, "flip in {name}: {}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(
+                code(&out),
+                1,
+                "flip in {name}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(stdout.contains(name) && stdout.contains("corrupt"), "{stdout}");
+            assert!(
+                stdout.contains(name) && stdout.contains("corrupt"),
+                "{stdout}"
+            );
         }
         // Truncated.
         std::fs::write(obj, &original[..original.len() - 10]).unwrap();
-        let out = env.run(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
+        let out = env.run(&[
+            "verify",
+            "latest",
+            "--repo",
+            &env.repo(),
+            "--identity",
+            &env.key(),
+        ]);
         assert_eq!(code(&out), 1);
         assert!(String::from_utf8_lossy(&out.stdout).contains(name));
         // Missing.
@@ -177,19 +266,35 @@ fn damaged_repositories_fail_verification_naming_the_object() {
         let out = env.run(&["verify", "latest", "--repo", &env.repo()]);
         assert_eq!(code(&out), 1);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains(name) && stdout.contains("missing"), "{stdout}");
+        assert!(
+            stdout.contains(name) && stdout.contains("missing"),
+            "{stdout}"
+        );
         std::fs::write(obj, &original).unwrap();
     }
-    let out = env.run(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
+    let out = env.run(&[
+        "verify",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        &env.key(),
+    ]);
     assert_eq!(code(&out), 0);
 
     // A repository of a newer format: exit 2 naming the version.
     let cfg = env.path("repo/dr-repo.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"format_version\": 1", "\"format_version\": 7");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 7");
     std::fs::write(&cfg, text).unwrap();
     let out = env.run(&["list", "--repo", &env.repo()]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("format version 7"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("format version 7"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -208,7 +313,13 @@ fn a_backup_killed_mid_upload_leaves_nothing_listed() {
     let env = Env::new();
     env.init();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("dr"))
-        .args(["backup", "--repo", &env.repo(), "--postgres", &pg.dsn("big")])
+        .args([
+            "backup",
+            "--repo",
+            &env.repo(),
+            "--postgres",
+            &pg.dsn("big"),
+        ])
         .current_dir(env.dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -223,14 +334,30 @@ fn a_backup_killed_mid_upload_leaves_nothing_listed() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    assert!(!status.success(), "the backup was killed before it finished");
+    assert!(
+        !status.success(),
+        "the backup was killed before it finished"
+    );
     let list = env.json(&["list", "--repo", &env.repo()]);
     assert_eq!(list, serde_json::json!([]), "a killed backup is not listed");
     // The next backup succeeds and is the only one listed.
-    env.json(&["backup", "--repo", &env.repo(), "--postgres", &pg.dsn("big")]);
+    env.json(&[
+        "backup",
+        "--repo",
+        &env.repo(),
+        "--postgres",
+        &pg.dsn("big"),
+    ]);
     let list = env.json(&["list", "--repo", &env.repo()]);
     assert_eq!(list.as_array().unwrap().len(), 1);
-    let out = env.run(&["verify", "latest", "--repo", &env.repo(), "--identity", &env.key()]);
+    let out = env.run(&[
+        "verify",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        &env.key(),
+    ]);
     assert_eq!(code(&out), 0);
 }
 
@@ -255,7 +382,12 @@ fn configuration_file_sources_and_precedence() {
     )
     .unwrap();
     // The file names a repository that does not exist; DR_REPO overrides it.
-    let out = env.dr().args(["backup", "shop"]).env("DR_CONFIG", &cfg).output().unwrap();
+    let out = env
+        .dr()
+        .args(["backup", "shop"])
+        .env("DR_CONFIG", &cfg)
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("not-this-repo"));
     let out = env
@@ -287,7 +419,12 @@ fn configuration_file_sources_and_precedence() {
 
     // Unknown keys are errors naming the key.
     std::fs::write(&cfg, "[repository]\nurll = \"x\"\n").unwrap();
-    let out = env.dr().args(["list"]).env("DR_CONFIG", &cfg).output().unwrap();
+    let out = env
+        .dr()
+        .args(["list"])
+        .env("DR_CONFIG", &cfg)
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("urll"), "{}", stderr(&out));
 }
@@ -297,13 +434,24 @@ fn usage_errors_exit_2() {
     let env = Env::new();
     let out = env.run(&["backup"]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("nothing to back up"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to back up"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.run(&["list", "--repo", "ftp://x/y"]);
     assert_eq!(code(&out), 2);
     let out = env.run(&["repo", "init", "--repo", &env.repo()]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("--recipient"), "{}", stderr(&out));
-    let out = env.run(&["repo", "init", "--repo", &env.repo(), "--recipient", "age1bogus"]);
+    let out = env.run(&[
+        "repo",
+        "init",
+        "--repo",
+        &env.repo(),
+        "--recipient",
+        "age1bogus",
+    ]);
     assert_eq!(code(&out), 2);
     let out = env.run(&["frobnicate"]);
     assert_eq!(code(&out), 2);

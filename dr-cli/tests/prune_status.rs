@@ -26,15 +26,26 @@ impl Env {
     }
     fn ok(&self, args: &[&str]) -> String {
         let out = self.dr(args);
-        assert!(out.status.success(), "dr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 }
 
 fn setup(pg: &TestCluster, extra: &str) -> Env {
-    let env = Env { dir: tempfile::tempdir().unwrap() };
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+    };
     let key = env.path("key.txt");
-    let out = Command::cargo_bin("dr").unwrap().args(["key", "generate", "--output"]).arg(&key).output().unwrap();
+    let out = Command::cargo_bin("dr")
+        .unwrap()
+        .args(["key", "generate", "--output"])
+        .arg(&key)
+        .output()
+        .unwrap();
     let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
     std::fs::write(
         env.path("dr.toml"),
@@ -63,21 +74,31 @@ fn prune_keeps_exactly_what_the_policy_says() {
         env.ok(&["backup", "db"]);
     }
     let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
-    let ids: Vec<String> = list.as_array().unwrap().iter().map(|m| m["backup_id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["backup_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 4);
 
     // An orphan of a crashed backup two days ago, and one of a running backup.
     let old = env.path("repo/backups/db/20200101T000000Z-dead00");
     std::fs::create_dir_all(&old).unwrap();
     std::fs::write(old.join("database.pgdump.zst.age"), b"partial").unwrap();
-    let st = std::process::Command::new("touch").args(["-d", "2 days ago"]).arg(old.join("database.pgdump.zst.age")).status().unwrap();
+    let st = std::process::Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(old.join("database.pgdump.zst.age"))
+        .status()
+        .unwrap();
     assert!(st.success());
     let young = env.path("repo/backups/db/29990101T000000Z-beef00");
     std::fs::create_dir_all(&young).unwrap();
     std::fs::write(young.join("database.pgdump.zst.age"), b"running").unwrap();
 
     // The dry run says what would happen and changes nothing.
-    let plan: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
     let decisions = plan["retention"]["backups"].as_array().unwrap();
     let deleted: Vec<&str> = decisions
         .iter()
@@ -85,25 +106,65 @@ fn prune_keeps_exactly_what_the_policy_says() {
         .map(|d| d["backup"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(deleted, vec![ids[0].as_str(), ids[1].as_str()]);
-    let newest = decisions.iter().find(|d| d["backup"]["id"] == ids[3].as_str()).unwrap();
-    let rules: Vec<&str> = newest["kept_by"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    assert!(rules.contains(&"keep_last") && rules.contains(&"newest good backup"), "{rules:?}");
+    let newest = decisions
+        .iter()
+        .find(|d| d["backup"]["id"] == ids[3].as_str())
+        .unwrap();
+    let rules: Vec<&str> = newest["kept_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"keep_last") && rules.contains(&"newest good backup"),
+        "{rules:?}"
+    );
     assert_eq!(plan["orphans"].as_array().unwrap().len(), 1);
     assert_eq!(plan["orphans_in_grace"], 1);
     let human = env.ok(&["prune", "--dry-run"]);
-    assert!(human.contains("DELETE") && human.contains("keep (keep_last"), "{human}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&env.ok(&["list", "--json"])).unwrap().as_array().unwrap().len(), 4);
+    assert!(
+        human.contains("DELETE") && human.contains("keep (keep_last"),
+        "{human}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&env.ok(&["list", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 
     env.ok(&["prune"]);
     let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
-    let left: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["backup_id"].as_str().unwrap()).collect();
+    let left: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["backup_id"].as_str().unwrap())
+        .collect();
     assert_eq!(left, vec![ids[2].as_str(), ids[3].as_str()]);
-    assert!(!env.path(&format!("repo/backups/db/{}", ids[0])).join("manifest.json").exists());
-    assert!(!old.join("database.pgdump.zst.age").exists(), "old orphan removed");
-    assert!(young.join("database.pgdump.zst.age").exists(), "a running backup's objects are left alone");
+    assert!(!env
+        .path(&format!("repo/backups/db/{}", ids[0]))
+        .join("manifest.json")
+        .exists());
+    assert!(
+        !old.join("database.pgdump.zst.age").exists(),
+        "old orphan removed"
+    );
+    assert!(
+        young.join("database.pgdump.zst.age").exists(),
+        "a running backup's objects are left alone"
+    );
     // Idempotent, and what is left still verifies.
-    let again: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
-    assert!(again["retention"]["backups"].as_array().unwrap().iter().all(|d| !d["kept_by"].as_array().unwrap().is_empty()));
+    let again: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
+    assert!(again["retention"]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| !d["kept_by"].as_array().unwrap().is_empty()));
     env.ok(&["verify", "latest"]);
 
     // A prune lock held by another process: refused with a clear message.
@@ -116,7 +177,10 @@ fn prune_keeps_exactly_what_the_policy_says() {
     let out = env.dr(&["prune"]);
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("otherhost:1:x") && err.contains("--break-stale-lock"), "{err}");
+    assert!(
+        err.contains("otherhost:1:x") && err.contains("--break-stale-lock"),
+        "{err}"
+    );
     env.ok(&["prune", "--break-stale-lock"]);
     assert!(!env.path("repo/locks/prune.json").exists());
 }
@@ -135,10 +199,19 @@ fn status_flags_a_source_older_than_its_rpo() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no backup"));
     env.ok(&["backup", "db"]);
-    std::fs::write(env.path("dr.toml"), format!("{toml}\n[objectives]\nrpo = \"1h\"\n")).unwrap();
+    std::fs::write(
+        env.path("dr.toml"),
+        format!("{toml}\n[objectives]\nrpo = \"1h\"\n"),
+    )
+    .unwrap();
     let prom = env.path("dr.prom");
     let out = env.dr(&["status", "--prometheus", prom.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let text = std::fs::read_to_string(&prom).unwrap();
     for metric in [
         "backup_last_success_timestamp_seconds{source=\"db\"}",
@@ -149,11 +222,17 @@ fn status_flags_a_source_older_than_its_rpo() {
         assert!(text.contains(metric), "{metric} missing from\n{text}");
     }
     // An RPO shorter than the backup's age: exit 1, and the metric says so.
-    std::fs::write(env.path("dr.toml"), format!("{toml}\n[objectives]\nrpo = \"1h\"\n[objectives.sources.db]\nrpo = \"1s\"\n")).unwrap();
+    std::fs::write(
+        env.path("dr.toml"),
+        format!("{toml}\n[objectives]\nrpo = \"1h\"\n[objectives.sources.db]\nrpo = \"1s\"\n"),
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let out = env.dr(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s[0]["rpo_met"], false);
-    assert!(std::fs::read_to_string(&prom).unwrap().contains("objective_rpo_met{source=\"db\"} 0"));
+    assert!(std::fs::read_to_string(&prom)
+        .unwrap()
+        .contains("objective_rpo_met{source=\"db\"} 0"));
 }

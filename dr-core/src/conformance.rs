@@ -41,12 +41,22 @@ pub async fn backup_is_listed_and_readable(
     name: &str,
 ) -> dr_storage::Manifest {
     let before = repository.list_backups(Some(name)).await.expect("list");
-    let manifest = job::backup(repository, source, name).await.expect("backup succeeds");
-    assert_eq!(manifest.source.kind, source.kind(), "manifest records the source kind");
+    let manifest = job::backup(repository, source, name)
+        .await
+        .expect("backup succeeds");
+    assert_eq!(
+        manifest.source.kind,
+        source.kind(),
+        "manifest records the source kind"
+    );
     assert!(!manifest.artifacts.is_empty(), "a backup has artifacts");
     let after = repository.list_backups(Some(name)).await.expect("list");
     assert_eq!(after.len(), before.len() + 1, "the backup is listed once");
-    assert_eq!(after.last(), Some(&manifest), "the newest listed backup is this one");
+    assert_eq!(
+        after.last(),
+        Some(&manifest),
+        "the newest listed backup is this one"
+    );
     for (info, r) in repository.check_decoded(&manifest, keys).await {
         r.unwrap_or_else(|e| panic!("artifact {} does not decode: {e}", info.name));
     }

@@ -17,7 +17,11 @@ use crate::source::{BackupReader, BackupSource, CheckReport, RestoreReport, Rest
 ///
 /// # Errors
 /// The source's error, or the repository's.
-pub async fn backup(repository: &Repository, source: &dyn BackupSource, name: &str) -> Result<Manifest> {
+pub async fn backup(
+    repository: &Repository,
+    source: &dyn BackupSource,
+    name: &str,
+) -> Result<Manifest> {
     let writer = repository.begin_backup(source.kind(), name)?;
     let span = tracing::info_span!("backup", source = %name, kind = source.kind(), backup_id = %writer.id());
     async move {
@@ -51,7 +55,10 @@ pub async fn restore(
 ) -> Result<RestoreReport> {
     if !restorer.accepts(&manifest.source.kind) {
         return Err(Error::Unsupported {
-            what: format!("restoring a {} backup with {restorer}", manifest.source.kind),
+            what: format!(
+                "restoring a {} backup with {restorer}",
+                manifest.source.kind
+            ),
         });
     }
     let span = tracing::info_span!("restore", source = %manifest.source.name, backup_id = %manifest.backup_id);
@@ -197,7 +204,8 @@ pub async fn verify(
     };
     if let (Some(scratch), Some(ids)) = (scratch, identities) {
         if report.artifacts.iter().any(|a| a.error.is_some()) {
-            report.restore_error = Some("scratch restore skipped: artifacts failed their checks".into());
+            report.restore_error =
+                Some("scratch restore skipped: artifacts failed their checks".into());
         } else {
             match restore(repository, manifest, ids, scratch).await {
                 Ok(r) => {

@@ -44,16 +44,16 @@ mod error;
 pub mod job;
 mod memory;
 pub mod metrics;
-pub mod objectives;
-pub mod plan;
 #[cfg(feature = "notify")]
 pub mod notify;
+pub mod objectives;
+pub mod plan;
 pub mod prune;
 pub mod retention;
 pub mod schedule;
-pub mod status;
 mod serde_secs;
 mod source;
+pub mod status;
 
 pub use error::{storage_error_kind, BoxError, Error, ErrorKind, Result};
 pub use memory::{InMemoryRestorer, InMemorySource};

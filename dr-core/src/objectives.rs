@@ -103,8 +103,11 @@ mod opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
-            .transpose()
+        s.map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
+        .transpose()
     }
 }
 
@@ -114,7 +117,8 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let c: ObjectivesConfig = toml::from_str("rpo = \"30m\"\n[sources.db]\nrpo = \"1m\"\n").unwrap();
+        let c: ObjectivesConfig =
+            toml::from_str("rpo = \"30m\"\n[sources.db]\nrpo = \"1m\"\n").unwrap();
         assert_eq!(c.for_source("db").rpo, Duration::from_secs(60));
         assert_eq!(c.for_source("other").rpo, Duration::from_secs(1800));
         assert_eq!(c.for_source("db").rto, Duration::from_secs(3600));

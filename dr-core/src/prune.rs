@@ -87,7 +87,10 @@ pub fn facts(m: &Manifest) -> BackupFacts {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     });
-    let range = match (md.get("start_lsn").and_then(parse_lsn), md.get("stop_lsn").and_then(parse_lsn)) {
+    let range = match (
+        md.get("start_lsn").and_then(parse_lsn),
+        md.get("stop_lsn").and_then(parse_lsn),
+    ) {
         (Some(s), Some(e)) => Some((s, e)),
         _ => None,
     };
@@ -95,7 +98,10 @@ pub fn facts(m: &Manifest) -> BackupFacts {
         source: m.source.name.clone(),
         id: m.backup_id.clone(),
         started_at: m.started_at,
-        good: md.get("status").and_then(|s| s.as_str()).is_none_or(|s| s != "failed"),
+        good: md
+            .get("status")
+            .and_then(|s| s.as_str())
+            .is_none_or(|s| s != "failed"),
         system_id: sysid,
         wal_range: range,
         stored_bytes: m.stored_size(),
@@ -174,7 +180,11 @@ pub struct PruneReport {
 /// # Errors
 /// [`dr_storage::Error::Locked`] when another prune holds the lease;
 /// repository errors.
-pub async fn prune(repo: &Repository, plan: &PrunePlan, options: &PruneOptions) -> Result<PruneReport> {
+pub async fn prune(
+    repo: &Repository,
+    plan: &PrunePlan,
+    options: &PruneOptions,
+) -> Result<PruneReport> {
     let mut lease_opts = LeaseOptions::default();
     lease_opts.wait = options.lock_wait;
     lease_opts.break_stale = options.break_stale_lock;
@@ -184,7 +194,10 @@ pub async fn prune(repo: &Repository, plan: &PrunePlan, options: &PruneOptions) 
         let mut report = PruneReport::default();
         let manifests = repo.list_backups(None).await?;
         for b in plan.retention.deletions() {
-            if let Some(m) = manifests.iter().find(|m| m.source.name == b.source && m.backup_id == b.id) {
+            if let Some(m) = manifests
+                .iter()
+                .find(|m| m.source.name == b.source && m.backup_id == b.id)
+            {
                 repo.delete_backup(m).await?;
                 report.backups_deleted.push(b.id.clone());
                 report.bytes_freed += b.stored_bytes;
@@ -194,7 +207,9 @@ pub async fn prune(repo: &Repository, plan: &PrunePlan, options: &PruneOptions) 
         for w in &plan.retention.wal {
             for object in &w.deleted {
                 match repo.store().delete(&Path::from(object.as_str())).await {
-                    Ok(()) | Err(dr_storage::object_store::Error::NotFound { .. }) => report.wal_deleted += 1,
+                    Ok(()) | Err(dr_storage::object_store::Error::NotFound { .. }) => {
+                        report.wal_deleted += 1
+                    }
                     Err(e) => return Err(dr_storage::Error::store(object.clone(), e).into()),
                 }
             }

@@ -71,8 +71,11 @@ mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
-            .transpose()
+        s.map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
+        .transpose()
     }
 }
 
@@ -174,7 +177,8 @@ impl RetentionPlan {
 
     /// Bytes freed by the plan.
     pub fn bytes_freed(&self) -> u64 {
-        self.deletions().map(|b| b.stored_bytes).sum::<u64>() + self.wal.iter().map(|w| w.bytes_freed).sum::<u64>()
+        self.deletions().map(|b| b.stored_bytes).sum::<u64>()
+            + self.wal.iter().map(|w| w.bytes_freed).sum::<u64>()
     }
 }
 
@@ -203,10 +207,11 @@ pub fn plan_retention(
     let mut keep_from: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut keep_ranges: BTreeMap<(String, String), Vec<(u64, u64)>> = BTreeMap::new();
 
-    let by_source: BTreeMap<&str, Vec<&BackupFacts>> = backups.iter().fold(BTreeMap::new(), |mut m, b| {
-        m.entry(b.source.as_str()).or_insert_with(Vec::new).push(b);
-        m
-    });
+    let by_source: BTreeMap<&str, Vec<&BackupFacts>> =
+        backups.iter().fold(BTreeMap::new(), |mut m, b| {
+            m.entry(b.source.as_str()).or_insert_with(Vec::new).push(b);
+            m
+        });
     for (source, mut list) in by_source {
         list.sort_by_key(|b| (b.started_at, b.wal_range.map(|r| r.0), b.id.clone()));
         let policy = policies.get(source).cloned().unwrap_or_default();
@@ -221,10 +226,13 @@ pub fn plan_retention(
             kept_by[i].insert("newest good backup".into());
         }
         // Chains: by system identifier (None is its own chain).
-        let chains: BTreeMap<Option<&str>, Vec<usize>> = (0..list.len()).fold(BTreeMap::new(), |mut m, i| {
-            m.entry(list[i].system_id.as_deref()).or_insert_with(Vec::new).push(i);
-            m
-        });
+        let chains: BTreeMap<Option<&str>, Vec<usize>> =
+            (0..list.len()).fold(BTreeMap::new(), |mut m, i| {
+                m.entry(list[i].system_id.as_deref())
+                    .or_insert_with(Vec::new)
+                    .push(i);
+                m
+            });
         for (sysid, idx) in &chains {
             let good: Vec<usize> = idx.iter().copied().filter(|&i| list[i].good).collect();
             if let Some(n) = policy.keep_last {
@@ -259,7 +267,11 @@ pub fn plan_retention(
                 }
             }
             if let (Some(w), Some(sysid)) = (policy.pitr_window, sysid) {
-                let physical: Vec<usize> = good.iter().copied().filter(|&i| list[i].wal_range.is_some()).collect();
+                let physical: Vec<usize> = good
+                    .iter()
+                    .copied()
+                    .filter(|&i| list[i].wal_range.is_some())
+                    .collect();
                 let start = now - chrono::Duration::from_std(w).unwrap_or(chrono::Duration::MAX);
                 let anchor = physical
                     .iter()
@@ -284,7 +296,9 @@ pub fn plan_retention(
             if !b.good && !kept_by[i].is_empty() && !policy.is_empty() {
                 kept_by[i].clear();
             }
-            if let (Some(r), Some(sysid), false) = (b.wal_range, &b.system_id, kept_by[i].is_empty()) {
+            if let (Some(r), Some(sysid), false) =
+                (b.wal_range, &b.system_id, kept_by[i].is_empty())
+            {
                 keep_ranges
                     .entry((source.to_string(), sysid.clone()))
                     .or_default()
@@ -358,7 +372,9 @@ mod tests {
 
     #[test]
     fn runbook_policy_is_expressible_in_toml() {
-        let p: RetentionPolicy = toml::from_str("pitr_window = \"7d\"\nkeep_weekly = 13\nkeep_within = \"7d\"\n").unwrap();
+        let p: RetentionPolicy =
+            toml::from_str("pitr_window = \"7d\"\nkeep_weekly = 13\nkeep_within = \"7d\"\n")
+                .unwrap();
         assert_eq!(p.pitr_window, Some(Duration::from_secs(7 * 86400)));
         assert_eq!(p.keep_weekly, Some(13));
         assert!(toml::from_str::<RetentionPolicy>("keep_dayly = 3").is_err());
@@ -368,9 +384,18 @@ mod tests {
     #[test]
     fn order_comes_from_times_not_names() {
         // "z" sorts last by name but is the oldest by time.
-        let b = vec![backup("z", 0, true, None, None), backup("a", 5, true, None, None)];
+        let b = vec![
+            backup("z", 0, true, None, None),
+            backup("a", 5, true, None, None),
+        ];
         let mut pol = BTreeMap::new();
-        pol.insert("db".to_string(), RetentionPolicy { keep_last: Some(1), ..Default::default() });
+        pol.insert(
+            "db".to_string(),
+            RetentionPolicy {
+                keep_last: Some(1),
+                ..Default::default()
+            },
+        );
         let plan = plan_retention(&pol, &b, &[], at(6));
         let deleted: Vec<_> = plan.deletions().map(|b| b.id.as_str()).collect();
         assert_eq!(deleted, vec!["z"]);
@@ -397,7 +422,10 @@ mod tests {
         let mut pol = BTreeMap::new();
         pol.insert(
             "db".to_string(),
-            RetentionPolicy { pitr_window: Some(Duration::from_secs(30 * 3600)), ..Default::default() },
+            RetentionPolicy {
+                pitr_window: Some(Duration::from_secs(30 * 3600)),
+                ..Default::default()
+            },
         );
         // now = 54h: window starts at 24h: b1 anchors.
         let plan = plan_retention(&pol, &b, &wal, at(54));
@@ -450,7 +478,13 @@ mod tests {
     }
 
     fn wal_for(backups: &[BackupFacts]) -> Vec<WalFacts> {
-        let max = backups.iter().filter_map(|b| b.wal_range).map(|r| r.1).max().unwrap_or(0) + 2000;
+        let max = backups
+            .iter()
+            .filter_map(|b| b.wal_range)
+            .map(|r| r.1)
+            .max()
+            .unwrap_or(0)
+            + 2000;
         let mut out = Vec::new();
         for sys in ["sys0", "sys1"] {
             for i in 0..max / 250 {

@@ -69,7 +69,10 @@ pub async fn status(
         let last = mine.iter().max_by_key(|m| m.finished_at);
         let obj = objectives.for_source(&name);
         let wal = wal_last.get(&name).copied();
-        let newest_point = [last.map(|m| m.finished_at), wal].into_iter().flatten().max();
+        let newest_point = [last.map(|m| m.finished_at), wal]
+            .into_iter()
+            .flatten()
+            .max();
         let age = newest_point.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
         let rpo = obj.rpo.as_secs_f64();
         let rpo_met = age.is_some_and(|a| a <= rpo);
@@ -88,7 +91,8 @@ pub async fn status(
             kind: last.map(|m| m.source.kind.clone()),
             last_backup_id: last.map(|m| m.backup_id.clone()),
             last_backup_at: last.map(|m| m.finished_at),
-            last_backup_age_seconds: last.map(|m| (now - m.finished_at).num_milliseconds() as f64 / 1000.0),
+            last_backup_age_seconds: last
+                .map(|m| (now - m.finished_at).num_milliseconds() as f64 / 1000.0),
             last_backup_stored_bytes: last.map(|m| m.stored_size()),
             last_backup_plain_bytes: last.map(|m| m.plain_size()),
             backups: mine.len(),
@@ -122,25 +126,43 @@ pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
         "Unix time the newest good backup finished",
         last.clone(),
     );
-    registry.register("backup_size_bytes", "Stored size of the newest good backup", size.clone());
+    registry.register(
+        "backup_size_bytes",
+        "Stored size of the newest good backup",
+        size.clone(),
+    );
     registry.register(
         "wal_archive_last_success_timestamp_seconds",
         "Unix time WAL was last archived",
         wal.clone(),
     );
-    registry.register("objective_rpo_seconds", "Recovery point objective", rpo.clone());
-    registry.register("objective_rto_seconds", "Recovery time objective", rto.clone());
-    registry.register("objective_rpo_met", "1 when the newest recovery point is within the RPO", met.clone());
+    registry.register(
+        "objective_rpo_seconds",
+        "Recovery point objective",
+        rpo.clone(),
+    );
+    registry.register(
+        "objective_rto_seconds",
+        "Recovery time objective",
+        rto.clone(),
+    );
+    registry.register(
+        "objective_rpo_met",
+        "1 when the newest recovery point is within the RPO",
+        met.clone(),
+    );
     for s in statuses {
         let l = vec![("source".to_string(), s.source.clone())];
         if let Some(t) = s.last_backup_at {
-            last.get_or_create(&l).set(t.timestamp_millis() as f64 / 1000.0);
+            last.get_or_create(&l)
+                .set(t.timestamp_millis() as f64 / 1000.0);
         }
         if let Some(b) = s.last_backup_stored_bytes {
             size.get_or_create(&l).set(b as f64);
         }
         if let Some(t) = s.last_wal_archived_at {
-            wal.get_or_create(&l).set(t.timestamp_millis() as f64 / 1000.0);
+            wal.get_or_create(&l)
+                .set(t.timestamp_millis() as f64 / 1000.0);
         }
         rpo.get_or_create(&l).set(s.rpo_seconds);
         rto.get_or_create(&l).set(s.rto_seconds);

@@ -34,7 +34,7 @@ impl Action for Stub {
     }
 }
 
-const SYSTEM_ACTIONS: [&str; 8] = [
+const SYSTEM_ACTIONS: [&str; 10] = [
     "postgres.revoke_writes",
     "postgres.grant_writes",
     "postgres.sql_check",
@@ -43,6 +43,8 @@ const SYSTEM_ACTIONS: [&str; 8] = [
     "postgres.verify",
     "dns.failover",
     "vault.restore",
+    "k8s.zone_spread",
+    "k8s.pods_ready",
 ];
 
 fn registry() -> ActionRegistry {

@@ -139,18 +139,19 @@ impl TsigKey {
     fn signer(&self) -> Result<TSigner, DnsError> {
         // RFC 8945 section 6: HMAC-SHA256 is mandatory; MD5 and SHA-1 are
         // not accepted here.
-        let algorithm =
-            match self.algorithm.to_ascii_lowercase().trim_end_matches('.') {
-                "hmac-sha256" => TsigAlgorithm::HmacSha256,
-                "hmac-sha384" => TsigAlgorithm::HmacSha384,
-                "hmac-sha512" => TsigAlgorithm::HmacSha512,
-                other => return Err(DnsError::InvalidConfig {
+        let algorithm = match self.algorithm.to_ascii_lowercase().trim_end_matches('.') {
+            "hmac-sha256" => TsigAlgorithm::HmacSha256,
+            "hmac-sha384" => TsigAlgorithm::HmacSha384,
+            "hmac-sha512" => TsigAlgorithm::HmacSha512,
+            other => {
+                return Err(DnsError::InvalidConfig {
                     key: "dns.algorithm".into(),
                     reason: format!(
                         "{other:?} is not supported; use hmac-sha256, hmac-sha384 or hmac-sha512"
                     ),
-                }),
-            };
+                })
+            }
+        };
         let secret = base64::engine::general_purpose::STANDARD
             .decode(self.secret.expose_secret().trim())
             .map_err(|_| DnsError::InvalidConfig {

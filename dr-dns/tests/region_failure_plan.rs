@@ -59,7 +59,10 @@ async fn run(
     let set = BTreeMap::from([
         ("api_name".to_string(), name.to_string()),
         // The restore steps are cut out above; their variable still needs a value.
-        ("dr_dsn".to_string(), "postgresql://dr@127.0.0.1/app".to_string()),
+        (
+            "dr_dsn".to_string(),
+            "postgresql://dr@127.0.0.1/app".to_string(),
+        ),
         ("primary_ip".to_string(), PRIMARY.to_string()),
         ("dr_ip".to_string(), DR.to_string()),
     ]);

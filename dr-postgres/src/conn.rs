@@ -50,10 +50,12 @@ impl ConnectionSettings {
     /// [`Error::InvalidConfig`] when the DSN does not parse or asks for TLS
     /// (not supported yet: use a local socket or a TLS tunnel).
     pub fn from_dsn(dsn: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| Error::InvalidConfig {
-            key: "dsn".into(),
-            reason: e.to_string(),
-        })?;
+        let config: tokio_postgres::Config =
+            dsn.parse()
+                .map_err(|e: tokio_postgres::Error| Error::InvalidConfig {
+                    key: "dsn".into(),
+                    reason: e.to_string(),
+                })?;
         if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             return Err(Error::InvalidConfig {
                 key: "dsn sslmode".into(),
@@ -93,7 +95,9 @@ impl ConnectionSettings {
         let host = match env("PGHOST") {
             Some(h) if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
             Some(h) => Host::Tcp(h),
-            None if Path::new("/var/run/postgresql").exists() => Host::Unix("/var/run/postgresql".into()),
+            None if Path::new("/var/run/postgresql").exists() => {
+                Host::Unix("/var/run/postgresql".into())
+            }
             None => Host::Tcp("localhost".into()),
         };
         let port = match env("PGPORT") {
@@ -130,7 +134,13 @@ impl ConnectionSettings {
             .map(PathBuf::from)
             .or_else(|| env("HOME").map(|h| Path::new(&h).join(".pgpass")));
         match file {
-            Some(f) if f.exists() => Ok(pgpass_lookup(&f, &self.host_string(), self.port, &self.dbname, &self.user)),
+            Some(f) if f.exists() => Ok(pgpass_lookup(
+                &f,
+                &self.host_string(),
+                self.port,
+                &self.dbname,
+                &self.user,
+            )),
             _ => Ok(None),
         }
     }
@@ -279,7 +289,10 @@ impl ConnectionSettings {
 }
 
 fn quote_kv(v: &str) -> String {
-    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -295,8 +308,14 @@ pub struct PassFile {
 impl PassFile {
     fn write(password: &SecretString) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
-        let path = std::env::temp_dir().join(format!("dr-pgpass-{}", hex::encode(rand::random::<[u8; 8]>())));
-        let escaped = password.expose_secret().replace('\\', "\\\\").replace(':', "\\:");
+        let path = std::env::temp_dir().join(format!(
+            "dr-pgpass-{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        let escaped = password
+            .expose_secret()
+            .replace('\\', "\\\\")
+            .replace(':', "\\:");
         let io = |source| Error::Io {
             path: path.clone(),
             source,
@@ -307,7 +326,8 @@ impl PassFile {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        f.write_all(format!("*:*:*:*:{escaped}\n").as_bytes()).map_err(io)?;
+        f.write_all(format!("*:*:*:*:{escaped}\n").as_bytes())
+            .map_err(io)?;
         Ok(PassFile { path })
     }
 
@@ -381,7 +401,10 @@ mod tests {
 
     #[test]
     fn pgpass_fields_and_escapes() {
-        assert_eq!(split_pgpass(r"h:5432:db:u:pa\:ss\\w"), vec!["h", "5432", "db", "u", r"pa:ss\w"]);
+        assert_eq!(
+            split_pgpass(r"h:5432:db:u:pa\:ss\\w"),
+            vec!["h", "5432", "db", "u", r"pa:ss\w"]
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pgpass");
         std::fs::write(&f, "# c\nother:*:*:*:no\n127.0.0.1:5432:*:app:s3cret\n").unwrap();

@@ -90,7 +90,10 @@ impl From<Error> for dr_core::Error {
             Error::NoSuchDatabase { database, server } => dr_core::Error::NotFound {
                 what: format!("database {database:?} on {server}"),
             },
-            Error::TargetNotEmpty { target, reason } => dr_core::Error::Conflict { what: target, reason },
+            Error::TargetNotEmpty { target, reason } => dr_core::Error::Conflict {
+                what: target,
+                reason,
+            },
             Error::Connect { .. } => dr_core::Error::Unavailable {
                 what: "PostgreSQL".into(),
                 source: Box::new(e),

@@ -22,8 +22,8 @@ mod config;
 mod conn;
 mod error;
 pub mod logical;
-pub mod plan;
 pub mod physical;
+pub mod plan;
 #[cfg(feature = "test-cluster")]
 pub mod testing;
 mod tools;
@@ -32,7 +32,11 @@ pub mod wal;
 pub use config::PostgresSourceConfig;
 pub use conn::{ConnectionSettings, PassFile};
 pub use error::{Error, Result};
-pub use logical::{LogicalMetadata, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer, KIND_LOGICAL};
+pub use logical::{
+    LogicalMetadata, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer, KIND_LOGICAL,
+};
+pub use physical::{
+    pitr_restore, plan_pitr, PitrOptions, PostgresPhysical, RecoveryTarget, KIND_PHYSICAL,
+};
 pub use tools::{find as find_tool, Tool};
 pub use wal::{wal_fetch, wal_push, WalError};
-pub use physical::{pitr_restore, plan_pitr, PitrOptions, PostgresPhysical, RecoveryTarget, KIND_PHYSICAL};

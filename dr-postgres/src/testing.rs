@@ -98,12 +98,17 @@ impl TestCluster {
     /// When the cluster cannot be made.
     pub fn start_with(options: ClusterOptions) -> Self {
         let bin = bin_dir();
-        let dir = tempfile::Builder::new().prefix("drpg").tempdir_in("/tmp").expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("drpg")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
         let owner = if nix::unistd::geteuid().is_root() {
             let u = nix::unistd::User::from_name("postgres")
                 .ok()
                 .flatten()
-                .expect("running as root needs the postgres user (Debian's postgresql package makes it)");
+                .expect(
+                "running as root needs the postgres user (Debian's postgresql package makes it)",
+            );
             Some((u.uid.as_raw(), u.gid.as_raw()))
         } else {
             None
@@ -135,14 +140,18 @@ impl TestCluster {
         let mut conf = vec![
             format!("port = {}", cluster.port),
             "listen_addresses = '127.0.0.1'".into(),
-            format!("unix_socket_directories = '{}'", cluster.dir.path().display()),
+            format!(
+                "unix_socket_directories = '{}'",
+                cluster.dir.path().display()
+            ),
             "fsync = off".into(),
             "full_page_writes = on".into(),
             "max_connections = 50".into(),
             "log_min_messages = warning".into(),
         ];
         conf.extend(options.conf);
-        let mut text = std::fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
+        let mut text =
+            std::fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
         text.push_str("\n# dr test cluster\n");
         for line in conf {
             text.push_str(&line);
@@ -175,7 +184,14 @@ impl TestCluster {
     pub fn stop(&self) {
         self.run(
             "pg_ctl",
-            &["-D", self.data_dir().to_str().expect("utf-8"), "-m", "fast", "-w", "stop"],
+            &[
+                "-D",
+                self.data_dir().to_str().expect("utf-8"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
         );
     }
 
@@ -183,14 +199,17 @@ impl TestCluster {
     /// on failure.
     pub fn run(&self, program: &str, args: &[&str]) {
         let mut cmd = Command::new(self.bin.join(program));
-        cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
         if let Some((uid, gid)) = self.owner {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);
         }
         let out = cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"));
         if !out.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             panic!(
                 "{program} {args:?} failed: {}\n{}\nserver log:\n{log}",
                 String::from_utf8_lossy(&out.stdout),
@@ -240,11 +259,25 @@ impl TestCluster {
     /// When psql fails.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.dsn(db), "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.dsn(db),
+                "-c",
+                sql,
+            ])
             .output()
             .expect("psql");
         if !out.status.success() {
-            panic!("psql failed: {}\n{sql}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "psql failed: {}\n{sql}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -254,7 +287,11 @@ impl TestCluster {
     /// # Panics
     /// When pgbench fails.
     pub fn pgbench_init(&self, db: &str, scale: u32) {
-        if self.psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")) == "0" {
+        if self.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+        ) == "0"
+        {
             self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
         }
         let out = Command::new(self.bin.join("pgbench"))
@@ -262,7 +299,10 @@ impl TestCluster {
             .output()
             .expect("pgbench");
         if !out.status.success() {
-            panic!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "pgbench -i failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -270,9 +310,16 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         let mut cmd = Command::new(self.bin.join("pg_ctl"));
-        cmd.args(["-D", self.data_dir().to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "-D",
+            self.data_dir().to_str().unwrap_or_default(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         if let Some((uid, gid)) = self.owner {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);

@@ -32,7 +32,9 @@ pub async fn find(name: &'static str, bin_dir: Option<&Path>, server_major: u32)
     if let Some(dir) = bin_dir {
         candidates.push(dir.join(name));
     } else {
-        candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{server_major}/bin/{name}")));
+        candidates.push(PathBuf::from(format!(
+            "/usr/lib/postgresql/{server_major}/bin/{name}"
+        )));
         let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
             .into_iter()
             .flatten()
@@ -85,7 +87,10 @@ async fn version(name: &str, path: &Path) -> Result<u32> {
     let text = String::from_utf8_lossy(&out.stdout);
     parse_major(&text).ok_or_else(|| Error::Tool {
         program: name.into(),
-        reason: format!("cannot read the version of {} from {text:?}", path.display()),
+        reason: format!(
+            "cannot read the version of {} from {text:?}",
+            path.display()
+        ),
     })
 }
 
@@ -108,7 +113,10 @@ mod tests {
 
     #[test]
     fn parses_versions() {
-        assert_eq!(parse_major("pg_dump (PostgreSQL) 15.4 (Debian 15.4-1.pgdg120+1)\n"), Some(15));
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.4 (Debian 15.4-1.pgdg120+1)\n"),
+            Some(15)
+        );
         assert_eq!(parse_major("pg_restore (PostgreSQL) 9.6.24\n"), Some(9));
         assert_eq!(parse_major("psql 15"), None);
     }

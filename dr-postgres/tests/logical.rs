@@ -2,7 +2,9 @@
 
 use dr_core::{conformance, job, Error as CoreError, Restorer};
 use dr_postgres::testing::{should_run, TestCluster};
-use dr_postgres::{LogicalMetadata, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer};
+use dr_postgres::{
+    LogicalMetadata, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer,
+};
 use dr_storage::{Identities, InitOptions, Location, Repository, StoreOptions};
 
 async fn repo() -> (Repository, Identities, tempfile::TempDir) {
@@ -32,8 +34,14 @@ async fn pgbench_database_conforms() {
     pg.pgbench_init("bench", 2);
     let (repo, key, _d) = repo().await;
     let source = PostgresLogical::new(pg.settings("bench"));
-    let target = PostgresLogicalRestorer::new(pg.settings("bench_restored"), LogicalRestoreOptions::default());
-    let scratch = PostgresLogicalRestorer::scratch(&pg.settings("postgres"), LogicalRestoreOptions::default());
+    let target = PostgresLogicalRestorer::new(
+        pg.settings("bench_restored"),
+        LogicalRestoreOptions::default(),
+    );
+    let scratch = PostgresLogicalRestorer::scratch(
+        &pg.settings("postgres"),
+        LogicalRestoreOptions::default(),
+    );
     conformance::all(&repo, &key, &source, "bench", &target, &scratch).await;
 
     let m = repo.find_backup(Some("bench"), "latest").await.unwrap();
@@ -48,7 +56,10 @@ async fn pgbench_database_conforms() {
     );
     // The scratch database of the verify was dropped.
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'dr\\_%'"),
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'dr\\_%'"
+        ),
         "0"
     );
 }
@@ -90,7 +101,10 @@ async fn awkward_schema_restores_into_a_fresh_cluster_with_globals() {
     assert_eq!(counts[r#""Sales Dept"."Orders ""2026"" = Q1""#], 1234);
     assert_eq!(counts[r#"public."ünïcødé""#], 3);
     // A partitioned table is counted through its leaves, once.
-    assert_eq!(counts["public.measurements_2025"] + counts["public.measurements_2026"], 5000);
+    assert_eq!(
+        counts["public.measurements_2025"] + counts["public.measurements_2026"],
+        5000
+    );
     assert!(!counts.contains_key("public.measurements"));
     assert_eq!(counts["(large objects)"], 2);
 
@@ -102,9 +116,15 @@ async fn awkward_schema_restores_into_a_fresh_cluster_with_globals() {
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     let check = restorer.check(&m).await.unwrap();
     assert!(check.ok(), "{:?}", check.failures().collect::<Vec<_>>());
-    assert_eq!(dst.psql("shop", "SELECT last_value FROM invoice_no"), "1041");
     assert_eq!(
-        dst.psql("shop", "SELECT tableowner FROM pg_tables WHERE tablename = 'owned'"),
+        dst.psql("shop", "SELECT last_value FROM invoice_no"),
+        "1041"
+    );
+    assert_eq!(
+        dst.psql(
+            "shop",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'owned'"
+        ),
         "app_owner"
     );
     assert_eq!(dst.psql("shop", "SELECT count(*) FROM big_orders"), "234");
@@ -132,7 +152,10 @@ async fn row_counts_and_dump_share_one_snapshot_under_writes() {
         let mut n = 0u64;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             client
-                .execute("INSERT INTO events (payload) SELECT 'w' FROM generate_series(1, 50)", &[])
+                .execute(
+                    "INSERT INTO events (payload) SELECT 'w' FROM generate_series(1, 50)",
+                    &[],
+                )
                 .await
                 .unwrap();
             n += 50;
@@ -146,12 +169,19 @@ async fn row_counts_and_dump_share_one_snapshot_under_writes() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.await.unwrap();
     assert!(written > 0, "the writer ran during the backup");
-    let restorer = PostgresLogicalRestorer::new(pg.settings("busy_copy"), LogicalRestoreOptions::default());
+    let restorer =
+        PostgresLogicalRestorer::new(pg.settings("busy_copy"), LogicalRestoreOptions::default());
     job::restore(&repo, &m, &key, &restorer).await.unwrap();
     let check = restorer.check(&m).await.unwrap();
     assert!(check.ok(), "{:?}", check.failures().collect::<Vec<_>>());
-    let live: i64 = pg.psql("busy", "SELECT count(*) FROM events").parse().unwrap();
-    assert!(live > metadata(&m).row_counts["public.events"], "writes continued after the snapshot");
+    let live: i64 = pg
+        .psql("busy", "SELECT count(*) FROM events")
+        .parse()
+        .unwrap();
+    assert!(
+        live > metadata(&m).row_counts["public.events"],
+        "writes continued after the snapshot"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,20 +206,31 @@ async fn failures_are_clear_and_leave_targets_untouched() {
         .unwrap();
 
     // Wrong identity: clear error, no database created.
-    let restorer = PostgresLogicalRestorer::new(pg.settings("fresh"), LogicalRestoreOptions::default());
+    let restorer =
+        PostgresLogicalRestorer::new(pg.settings("fresh"), LogicalRestoreOptions::default());
     let err = job::restore(&repo, &m, &Identities::generate(), &restorer)
         .await
         .unwrap_err();
-    assert!(matches!(err, CoreError::Storage(dr_storage::Error::Decrypt { .. })), "{err:?}");
+    assert!(
+        matches!(err, CoreError::Storage(dr_storage::Error::Decrypt { .. })),
+        "{err:?}"
+    );
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'fresh%'"),
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'fresh%'"
+        ),
         "0"
     );
 
     // A non-empty target is refused and stays as it was.
     pg.psql("postgres", "CREATE DATABASE busy");
-    pg.psql("busy", "CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)");
-    let restorer = PostgresLogicalRestorer::new(pg.settings("busy"), LogicalRestoreOptions::default());
+    pg.psql(
+        "busy",
+        "CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)",
+    );
+    let restorer =
+        PostgresLogicalRestorer::new(pg.settings("busy"), LogicalRestoreOptions::default());
     let err = job::restore(&repo, &m, &key, &restorer).await.unwrap_err();
     assert!(matches!(err, CoreError::Conflict { .. }), "{err:?}");
     assert_eq!(pg.psql("busy", "SELECT x FROM keep"), "7");
@@ -199,22 +240,43 @@ async fn failures_are_clear_and_leave_targets_untouched() {
     opts.clean = true;
     let restorer = PostgresLogicalRestorer::new(pg.settings("busy"), opts);
     job::restore(&repo, &m, &key, &restorer).await.unwrap();
-    assert_eq!(pg.psql("busy", "SELECT count(*) FROM pgbench_accounts"), "100000");
-    assert_eq!(pg.psql("busy", "SELECT count(*) FROM pg_tables WHERE tablename = 'keep'"), "0");
+    assert_eq!(
+        pg.psql("busy", "SELECT count(*) FROM pgbench_accounts"),
+        "100000"
+    );
+    assert_eq!(
+        pg.psql(
+            "busy",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'keep'"
+        ),
+        "0"
+    );
 
     // A corrupt dump: the restore fails, the target does not exist, no
     // temporary database is left.
     let info = m.artifact("database.pgdump").unwrap();
     let path = dr_storage::object_store::path::Path::from(info.object.as_str());
-    let mut bytes = repo.store().get(&path).await.unwrap().bytes().await.unwrap().to_vec();
+    let mut bytes = repo
+        .store()
+        .get(&path)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     repo.store().put(&path, bytes.into()).await.unwrap();
-    let restorer = PostgresLogicalRestorer::new(pg.settings("broken"), LogicalRestoreOptions::default());
+    let restorer =
+        PostgresLogicalRestorer::new(pg.settings("broken"), LogicalRestoreOptions::default());
     let err = job::restore(&repo, &m, &key, &restorer).await.unwrap_err();
     assert!(err.to_string().contains("database.pgdump"), "{err}");
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'broken%'"),
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'broken%'"
+        ),
         "0"
     );
 
@@ -248,7 +310,11 @@ async fn parallel_restore_stages_and_cleans_up() {
     let restorer = PostgresLogicalRestorer::new(pg.settings("par"), opts);
     job::restore(&repo, &m, &key, &restorer).await.unwrap();
     assert!(restorer.check(&m).await.unwrap().ok());
-    assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0, "staged dump removed");
+    assert_eq!(
+        std::fs::read_dir(staging.path()).unwrap().count(),
+        0,
+        "staged dump removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -261,14 +327,22 @@ async fn a_pg_dump_older_than_the_server_is_refused() {
     let bin = tempfile::tempdir().unwrap();
     for tool in ["pg_dump", "pg_dumpall"] {
         let path = bin.path().join(tool);
-        std::fs::write(&path, format!("#!/bin/sh\necho '{tool} (PostgreSQL) 9.6.24'\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho '{tool} (PostgreSQL) 9.6.24'\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let (repo, _key, _d) = repo().await;
-    let source = PostgresLogical::new(pg.settings("postgres")).with_bin_dir(Some(bin.path().to_path_buf()));
+    let source =
+        PostgresLogical::new(pg.settings("postgres")).with_bin_dir(Some(bin.path().to_path_buf()));
     let err = job::backup(&repo, &source, "old").await.unwrap_err();
     assert!(matches!(err, CoreError::InvalidConfig { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("version 9") && text.contains("older than the server"), "{text}");
+    assert!(
+        text.contains("version 9") && text.contains("older than the server"),
+        "{text}"
+    );
     assert!(repo.list_backups(None).await.unwrap().is_empty());
 }

@@ -196,7 +196,8 @@ impl ArtifactWriter {
                 reason: e.to_string(),
             })?;
             let age_out = encryptor.wrap_output(out).map_err(io_err)?;
-            let mut zstd = zstd::stream::write::Encoder::new(age_out, opts.zstd_level).map_err(io_err)?;
+            let mut zstd =
+                zstd::stream::write::Encoder::new(age_out, opts.zstd_level).map_err(io_err)?;
             if opts.zstd_workers > 0 {
                 zstd.multithread(opts.zstd_workers).map_err(io_err)?;
                 // Smaller jobs than zstd's default (4 x window) bound the
@@ -212,8 +213,9 @@ impl ArtifactWriter {
             out.send().map_err(io_err)?;
             Ok(out.tally.finish())
         });
-        let mut upload = BufWriter::with_capacity(store, Path::from(object.as_str()), options.part_size)
-            .with_max_concurrency(options.upload_concurrency);
+        let mut upload =
+            BufWriter::with_capacity(store, Path::from(object.as_str()), options.part_size)
+                .with_max_concurrency(options.upload_concurrency);
         let (commit_tx, commit_rx) = tokio::sync::oneshot::channel::<()>();
         let obj = object.clone();
         let uploader = tokio::spawn(async move {
@@ -265,7 +267,10 @@ impl ArtifactWriter {
     ///
     /// # Errors
     /// I/O errors of the reader or of the upload.
-    pub async fn copy_from<R: AsyncRead + Unpin + ?Sized>(&mut self, reader: &mut R) -> Result<u64> {
+    pub async fn copy_from<R: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<u64> {
         let object = self.object.clone();
         tokio::io::copy(reader, self)
             .await
@@ -332,10 +337,17 @@ impl Drop for ArtifactWriter {
 }
 
 impl AsyncWrite for ArtifactWriter {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let Some(tx) = this.tx.as_mut() else {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "artifact closed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "artifact closed",
+            )));
         };
         match tx.poll_reserve(cx) {
             Poll::Pending => return Poll::Pending,
@@ -352,7 +364,10 @@ impl AsyncWrite for ArtifactWriter {
         this.plain.update(&chunk);
         this.progress.add_bytes(n as u64);
         if tx.send_item(chunk).is_err() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "encoder stopped")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "encoder stopped",
+            )));
         }
         Poll::Ready(Ok(n))
     }
@@ -476,18 +491,22 @@ impl Drop for ArtifactReader {
 }
 
 impl AsyncRead for ArtifactReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-type StoredStream = StreamReader<
-    futures::stream::BoxStream<'static, io::Result<Bytes>>,
-    Bytes,
->;
+type StoredStream = StreamReader<futures::stream::BoxStream<'static, io::Result<Bytes>>, Bytes>;
 
 /// Opens the stored bytes of `object` as an async reader.
-pub(crate) async fn open_stored(store: &Arc<dyn ObjectStore>, object: &str) -> Result<StoredStream> {
+pub(crate) async fn open_stored(
+    store: &Arc<dyn ObjectStore>,
+    object: &str,
+) -> Result<StoredStream> {
     let got = store
         .get(&Path::from(object))
         .await
@@ -554,7 +573,10 @@ fn decode<R: Read>(
                 break;
             }
             plain.update(&buf[..n]);
-            if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+            if tx
+                .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                .is_err()
+            {
                 // The consumer stopped reading: nothing more to check.
                 return Ok(());
             }
@@ -617,17 +639,23 @@ pub(crate) async fn check_stored(store: &Arc<dyn ObjectStore>, info: &ArtifactIn
 /// zstd on the calling thread, then age to `recipients`. Returns the stored
 /// bytes. Crate-internal hook for `wal`, which needs the whole object before
 /// a conditional create.
-pub(crate) fn encode_buffer(plain: &[u8], recipients: &Recipients, zstd_level: i32, object: &str) -> Result<Vec<u8>> {
+pub(crate) fn encode_buffer(
+    plain: &[u8],
+    recipients: &Recipients,
+    zstd_level: i32,
+    object: &str,
+) -> Result<Vec<u8>> {
     let io_err = |source: io::Error| Error::Io {
         what: format!("encoding {object}"),
         source,
     };
     let compressed = zstd::bulk::compress(plain, zstd_level).map_err(io_err)?;
-    let encryptor = age::Encryptor::with_recipients(recipients.0.iter().map(|r| r as &dyn age::Recipient))
-        .map_err(|e| Error::InvalidKey {
-            what: "repository recipients".into(),
-            reason: e.to_string(),
-        })?;
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.0.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| Error::InvalidKey {
+                what: "repository recipients".into(),
+                reason: e.to_string(),
+            })?;
     let mut out = Vec::with_capacity(compressed.len() + 256);
     let mut w = encryptor.wrap_output(&mut out).map_err(io_err)?;
     w.write_all(&compressed).map_err(io_err)?;
@@ -652,7 +680,8 @@ pub(crate) fn decode_buffer(
         object: object.to_string(),
         reason,
     };
-    let decryptor = age::Decryptor::new(stored).map_err(|e| corrupt(format!("not an age file: {e}")))?;
+    let decryptor =
+        age::Decryptor::new(stored).map_err(|e| corrupt(format!("not an age file: {e}")))?;
     let reader = decryptor.decrypt(identities.as_dyn()).map_err(|e| match e {
         age::DecryptError::NoMatchingKeys => Error::Decrypt {
             object: object.to_string(),

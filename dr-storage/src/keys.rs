@@ -158,20 +158,26 @@ impl std::fmt::Debug for Identities {
 
 /// Encrypts a repository identity with a passphrase (age scrypt, work factor
 /// [`SCRYPT_WORK_FACTOR`]); returns the age file as hex.
-pub(crate) fn seal_with_passphrase(identity: &Identities, passphrase: &SecretString) -> Result<String> {
+pub(crate) fn seal_with_passphrase(
+    identity: &Identities,
+    passphrase: &SecretString,
+) -> Result<String> {
     use std::io::Write;
     let mut recipient = age::scrypt::Recipient::new(passphrase.clone());
     recipient.set_work_factor(SCRYPT_WORK_FACTOR);
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-        .map_err(|e| Error::InvalidKey {
-            what: "passphrase".into(),
-            reason: e.to_string(),
-        })?;
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .map_err(|e| Error::InvalidKey {
+                what: "passphrase".into(),
+                reason: e.to_string(),
+            })?;
     let mut out = Vec::new();
-    let mut w = encryptor.wrap_output(&mut out).map_err(|source| Error::Io {
-        what: "passphrase key".into(),
-        source,
-    })?;
+    let mut w = encryptor
+        .wrap_output(&mut out)
+        .map_err(|source| Error::Io {
+            what: "passphrase key".into(),
+            source,
+        })?;
     let text = identity.to_file_text();
     w.write_all(text.expose_secret().as_bytes())
         .and_then(|_| w.finish().map(|_| ()))
@@ -183,7 +189,10 @@ pub(crate) fn seal_with_passphrase(identity: &Identities, passphrase: &SecretStr
 }
 
 /// Opens a repository identity sealed by [`seal_with_passphrase`].
-pub(crate) fn open_with_passphrase(sealed_hex: &str, passphrase: &SecretString) -> Result<Identities> {
+pub(crate) fn open_with_passphrase(
+    sealed_hex: &str,
+    passphrase: &SecretString,
+) -> Result<Identities> {
     use std::io::Read;
     let what = "dr-repo.json passphrase_key";
     let bytes = hex::decode(sealed_hex).map_err(|e| Error::InvalidKey {
@@ -203,10 +212,12 @@ pub(crate) fn open_with_passphrase(sealed_hex: &str, passphrase: &SecretString) 
             reason: format!("wrong passphrase? ({e})"),
         })?;
     let mut text = String::new();
-    reader.read_to_string(&mut text).map_err(|source| Error::Io {
-        what: what.into(),
-        source,
-    })?;
+    reader
+        .read_to_string(&mut text)
+        .map_err(|source| Error::Io {
+            what: what.into(),
+            source,
+        })?;
     Identities::parse(&text, what)
 }
 
@@ -238,7 +249,10 @@ mod tests {
         let ids = Identities::generate();
         let text = ids.to_file_text();
         let back = Identities::parse(text.expose_secret(), "test").unwrap();
-        assert_eq!(back.recipients().to_strings(), ids.recipients().to_strings());
+        assert_eq!(
+            back.recipients().to_strings(),
+            ids.recipients().to_strings()
+        );
         let err = Identities::parse("# nothing\n", "f").unwrap_err();
         assert!(matches!(err, Error::InvalidKey { .. }));
         let err = Identities::parse("AGE-SECRET-KEY-1BOGUS\n", "f").unwrap_err();

@@ -57,16 +57,16 @@ pub use codec::{ArtifactInfo, ArtifactReader, ArtifactWriter, CodecOptions};
 pub use config::RepositorySettings;
 pub use error::{Error, Result};
 pub use keys::{fingerprint, read_passphrase_file, Identities, Recipients, SCRYPT_WORK_FACTOR};
-pub use lock::{Lease, LeaseInfo, LeaseOptions};
 pub use location::{Location, StoreOptions, DEFAULT_LOCATION};
+pub use lock::{Lease, LeaseInfo, LeaseOptions};
 pub use manifest::{new_backup_id, CodecInfo, Manifest, SourceRef, MANIFEST_VERSION};
 pub use object_store;
 pub use progress::{NoProgress, Progress};
 pub use repo::{
-    validate_source_name, BackupWriter, InitOptions, KeySource, RecordedArtifact, RepoConfig, Repository,
-    FORMAT_VERSION, REPO_CONFIG,
+    validate_source_name, BackupWriter, InitOptions, KeySource, RecordedArtifact, RepoConfig,
+    Repository, FORMAT_VERSION, REPO_CONFIG,
 };
 pub use wal::{
-    sha256_hex, validate_wal_name, write_atomically, PushOutcome, Registration, WalArchive, WalArchiveInfo, WalObject,
-    WAL_ARCHIVE_VERSION, WAL_PREFIX,
+    sha256_hex, validate_wal_name, write_atomically, PushOutcome, Registration, WalArchive,
+    WalArchiveInfo, WalObject, WAL_ARCHIVE_VERSION, WAL_PREFIX,
 };

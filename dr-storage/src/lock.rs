@@ -78,7 +78,11 @@ fn holder_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    format!("{host}:{}:{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()))
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 4]>())
+    )
 }
 
 impl Repository {
@@ -100,7 +104,8 @@ impl Repository {
                 holder: holder.clone(),
                 purpose: options.purpose.clone(),
                 acquired_at: now,
-                expires_at: now + chrono::Duration::from_std(options.ttl).unwrap_or(chrono::Duration::MAX),
+                expires_at: now
+                    + chrono::Duration::from_std(options.ttl).unwrap_or(chrono::Duration::MAX),
             };
             let body = serde_json::to_vec_pretty(&info).expect("serialisable");
             let put = store
@@ -159,11 +164,16 @@ impl Repository {
     /// # Errors
     /// Store errors.
     pub async fn lease_info(&self, name: &str) -> Result<Option<LeaseInfo>> {
-        Ok(read_lease(self.store(), &lock_path(name)).await?.map(|l| l.0))
+        Ok(read_lease(self.store(), &lock_path(name))
+            .await?
+            .map(|l| l.0))
     }
 }
 
-async fn read_lease(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Option<(LeaseInfo, UpdateVersion)>> {
+async fn read_lease(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<Option<(LeaseInfo, UpdateVersion)>> {
     let got = match store.get(&Path::from(path)).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -182,7 +192,11 @@ async fn read_lease(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Option<(
     Ok(Some((info, version)))
 }
 
-async fn delete_if_version(store: &Arc<dyn ObjectStore>, path: &str, _seen: &UpdateVersion) -> Result<()> {
+async fn delete_if_version(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    _seen: &UpdateVersion,
+) -> Result<()> {
     match store.delete(&Path::from(path)).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(Error::store(path, e)),
@@ -201,7 +215,8 @@ impl Lease {
     /// [`Error::Locked`] when the lease was lost (broken by someone else).
     pub async fn renew(&mut self) -> Result<()> {
         let mut info = self.info.clone();
-        info.expires_at = Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
+        info.expires_at =
+            Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
         let body = PutPayload::from(serde_json::to_vec_pretty(&info).expect("serialisable"));
         let put = self
             .store
@@ -227,7 +242,9 @@ impl Lease {
                     other => return Err(self.lost(other.map(|o| o.0))),
                 }
             }
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => {
                 let cur = read_lease(&self.store, &self.path).await?.map(|o| o.0);
                 return Err(self.lost(cur));
             }

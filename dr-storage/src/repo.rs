@@ -172,7 +172,11 @@ impl Repository {
     /// # Errors
     /// [`Error::AlreadyInitialized`] when one exists; [`Error::InvalidKey`] for
     /// bad recipients or when neither recipients nor a passphrase are given.
-    pub async fn init(location: &Location, store_options: &StoreOptions, init: InitOptions) -> Result<Self> {
+    pub async fn init(
+        location: &Location,
+        store_options: &StoreOptions,
+        init: InitOptions,
+    ) -> Result<Self> {
         let store = location.open(store_options, true)?;
         let mut recipients = init.recipients.clone();
         let mut passphrase_key = None;
@@ -202,7 +206,12 @@ impl Repository {
             Err(e) => return Err(e),
         }
         tracing::info!(location = %location, id = %config.repository_id, "repository initialised");
-        Ok(Self::from_parts(store, location.to_string(), config, parsed))
+        Ok(Self::from_parts(
+            store,
+            location.to_string(),
+            config,
+            parsed,
+        ))
     }
 
     /// Opens the repository at `location`.
@@ -226,11 +235,12 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::NotInitialized { location }),
             Err(e) => return Err(e),
         };
-        let probe: VersionProbe = serde_json::from_slice(&body).map_err(|source| Error::Format {
-            object: REPO_CONFIG.into(),
-            what: "repository configuration",
-            source,
-        })?;
+        let probe: VersionProbe =
+            serde_json::from_slice(&body).map_err(|source| Error::Format {
+                object: REPO_CONFIG.into(),
+                what: "repository configuration",
+                source,
+            })?;
         if probe.format_version > FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 location,
@@ -247,7 +257,12 @@ impl Repository {
         Ok(Self::from_parts(store, location, config, recipients))
     }
 
-    fn from_parts(store: Arc<dyn ObjectStore>, location: String, config: RepoConfig, recipients: Recipients) -> Self {
+    fn from_parts(
+        store: Arc<dyn ObjectStore>,
+        location: String,
+        config: RepoConfig,
+        recipients: Recipients,
+    ) -> Self {
         Repository {
             inner: Arc::new(Inner {
                 store,
@@ -280,7 +295,9 @@ impl Repository {
             progress: self.inner.progress.clone(),
         };
         f(&mut inner);
-        Repository { inner: Arc::new(inner) }
+        Repository {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The repository configuration.
@@ -314,10 +331,15 @@ impl Repository {
             ids.extend(i.0.iter().cloned());
         }
         if let Some(pass) = &keys.passphrase {
-            let sealed = self.inner.config.passphrase_key.as_ref().ok_or_else(|| Error::InvalidKey {
-                what: "passphrase".into(),
-                reason: "this repository was not created with a passphrase".into(),
-            })?;
+            let sealed =
+                self.inner
+                    .config
+                    .passphrase_key
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidKey {
+                        what: "passphrase".into(),
+                        reason: "this repository was not created with a passphrase".into(),
+                    })?;
             ids.extend(keys::open_with_passphrase(sealed, pass)?.0);
         }
         if ids.is_empty() {
@@ -400,7 +422,11 @@ impl Repository {
             }
         }
         out.sort_by(|a, b| {
-            (a.started_at, &a.source.name, &a.backup_id).cmp(&(b.started_at, &b.source.name, &b.backup_id))
+            (a.started_at, &a.source.name, &a.backup_id).cmp(&(
+                b.started_at,
+                &b.source.name,
+                &b.backup_id,
+            ))
         });
         Ok(out)
     }
@@ -474,20 +500,33 @@ impl Repository {
     /// # Errors
     /// [`Error::NotFound`] (no such artifact or object), [`Error::Decrypt`],
     /// [`Error::Corrupt`].
-    pub async fn open_artifact(&self, manifest: &Manifest, name: &str, identities: &Identities) -> Result<ArtifactReader> {
+    pub async fn open_artifact(
+        &self,
+        manifest: &Manifest,
+        name: &str,
+        identities: &Identities,
+    ) -> Result<ArtifactReader> {
         let info = manifest.artifact(name).ok_or_else(|| Error::NotFound {
-            object: format!("{}/{name}", backup_prefix(&manifest.source.name, &manifest.backup_id)),
+            object: format!(
+                "{}/{name}",
+                backup_prefix(&manifest.source.name, &manifest.backup_id)
+            ),
         })?;
         ArtifactReader::open(self.inner.store.clone(), info, identities).await
     }
 
     /// Decodes every artifact of `manifest` to the end, checking plaintext and
     /// stored digests, discarding the output. One outcome per artifact.
-    pub async fn check_decoded(&self, manifest: &Manifest, identities: &Identities) -> Vec<(ArtifactInfo, Result<()>)> {
+    pub async fn check_decoded(
+        &self,
+        manifest: &Manifest,
+        identities: &Identities,
+    ) -> Vec<(ArtifactInfo, Result<()>)> {
         let mut out = Vec::new();
         for a in &manifest.artifacts {
             let r = async {
-                let mut reader = ArtifactReader::open(self.inner.store.clone(), a, identities).await?;
+                let mut reader =
+                    ArtifactReader::open(self.inner.store.clone(), a, identities).await?;
                 tokio::io::copy(&mut reader, &mut tokio::io::sink())
                     .await
                     .map_err(|e| Error::from_io(e, format!("reading {}", a.object)))?;
@@ -592,7 +631,10 @@ impl BackupWriter {
                 reason: "already written in this backup",
             });
         }
-        let object = format!("{}/{name}.zst.age", backup_prefix(&self.source.name, &self.id));
+        let object = format!(
+            "{}/{name}.zst.age",
+            backup_prefix(&self.source.name, &self.id)
+        );
         let writer = ArtifactWriter::start(
             self.repo.inner.store.clone(),
             name.to_string(),
@@ -611,7 +653,11 @@ impl BackupWriter {
     ///
     /// # Errors
     /// As [`BackupWriter::artifact`] and [`RecordedArtifact::finish`].
-    pub async fn write_artifact<R: tokio::io::AsyncRead + Unpin + ?Sized>(&self, name: &str, reader: &mut R) -> Result<ArtifactInfo> {
+    pub async fn write_artifact<R: tokio::io::AsyncRead + Unpin + ?Sized>(
+        &self,
+        name: &str,
+        reader: &mut R,
+    ) -> Result<ArtifactInfo> {
         let mut w = self.artifact(name)?;
         w.copy_from(reader).await?;
         w.finish().await
@@ -686,7 +732,10 @@ impl RecordedArtifact {
     ///
     /// # Errors
     /// I/O errors of the reader or the upload.
-    pub async fn copy_from<R: tokio::io::AsyncRead + Unpin + ?Sized>(&mut self, reader: &mut R) -> Result<u64> {
+    pub async fn copy_from<R: tokio::io::AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<u64> {
         self.writer.copy_from(reader).await
     }
 

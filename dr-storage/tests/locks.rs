@@ -3,20 +3,45 @@
 
 use std::time::Duration;
 
-use dr_storage::{Error, Identities, InitOptions, LeaseOptions, Location, Repository, StoreOptions};
+use dr_storage::{
+    Error, Identities, InitOptions, LeaseOptions, Location, Repository, StoreOptions,
+};
 
 async fn repos() -> Vec<(Location, Repository, Option<tempfile::TempDir>)> {
     let key = Identities::generate();
     let init = || InitOptions::with_recipients(key.recipients().to_strings());
     let mut out = Vec::new();
     let mem = Location::parse(&format!("memory://locks-{}", rand::random::<u64>())).unwrap();
-    out.push((mem.clone(), Repository::init(&mem, &StoreOptions::default(), init()).await.unwrap(), None));
+    out.push((
+        mem.clone(),
+        Repository::init(&mem, &StoreOptions::default(), init())
+            .await
+            .unwrap(),
+        None,
+    ));
     let dir = tempfile::tempdir().unwrap();
     let local = Location::parse(dir.path().join("r").to_str().unwrap()).unwrap();
-    out.push((local.clone(), Repository::init(&local, &StoreOptions::default(), init()).await.unwrap(), Some(dir)));
+    out.push((
+        local.clone(),
+        Repository::init(&local, &StoreOptions::default(), init())
+            .await
+            .unwrap(),
+        Some(dir),
+    ));
     if let Ok(url) = std::env::var("DR_TEST_S3_URL") {
-        let s3 = Location::parse(&format!("{}/locks-{}", url.trim_end_matches('/'), rand::random::<u64>())).unwrap();
-        out.push((s3.clone(), Repository::init(&s3, &StoreOptions::default(), init()).await.unwrap(), None));
+        let s3 = Location::parse(&format!(
+            "{}/locks-{}",
+            url.trim_end_matches('/'),
+            rand::random::<u64>()
+        ))
+        .unwrap();
+        out.push((
+            s3.clone(),
+            Repository::init(&s3, &StoreOptions::default(), init())
+                .await
+                .unwrap(),
+            None,
+        ));
     } else if std::env::var("DR_REQUIRE_SERVERS").is_ok() {
         panic!("DR_REQUIRE_SERVERS is set but DR_TEST_S3_URL is not");
     }
@@ -36,8 +61,12 @@ async fn one_of_many_racers_wins() {
         let mut tasks = Vec::new();
         for _ in 0..8 {
             // Separate handles on the same location, as separate processes have.
-            let repo = Repository::open(&loc, &StoreOptions::default()).await.unwrap();
-            tasks.push(tokio::spawn(async move { repo.acquire_lease("prune", &opts(60_000)).await }));
+            let repo = Repository::open(&loc, &StoreOptions::default())
+                .await
+                .unwrap();
+            tasks.push(tokio::spawn(async move {
+                repo.acquire_lease("prune", &opts(60_000)).await
+            }));
         }
         let mut won = Vec::new();
         let mut lost = 0;
@@ -88,7 +117,10 @@ async fn renew_release_and_stale_leases() {
         drop(second);
         tokio::time::sleep(Duration::from_millis(5_100)).await;
         let err = repo.acquire_lease("prune", &opts(1_000)).await.unwrap_err();
-        assert!(matches!(err, Error::Locked { stale: true, .. }), "{loc}: {err:?}");
+        assert!(
+            matches!(err, Error::Locked { stale: true, .. }),
+            "{loc}: {err:?}"
+        );
         assert!(err.to_string().contains("--break-stale-lock"));
         let mut o = opts(1_000);
         o.break_stale = true;

@@ -34,7 +34,9 @@ async fn fixtures() -> Vec<Fixture> {
     let init = || InitOptions::with_recipients(key.recipients().to_strings());
     let mem = Location::parse(&format!("memory://repo-{}", rand::random::<u64>())).unwrap();
     out.push(Fixture {
-        repo: Repository::init(&mem, &StoreOptions::default(), init()).await.unwrap(),
+        repo: Repository::init(&mem, &StoreOptions::default(), init())
+            .await
+            .unwrap(),
         key: key.clone(),
         location: mem,
         _dir: None,
@@ -42,15 +44,24 @@ async fn fixtures() -> Vec<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let local = Location::parse(dir.path().join("repo").to_str().unwrap()).unwrap();
     out.push(Fixture {
-        repo: Repository::init(&local, &StoreOptions::default(), init()).await.unwrap(),
+        repo: Repository::init(&local, &StoreOptions::default(), init())
+            .await
+            .unwrap(),
         key: key.clone(),
         location: local,
         _dir: Some(dir),
     });
     if let Ok(url) = std::env::var("DR_TEST_S3_URL") {
-        let s3 = Location::parse(&format!("{}/storage-{}", url.trim_end_matches('/'), rand::random::<u64>())).unwrap();
+        let s3 = Location::parse(&format!(
+            "{}/storage-{}",
+            url.trim_end_matches('/'),
+            rand::random::<u64>()
+        ))
+        .unwrap();
         out.push(Fixture {
-            repo: Repository::init(&s3, &StoreOptions::default(), init()).await.unwrap(),
+            repo: Repository::init(&s3, &StoreOptions::default(), init())
+                .await
+                .unwrap(),
             key: key.clone(),
             location: s3,
             _dir: None,
@@ -61,7 +72,12 @@ async fn fixtures() -> Vec<Fixture> {
     out
 }
 
-async fn read_all(repo: &Repository, m: &dr_storage::Manifest, name: &str, key: &Identities) -> Result<Vec<u8>, Error> {
+async fn read_all(
+    repo: &Repository,
+    m: &dr_storage::Manifest,
+    name: &str,
+    key: &Identities,
+) -> Result<Vec<u8>, Error> {
     let mut r = repo.open_artifact(m, name, key).await?;
     let mut out = Vec::new();
     r.read_to_end(&mut out)
@@ -75,22 +91,33 @@ async fn round_trip_large_multipart_stream() {
     for f in fixtures().await {
         let data = random_bytes(21 * 1024 * 1024 + 17);
         let backup = f.repo.begin_backup("test", "big").unwrap();
-        backup.write_artifact("data.bin", &mut &data[..]).await.unwrap();
+        backup
+            .write_artifact("data.bin", &mut &data[..])
+            .await
+            .unwrap();
         backup.write_artifact("empty", &mut &b""[..]).await.unwrap();
         let m = backup.commit(serde_json::json!({"k": 1})).await.unwrap();
         assert_eq!(m.artifacts.len(), 2);
-        assert_eq!(m.artifact("data.bin").unwrap().plain_size, data.len() as u64);
+        assert_eq!(
+            m.artifact("data.bin").unwrap().plain_size,
+            data.len() as u64
+        );
         assert!(m.stored_size() < m.plain_size(), "compressed");
         let back = read_all(&f.repo, &m, "data.bin", &f.key).await.unwrap();
         assert!(back == data, "{}: round trip differs", f.location);
-        assert!(read_all(&f.repo, &m, "empty", &f.key).await.unwrap().is_empty());
+        assert!(read_all(&f.repo, &m, "empty", &f.key)
+            .await
+            .unwrap()
+            .is_empty());
         let listed = f.repo.list_backups(Some("big")).await.unwrap();
         assert_eq!(listed, vec![m.clone()]);
         for (_, r) in f.repo.check_stored(&m).await {
             r.unwrap();
         }
         // A reopened repository sees the same.
-        let again = Repository::open(&f.location, &StoreOptions::default()).await.unwrap();
+        let again = Repository::open(&f.location, &StoreOptions::default())
+            .await
+            .unwrap();
         assert_eq!(again.find_backup(Some("big"), "latest").await.unwrap(), m);
     }
 }
@@ -105,7 +132,14 @@ async fn a_flipped_byte_anywhere_is_found_and_named() {
         let info = m.artifact("a").unwrap().clone();
         let store = f.repo.store().clone();
         let path = Path::from(info.object.as_str());
-        let original = store.get(&path).await.unwrap().bytes().await.unwrap().to_vec();
+        let original = store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
         for pos in [0, 40, original.len() / 2, original.len() - 1] {
             let mut bad = original.clone();
             bad[pos] ^= 0x01;
@@ -121,7 +155,10 @@ async fn a_flipped_byte_anywhere_is_found_and_named() {
                 "flip at {pos}: {err:?}"
             );
         }
-        store.put(&path, PutPayload::from(original.clone())).await.unwrap();
+        store
+            .put(&path, PutPayload::from(original.clone()))
+            .await
+            .unwrap();
         read_all(&f.repo, &m, "a", &f.key).await.unwrap();
     }
 }
@@ -140,10 +177,16 @@ async fn truncated_missing_and_wrong_key_are_clear_errors() {
 
         let wrong = Identities::generate();
         let err = f.repo.open_artifact(&m, "a", &wrong).await.unwrap_err();
-        assert!(matches!(err, Error::Decrypt { ref object, .. } if *object == info.object), "{err:?}");
+        assert!(
+            matches!(err, Error::Decrypt { ref object, .. } if *object == info.object),
+            "{err:?}"
+        );
 
         store
-            .put(&path, PutPayload::from(original.slice(..original.len() - 1000)))
+            .put(
+                &path,
+                PutPayload::from(original.slice(..original.len() - 1000)),
+            )
             .await
             .unwrap();
         let err = read_all(&f.repo, &m, "a", &f.key).await.unwrap_err();
@@ -151,7 +194,10 @@ async fn truncated_missing_and_wrong_key_are_clear_errors() {
 
         store.delete(&path).await.unwrap();
         let (_, r) = f.repo.check_stored(&m).await.pop().unwrap();
-        assert!(matches!(r, Err(Error::NotFound { ref object }) if *object == info.object), "{r:?}");
+        assert!(
+            matches!(r, Err(Error::NotFound { ref object }) if *object == info.object),
+            "{r:?}"
+        );
         let err = read_all(&f.repo, &m, "a", &f.key).await.unwrap_err();
         assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     }
@@ -165,7 +211,12 @@ async fn nothing_is_listed_before_commit_and_aborts_leave_nothing() {
         let data = random_bytes(20 * 1024 * 1024);
         w.copy_from(&mut &data[..]).await.unwrap();
         drop(w); // a crash before finish
-        assert!(f.repo.list_backups(Some("partial")).await.unwrap().is_empty());
+        assert!(f
+            .repo
+            .list_backups(Some("partial"))
+            .await
+            .unwrap()
+            .is_empty());
         backup.abort().await;
         // Give the uploader task time to abort its multipart upload.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -195,25 +246,47 @@ async fn init_is_once_and_newer_formats_are_refused() {
         .unwrap_err();
         assert!(matches!(err, Error::AlreadyInitialized { .. }), "{err:?}");
         let store: Arc<dyn ObjectStore> = f.repo.store().clone();
-        let mut cfg: serde_json::Value =
-            serde_json::from_slice(&store.get(&Path::from("dr-repo.json")).await.unwrap().bytes().await.unwrap())
-                .unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_slice(
+            &store
+                .get(&Path::from("dr-repo.json"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         cfg["format_version"] = 99.into();
         cfg["some_future_field"] = true.into();
         store
-            .put(&Path::from("dr-repo.json"), PutPayload::from(serde_json::to_vec(&cfg).unwrap()))
+            .put(
+                &Path::from("dr-repo.json"),
+                PutPayload::from(serde_json::to_vec(&cfg).unwrap()),
+            )
             .await
             .unwrap();
-        let err = Repository::open(&f.location, &StoreOptions::default()).await.unwrap_err();
-        assert!(matches!(err, Error::UnsupportedFormat { found: 99, .. }), "{err:?}");
+        let err = Repository::open(&f.location, &StoreOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedFormat { found: 99, .. }),
+            "{err:?}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manifests_are_never_overwritten() {
     for f in fixtures().await {
-        f.repo.put_json_create("backups/x/1/manifest.json", &1).await.unwrap();
-        let err = f.repo.put_json_create("backups/x/1/manifest.json", &2).await.unwrap_err();
+        f.repo
+            .put_json_create("backups/x/1/manifest.json", &1)
+            .await
+            .unwrap();
+        let err = f
+            .repo
+            .put_json_create("backups/x/1/manifest.json", &2)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
     }
 }
@@ -223,14 +296,25 @@ async fn passphrase_repositories_need_the_passphrase_only_to_read() {
     let loc = Location::parse(&format!("memory://pass-{}", rand::random::<u64>())).unwrap();
     let mut init = InitOptions::default();
     init.passphrase = Some("correct horse".to_string().into());
-    let repo = Repository::init(&loc, &StoreOptions::default(), init).await.unwrap();
+    let repo = Repository::init(&loc, &StoreOptions::default(), init)
+        .await
+        .unwrap();
     let backup = repo.begin_backup("test", "p").unwrap();
-    backup.write_artifact("a", &mut &b"secret rows"[..]).await.unwrap();
+    backup
+        .write_artifact("a", &mut &b"secret rows"[..])
+        .await
+        .unwrap();
     let m = backup.commit(serde_json::json!({})).await.unwrap();
     let mut keys = dr_storage::KeySource::default();
     keys.passphrase = Some("wrong".to_string().into());
-    assert!(matches!(repo.unlock(&keys).unwrap_err(), Error::Decrypt { .. }));
+    assert!(matches!(
+        repo.unlock(&keys).unwrap_err(),
+        Error::Decrypt { .. }
+    ));
     keys.passphrase = Some("correct horse".to_string().into());
     let ids = repo.unlock(&keys).unwrap();
-    assert_eq!(read_all(&repo, &m, "a", &ids).await.unwrap(), b"secret rows");
+    assert_eq!(
+        read_all(&repo, &m, "a", &ids).await.unwrap(),
+        b"secret rows"
+    );
 }

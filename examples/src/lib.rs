@@ -17,7 +17,10 @@ pub fn dr_binary() -> PathBuf {
             return candidate;
         }
     }
-    panic!("the dr binary is not built beside {}: run cargo build -p dr-cli", exe.display());
+    panic!(
+        "the dr binary is not built beside {}: run cargo build -p dr-cli",
+        exe.display()
+    );
 }
 
 /// What a timed command did.

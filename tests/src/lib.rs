@@ -1,1 +1,250 @@
-//! placeholder
+//! Support for the end-to-end tests of `dr` (the `tests/` folder): a local
+//! repository that the `postgres` user can read and write, a key file, and
+//! the WAL helper that PostgreSQL runs as `archive_command` /
+//! `restore_command`.
+//!
+//! The helper is the test binary itself, run through a small shell script
+//! with `DR_HELPER_ARGS` set: each test file has a `helper_entry` test that
+//! calls [`helper_entry`], which runs exactly the library calls `dr wal-push`
+//! and `dr wal-fetch` make ([`dr_postgres::wal_push`],
+//! [`dr_postgres::wal_fetch`]) and exits with their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dr_postgres::testing::{ClusterOptions, TestCluster};
+use dr_postgres::wal::{self, FetchOptions, PushOptions, RetryPolicy};
+use dr_storage::{Identities, InitOptions, Location, Repository, StoreOptions, WalArchive};
+
+/// When run as the WAL helper (`DR_HELPER_ARGS` set), runs it and exits the
+/// process with its exit code; otherwise returns at once.
+///
+/// # Panics
+/// On a malformed helper command line (this is test support).
+pub fn helper_entry() {
+    let Ok(args) = std::env::var("DR_HELPER_ARGS") else {
+        return;
+    };
+    let words: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    let code = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(run_helper(&words));
+    std::process::exit(code);
+}
+
+async fn run_helper(words: &[String]) -> i32 {
+    let flag = |name: &str| {
+        words
+            .iter()
+            .position(|w| w == name)
+            .map(|i| words[i + 1].clone())
+            .unwrap_or_else(|| panic!("helper: missing {name}"))
+    };
+    let mut positional = Vec::new();
+    let mut i = 1;
+    while i < words.len() {
+        if words[i].starts_with("--") {
+            i += 2;
+        } else {
+            positional.push(words[i].clone());
+            i += 1;
+        }
+    }
+    let location = Location::parse(&flag("--repo")).expect("repo url");
+    let repo = match Repository::open(&location, &StoreOptions::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("helper: {e}");
+            return 3;
+        }
+    };
+    let archive = WalArchive::new(&repo, &flag("--source")).expect("source name");
+    let retry = RetryPolicy::new(3, Duration::from_secs(5));
+    match words[0].as_str() {
+        "wal-push" => {
+            let mut opts = PushOptions::default();
+            opts.retry = retry;
+            let r = wal::wal_push(&archive, Path::new(&positional[0]), &opts).await;
+            if let Err(e) = &r {
+                eprintln!("wal-push: {e}");
+            }
+            wal::push_exit_code(&r)
+        }
+        "wal-fetch" => {
+            let ids = Identities::from_file(Path::new(&flag("--identity"))).expect("key file");
+            let mut opts = FetchOptions::default();
+            opts.retry = retry;
+            let r = wal::wal_fetch(
+                &archive,
+                &positional[0],
+                Path::new(&positional[1]),
+                &ids,
+                &opts,
+            )
+            .await;
+            if let Err(e) = &r {
+                eprintln!("wal-fetch: {e}");
+            }
+            wal::fetch_exit_code(&r, false)
+        }
+        other => panic!("unknown helper command {other}"),
+    }
+}
+
+/// A local repository and key file the `postgres` user can use, and the
+/// helper script.
+#[derive(Debug)]
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    /// The repository URL (a local path).
+    pub url: String,
+    /// The repository.
+    pub repo: Repository,
+    /// The key.
+    pub key: Identities,
+    /// The key file (mode 0644, in the temporary directory).
+    pub key_file: PathBuf,
+    /// The helper script: `helper wal-push --repo URL --source S %p`.
+    pub helper: PathBuf,
+}
+
+fn chmod_tree(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if p.is_dir() { 0o777 } else { 0o666 };
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            chmod_tree(&e.path());
+        }
+    }
+}
+
+impl Fixture {
+    /// Makes the repository (under a short `/tmp` path: sockets live there).
+    ///
+    /// # Panics
+    /// When anything fails (this is test support).
+    pub async fn new() -> Fixture {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("dre")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let repo_dir = dir.path().join("repo");
+        std::fs::create_dir(&repo_dir).expect("repo dir");
+        let url = repo_dir.display().to_string();
+        let key = Identities::generate();
+        let key_file = dir.path().join("key.txt");
+        std::fs::write(
+            &key_file,
+            secrecy::ExposeSecret::expose_secret(&key.to_file_text()),
+        )
+        .expect("key file");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod key");
+        let repo = Repository::init(
+            &Location::parse(&url).expect("url"),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .expect("repository init");
+        chmod_tree(&repo_dir);
+        let helper = dir.path().join("dr-helper.sh");
+        let exe = std::env::current_exe().expect("current exe");
+        std::fs::write(
+            &helper,
+            format!(
+                "#!/bin/sh\nDR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --nocapture --test-threads=1 -q\n",
+                exe.display()
+            ),
+        )
+        .expect("helper");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod helper");
+        Fixture {
+            dir,
+            url,
+            repo,
+            key,
+            key_file,
+            helper,
+        }
+    }
+
+    /// The temporary directory (mode 0777).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Arguments `restore_command` passes to `wal-fetch` before `--source`.
+    pub fn fetch_args(&self) -> Vec<String> {
+        vec![
+            "--repo".into(),
+            self.url.clone(),
+            "--identity".into(),
+            self.key_file.display().to_string(),
+        ]
+    }
+
+    /// Starts a cluster archiving into the repository as `source`, through
+    /// `program` (the helper script or the `dr` binary).
+    pub fn archiving_cluster(&self, program: &Path, source: &str) -> TestCluster {
+        let mut o = ClusterOptions::default();
+        o.conf = vec![
+            "wal_level = replica".into(),
+            "archive_mode = on".into(),
+            format!(
+                "archive_command = '{} wal-push --repo {} --source {source} %p'",
+                program.display(),
+                self.url
+            ),
+            "max_wal_senders = 4".into(),
+        ];
+        TestCluster::start_with(o)
+    }
+}
+
+/// Switches to a new WAL segment (after writing a record, so that there is
+/// one to switch from) and returns the name of the segment closed.
+pub fn switch_wal(c: &TestCluster) -> String {
+    c.psql(
+        "postgres",
+        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
+    )
+}
+
+/// Waits until `segment` is archived (`pg_stat_archiver`), at most `limit`.
+///
+/// # Panics
+/// When it is not archived in time.
+pub fn wait_archived(c: &TestCluster, segment: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let last = c.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.as_str() >= segment {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{segment} not archived within {limit:?}; last {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free loopback TCP port.
+///
+/// # Panics
+/// When none can be bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

@@ -24,11 +24,14 @@ const TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) \
 /// # Errors
 /// [`Error::Query`] naming the table whose count failed.
 pub async fn count_tables(client: &Client, target: &str) -> Result<BTreeMap<String, i64>> {
-    let rows = client.query(TABLES, &[]).await.map_err(|source| Error::Query {
-        what: "listing tables".into(),
-        target: target.into(),
-        source,
-    })?;
+    let rows = client
+        .query(TABLES, &[])
+        .await
+        .map_err(|source| Error::Query {
+            what: "listing tables".into(),
+            target: target.into(),
+            source,
+        })?;
     let mut counts = BTreeMap::new();
     for row in rows {
         let name: String = row.get(0);
@@ -58,12 +61,19 @@ pub(crate) async fn count_one(client: &Client, qualified: &str, target: &str) ->
         key: "row_counts".into(),
         reason: format!("{qualified:?} is not a qualified table name"),
     })?;
-    let sql = format!("SELECT count(*) FROM {}.{}", quote_ident(&schema), quote_ident(&table));
-    let row = client.query_one(&sql, &[]).await.map_err(|source| Error::Query {
-        what: format!("counting rows of {qualified}"),
-        target: target.into(),
-        source,
-    })?;
+    let sql = format!(
+        "SELECT count(*) FROM {}.{}",
+        quote_ident(&schema),
+        quote_ident(&table)
+    );
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|source| Error::Query {
+            what: format!("counting rows of {qualified}"),
+            target: target.into(),
+            source,
+        })?;
     Ok(row.get(0))
 }
 
@@ -100,11 +110,18 @@ fn parse_ident(s: &str) -> Option<(String, &str)> {
         None
     } else {
         let end = s
-            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$' || !c.is_ascii()))
+            .find(|c: char| {
+                !(c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || c == '_'
+                    || c == '$'
+                    || !c.is_ascii())
+            })
             .unwrap_or(s.len());
         let ident = &s[..end];
         let first = ident.chars().next()?;
-        (first.is_ascii_lowercase() || first == '_' || !first.is_ascii()).then(|| (ident.to_string(), &s[end..]))
+        (first.is_ascii_lowercase() || first == '_' || !first.is_ascii())
+            .then(|| (ident.to_string(), &s[end..]))
     }
 }
 
@@ -114,12 +131,18 @@ mod tests {
 
     #[test]
     fn splits_what_format_i_writes() {
-        assert_eq!(split_qualified("public.orders"), Some(("public".into(), "orders".into())));
+        assert_eq!(
+            split_qualified("public.orders"),
+            Some(("public".into(), "orders".into()))
+        );
         assert_eq!(
             split_qualified(r#""My ""Schema"""."a.b = c""#),
             Some((r#"My "Schema""#.into(), "a.b = c".into()))
         );
-        assert_eq!(split_qualified("public.\"ünï\""), Some(("public".into(), "ünï".into())));
+        assert_eq!(
+            split_qualified("public.\"ünï\""),
+            Some(("public".into(), "ünï".into()))
+        );
         assert_eq!(split_qualified("public.orders; DROP TABLE x"), None);
         assert_eq!(split_qualified("public"), None);
         assert_eq!(split_qualified("\"unterminated.x"), None);

@@ -1,6 +1,7 @@
 //! Logical backups: `pg_dump` custom format of one database plus the cluster's
 //! globals, with exact per-table row counts from the same snapshot.
 
+pub mod action;
 mod counts;
 mod restore;
 mod source;

@@ -86,7 +86,9 @@ impl PostgresLogicalRestorer {
 
     async fn admin(&self) -> Result<Client> {
         match self.target.with_database("postgres").connect().await {
-            Err(Error::NoSuchDatabase { .. }) => self.target.with_database("template1").connect().await,
+            Err(Error::NoSuchDatabase { .. }) => {
+                self.target.with_database("template1").connect().await
+            }
             other => other,
         }
     }
@@ -94,13 +96,20 @@ impl PostgresLogicalRestorer {
     fn query_err(&self, what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
         let what = what.into();
         let target = self.target.server();
-        move |source| Error::Query { what, target, source }
+        move |source| Error::Query {
+            what,
+            target,
+            source,
+        }
     }
 
     /// Whether the target exists, and whether it holds user objects.
     async fn target_state(&self, admin: &Client) -> Result<Option<bool>> {
         let exists = admin
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&self.target.dbname()])
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&self.target.dbname()],
+            )
             .await
             .map_err(self.query_err("looking up the target database"))?
             .is_some();
@@ -176,7 +185,13 @@ impl PostgresLogicalRestorer {
 
     /// Moves the restored database to the target name. An existing target is
     /// first renamed aside and dropped only once the new one holds the name.
-    async fn swap_in(&self, admin: &Client, temp: &str, target_db: &str, exists: bool) -> dr_core::Result<()> {
+    async fn swap_in(
+        &self,
+        admin: &Client,
+        temp: &str,
+        target_db: &str,
+        exists: bool,
+    ) -> dr_core::Result<()> {
         let aside = format!("{temp}_old");
         if exists {
             admin
@@ -186,7 +201,9 @@ impl PostgresLogicalRestorer {
                     quote_ident(&aside)
                 ))
                 .await
-                .map_err(self.query_err(format!("moving the old {target_db} aside (is it in use?)")))?;
+                .map_err(
+                    self.query_err(format!("moving the old {target_db} aside (is it in use?)")),
+                )?;
         }
         let renamed = admin
             .batch_execute(&format!(
@@ -210,14 +227,22 @@ impl PostgresLogicalRestorer {
         }
         if exists {
             admin
-                .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&aside)))
+                .batch_execute(&format!(
+                    "DROP DATABASE {} WITH (FORCE)",
+                    quote_ident(&aside)
+                ))
                 .await
                 .map_err(self.query_err(format!("dropping the replaced database {aside}")))?;
         }
         Ok(())
     }
 
-    async fn run_pg_restore(&self, backup: &BackupReader, pg_restore: &tools::Tool, temp: &str) -> dr_core::Result<u64> {
+    async fn run_pg_restore(
+        &self,
+        backup: &BackupReader,
+        pg_restore: &tools::Tool,
+        temp: &str,
+    ) -> dr_core::Result<u64> {
         let (mut cmd, _pass) = self.target.command(&pg_restore.path)?;
         cmd.arg("--exit-on-error").arg(format!("--dbname={temp}"));
         if self.options.no_owner {
@@ -227,13 +252,21 @@ impl PostgresLogicalRestorer {
         let jobs = self.options.jobs.max(1);
         let staged;
         if jobs > 1 {
-            let dir = self.options.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let dir = self
+                .options
+                .staging_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
             let file = tempfile_in(&dir)?;
-            let mut out = tokio::fs::File::create(&file.0).await.map_err(|source| Error::Io {
-                path: file.0.clone(),
-                source,
-            })?;
-            tokio::io::copy(&mut reader, &mut out).await.map_err(decode_error)?;
+            let mut out = tokio::fs::File::create(&file.0)
+                .await
+                .map_err(|source| Error::Io {
+                    path: file.0.clone(),
+                    source,
+                })?;
+            tokio::io::copy(&mut reader, &mut out)
+                .await
+                .map_err(decode_error)?;
             cmd.arg(format!("--jobs={jobs}")).arg(&file.0);
             cmd.stdin(Stdio::null());
             staged = Some(file);
@@ -298,7 +331,10 @@ impl Drop for StagedFile {
 }
 
 fn tempfile_in(dir: &std::path::Path) -> Result<StagedFile> {
-    let path = dir.join(format!("dr-restore-{}.pgdump", hex::encode(rand::random::<[u8; 6]>())));
+    let path = dir.join(format!(
+        "dr-restore-{}.pgdump",
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
     Ok(StagedFile(path))
 }
 
@@ -348,7 +384,10 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
         stem.retain(|c| c != '\0');
         let temp = format!("{stem}_dr_{}", hex::encode(rand::random::<[u8; 3]>()));
         admin
-            .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(&temp)))
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(&temp)
+            ))
             .await
             .map_err(self.query_err(format!("creating database {temp}")))?;
         tracing::info!(temporary = %temp, target = %target_db, "restoring under a temporary name");
@@ -356,13 +395,17 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
         let finish = match restored {
             Ok(n) => {
                 bytes += n;
-                self.swap_in(&admin, &temp, &target_db, state.is_some()).await
+                self.swap_in(&admin, &temp, &target_db, state.is_some())
+                    .await
             }
             Err(e) => Err(e),
         };
         if let Err(e) = finish {
             if let Err(drop_err) = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&temp)))
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&temp)
+                ))
                 .await
             {
                 tracing::warn!(error = %drop_err, database = %temp, "temporary database not dropped");
@@ -384,9 +427,13 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
     }
 
     async fn check(&self, manifest: &Manifest) -> dr_core::Result<CheckReport> {
-        let meta: LogicalMetadata = serde_json::from_value(manifest.metadata.clone()).map_err(|e| {
-            dr_core::Error::failed(format!("reading the metadata of backup {}", manifest.backup_id), e.to_string())
-        })?;
+        let meta: LogicalMetadata =
+            serde_json::from_value(manifest.metadata.clone()).map_err(|e| {
+                dr_core::Error::failed(
+                    format!("reading the metadata of backup {}", manifest.backup_id),
+                    e.to_string(),
+                )
+            })?;
         let client = self.target.connect().await?;
         let target = self.target.target();
         let mut checks = Vec::new();
@@ -401,7 +448,9 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
                 match count_one(&client, table, &target).await {
                     Ok(n) => n.to_string(),
                     Err(Error::Query { source, .. }) => match source.code() {
-                        Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE => "missing".into(),
+                        Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE => {
+                            "missing".into()
+                        }
                         _ => format!("error: {source}"),
                     },
                     Err(e) => return Err(e.into()),
@@ -422,7 +471,10 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
         };
         let admin = self.admin().await?;
         admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&db)))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&db)
+            ))
             .await
             .map_err(self.query_err(format!("dropping {db}")))?;
         Ok(())

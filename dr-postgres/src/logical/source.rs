@@ -112,7 +112,10 @@ impl PostgresLogical {
         // pg_control_system() needs pg_read_server_files or superuser on some
         // installations: absent is recorded as unknown.
         let sysid = client
-            .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
             .await
             .ok()
             .map(|r| r.get::<_, String>(0));
@@ -122,12 +125,18 @@ impl PostgresLogical {
 
 /// Runs a child to completion while `stdout` is consumed by `consume`;
 /// collects the end of its stderr.
-pub(crate) async fn run_streaming<F, Fut>(mut cmd: tokio::process::Command, program: &str, consume: F) -> Result<()>
+pub(crate) async fn run_streaming<F, Fut>(
+    mut cmd: tokio::process::Command,
+    program: &str,
+    consume: F,
+) -> Result<()>
 where
     F: FnOnce(tokio::process::ChildStdout) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<(), dr_core::Error>>,
 {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
     let mut child = cmd.spawn().map_err(|source| Error::Io {
         path: program.into(),
         source,
@@ -221,31 +230,35 @@ impl dr_core::BackupSource for PostgresLogical {
         let mut globals_warning = None;
         if let Some(pg_dumpall) = &pg_dumpall {
             progress.phase("dumping globals");
-            let run = |no_passwords: bool| {
-                let conn = &self.conn;
-                async move {
-                    let (mut cmd, pass) = conn.command(&pg_dumpall.path)?;
-                    cmd.arg("--globals-only").arg(format!("--database={}", conn.dbname()));
-                    if no_passwords {
-                        cmd.arg("--no-role-passwords");
+            let run =
+                |no_passwords: bool| {
+                    let conn = &self.conn;
+                    async move {
+                        let (mut cmd, pass) = conn.command(&pg_dumpall.path)?;
+                        cmd.arg("--globals-only")
+                            .arg(format!("--database={}", conn.dbname()));
+                        if no_passwords {
+                            cmd.arg("--no-role-passwords");
+                        }
+                        // The artifact is only started once pg_dumpall produced
+                        // output, so a failed first try leaves no artifact behind.
+                        let out = cmd.stdin(Stdio::null()).output().await.map_err(|source| {
+                            Error::Io {
+                                path: pg_dumpall.path.clone(),
+                                source,
+                            }
+                        })?;
+                        drop(pass);
+                        if !out.status.success() {
+                            return Err(Error::ToolFailed {
+                                program: "pg_dumpall".into(),
+                                status: out.status.to_string(),
+                                stderr: tail(&out.stderr, 4000),
+                            });
+                        }
+                        Ok(out.stdout)
                     }
-                    // The artifact is only started once pg_dumpall produced
-                    // output, so a failed first try leaves no artifact behind.
-                    let out = cmd.stdin(Stdio::null()).output().await.map_err(|source| Error::Io {
-                        path: pg_dumpall.path.clone(),
-                        source,
-                    })?;
-                    drop(pass);
-                    if !out.status.success() {
-                        return Err(Error::ToolFailed {
-                            program: "pg_dumpall".into(),
-                            status: out.status.to_string(),
-                            stderr: tail(&out.stderr, 4000),
-                        });
-                    }
-                    Ok(out.stdout)
-                }
-            };
+                };
             // Globals are small (roles and tablespaces): held in memory.
             let sql = match run(false).await {
                 Ok(sql) => sql,
@@ -257,7 +270,9 @@ impl dr_core::BackupSource for PostgresLogical {
                 }
                 Err(e) => return Err(e.into()),
             };
-            backup.write_artifact(GLOBALS_ARTIFACT, &mut &sql[..]).await?;
+            backup
+                .write_artifact(GLOBALS_ARTIFACT, &mut &sql[..])
+                .await?;
         }
 
         let meta = LogicalMetadata {

@@ -13,12 +13,15 @@ mod source;
 mod target;
 mod verify;
 
-pub use action::{register, PitrActionEnv, PitrRestore, PitrRestoreParams, PitrRestoreState, ReachedPoint, PITR_RESTORE};
+pub use action::{
+    register, PitrActionEnv, PitrRestore, PitrRestoreParams, PitrRestoreState, ReachedPoint,
+    PITR_RESTORE,
+};
 pub use restore::{
     pitr_restore, plan_pitr, stop_server, PitrOptions, PitrPlan, PitrReport, RecoveryPoint,
 };
 pub use source::{
     PhysicalMetadata, PhysicalOptions, PostgresPhysical, BASE_ARTIFACT, KIND_PHYSICAL,
 };
-pub use verify::PhysicalScratchRestorer;
 pub use target::{format_time, parse_target_time, RecoveryTarget, TargetAction};
+pub use verify::PhysicalScratchRestorer;

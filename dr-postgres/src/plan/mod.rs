@@ -29,7 +29,7 @@
 //! ```
 
 mod error;
-mod privileges;
+pub(crate) mod privileges;
 mod sql_check;
 #[cfg(all(test, feature = "test-cluster"))]
 mod tests;

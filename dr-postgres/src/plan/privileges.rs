@@ -124,7 +124,8 @@ fn invalid(action: &str, key: &str, reason: impl Into<String>) -> PlanError {
 }
 
 fn settings(action: &str, dsn: &str) -> Result<ConnectionSettings, PlanError> {
-    ConnectionSettings::from_dsn(dsn).map_err(|e| invalid(action, "dsn", e.to_string()))
+    ConnectionSettings::from_dsn(check_time_dsn(dsn))
+        .map_err(|e| invalid(action, "dsn", e.to_string()))
 }
 
 impl RevokeWrites {
@@ -567,5 +568,17 @@ impl Action for GrantWrites {
             a.added.len(),
             a.role
         )))
+    }
+}
+
+/// A DSN taken from an earlier step's output (`${steps.X.state.dsn}`) is only
+/// known at run time; `dr plan check` builds the action with the placeholder
+/// `<steps.X.state.dsn>`, which stands for a well-formed DSN here. The
+/// executor builds the action again with the real value before it runs.
+pub(crate) fn check_time_dsn(dsn: &str) -> &str {
+    if dsn.starts_with("<steps.") && dsn.ends_with('>') {
+        "postgresql://check@127.0.0.1:1/check"
+    } else {
+        dsn
     }
 }

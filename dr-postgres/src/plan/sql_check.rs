@@ -60,8 +60,8 @@ impl SqlCheck {
             key: format!("{SQL_CHECK}.{key}"),
             reason,
         };
-        let settings =
-            ConnectionSettings::from_dsn(&p.dsn).map_err(|e| invalid("dsn", e.to_string()))?;
+        let settings = ConnectionSettings::from_dsn(super::privileges::check_time_dsn(&p.dsn))
+            .map_err(|e| invalid("dsn", e.to_string()))?;
         if p.checks.is_empty() {
             return Err(invalid("checks", "give at least one check".into()));
         }

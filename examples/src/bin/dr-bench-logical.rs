@@ -22,13 +22,21 @@ struct Row {
 
 fn sh(pg: &TestCluster, script: &str) -> Result<Timed> {
     let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(script).env("PATH", format!("{}:/usr/bin:/bin", pg.bin().display()));
+    cmd.arg("-c")
+        .arg(script)
+        .env("PATH", format!("{}:/usr/bin:/bin", pg.bin().display()));
     run_timed(cmd)
 }
 
 fn main() -> Result<()> {
-    let scale: u32 = std::env::var("DR_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let text_rows: u64 = std::env::var("DR_BENCH_TEXT_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_500_000);
+    let scale: u32 = std::env::var("DR_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let text_rows: u64 = std::env::var("DR_BENCH_TEXT_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_500_000);
     let work = tempfile::Builder::new().prefix("dr-bench").tempdir()?;
     let pg = TestCluster::start();
     eprintln!("preparing pgbench scale {scale} and {text_rows} rows of random text ...");
@@ -44,21 +52,39 @@ fn main() -> Result<()> {
     pg.psql("randtext", "VACUUM ANALYZE docs");
     let key = work.path().join("key.txt");
     let dr = dr_binary();
-    let out = Command::new(&dr).args(["key", "generate", "--output"]).arg(&key).output()?;
+    let out = Command::new(&dr)
+        .args(["key", "generate", "--output"])
+        .arg(&key)
+        .output()?;
     let recipient = String::from_utf8(out.stdout)?.trim().to_string();
     let repo = format!("file://{}", work.path().join("repo").display());
-    let st = Command::new(&dr).args(["repo", "init", "--repo", &repo, "--recipient", &recipient]).status()?;
+    let st = Command::new(&dr)
+        .args(["repo", "init", "--repo", &repo, "--recipient", &recipient])
+        .status()?;
     anyhow::ensure!(st.success(), "repo init failed");
 
     let mut rows = Vec::new();
     for db in ["pgbench", "randtext"] {
-        let data: &'static str = if db == "pgbench" { "pgbench" } else { "random text" };
+        let data: &'static str = if db == "pgbench" {
+            "pgbench"
+        } else {
+            "random text"
+        };
         let dsn = pg.dsn(db);
         // Warm the cache once so that the first contender is not penalised.
         sh(&pg, &format!("pg_dump -Fc -d '{dsn}' > /dev/null"))?;
 
         let mut cmd = Command::new(&dr);
-        cmd.args(["backup", "--repo", &repo, "--postgres", &dsn, "--no-globals", "--json", "--no-progress"]);
+        cmd.args([
+            "backup",
+            "--repo",
+            &repo,
+            "--postgres",
+            &dsn,
+            "--no-globals",
+            "--json",
+            "--no-progress",
+        ]);
         let timed = run_timed(cmd)?;
         let m: serde_json::Value = serde_json::from_str(&timed.stdout)?;
         let size = m[0]["artifacts"]
@@ -67,15 +93,36 @@ fn main() -> Result<()> {
             .iter()
             .map(|a| a["stored_size"].as_u64().unwrap_or(0))
             .sum();
-        rows.push(Row { data, tool: "dr backup (zstd 3 + age)", timed, size });
+        rows.push(Row {
+            data,
+            tool: "dr backup (zstd 3 + age)",
+            timed,
+            size,
+        });
 
         let gz = work.path().join(format!("{db}.dump.gz"));
-        let timed = sh(&pg, &format!("set -o pipefail; pg_dump -Fc -d '{dsn}' | gzip > '{}'", gz.display()))?;
-        rows.push(Row { data, tool: "pg_dump -Fc | gzip", timed, size: std::fs::metadata(&gz)?.len() });
+        let timed = sh(
+            &pg,
+            &format!(
+                "set -o pipefail; pg_dump -Fc -d '{dsn}' | gzip > '{}'",
+                gz.display()
+            ),
+        )?;
+        rows.push(Row {
+            data,
+            tool: "pg_dump -Fc | gzip",
+            timed,
+            size: std::fs::metadata(&gz)?.len(),
+        });
 
         let fc = work.path().join(format!("{db}.dump"));
         let timed = sh(&pg, &format!("pg_dump -Fc -d '{dsn}' > '{}'", fc.display()))?;
-        rows.push(Row { data, tool: "pg_dump -Fc", timed, size: std::fs::metadata(&fc)?.len() });
+        rows.push(Row {
+            data,
+            tool: "pg_dump -Fc",
+            timed,
+            size: std::fs::metadata(&fc)?.len(),
+        });
     }
 
     println!("| data | tool | wall time | stored size | time vs pg_dump -Fc \\| gzip | size vs pg_dump -Fc \\| gzip | peak RSS |");
@@ -91,7 +138,11 @@ fn main() -> Result<()> {
                 mib(r.size),
                 r.timed.elapsed.as_secs_f64() / base.timed.elapsed.as_secs_f64(),
                 r.size as f64 / base.size as f64,
-                if r.tool.starts_with("dr") { r.timed.peak_rss.map(mib).unwrap_or_default() } else { "-".into() }
+                if r.tool.starts_with("dr") {
+                    r.timed.peak_rss.map(mib).unwrap_or_default()
+                } else {
+                    "-".into()
+                }
             );
         }
     }

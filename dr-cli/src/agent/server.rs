@@ -1,0 +1,68 @@
+//! `/metrics`, `/health` and `/ready` over HTTP (axum).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use dr_core::metrics::{AgentMetrics, CONTENT_TYPE};
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<AgentMetrics>,
+    ready: Arc<AtomicBool>,
+}
+
+/// The routes: `GET /metrics` (OpenMetrics text), `GET /health` (200 while
+/// the process serves), `GET /ready` (200 once the repository was read, 503
+/// before and while shutting down).
+pub fn router(metrics: Arc<AgentMetrics>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready_handler))
+        .with_state(AppState { metrics, ready })
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode())
+}
+
+async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds `addr`.
+///
+/// # Errors
+/// The address is taken or not allowed, naming it.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} (agent.listen)"))
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

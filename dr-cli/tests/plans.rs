@@ -1,0 +1,139 @@
+//! `dr plan check` on every example plan of the runbook, through the built
+//! binary with every action dr knows registered (a repository and its key, and
+//! a `[dns]` section, so that repository and DNS steps are checked too).
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn dr(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("dr").unwrap();
+    c.current_dir(dir)
+        .env_remove("DR_REPO")
+        .env("DR_CONFIG", dir.join("dr.toml"));
+    c
+}
+
+#[test]
+fn every_example_plan_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dr(dir.path())
+        .env_remove("DR_CONFIG")
+        .args(["key", "generate", "--output", "key.txt"])
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::fs::write(
+        dir.path().join("tsig.secret"),
+        "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dr.toml"),
+        format!(
+            "[repository]\nurl = \"{repo}\"\nrecipients = [\"{recipient}\"]\nidentity_file = \"{key}\"\n\n\
+             [dns]\nprovider = \"rfc2136\"\nserver = \"127.0.0.1:53\"\nzone = \"example.com.\"\nkey_name = \"k\"\n\
+             secret_file = \"{tsig}\"\n",
+            repo = dir.path().join("repo").display(),
+            key = dir.path().join("key.txt").display(),
+            tsig = dir.path().join("tsig.secret").display(),
+        ),
+    )
+    .unwrap();
+    let out = dr(dir.path()).args(["repo", "init"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plans = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "single-az-failure.toml",
+            &["zone_a=eu-west-1b", "zone_b=eu-west-1c"],
+        ),
+        (
+            "region-failure.toml",
+            &[
+                "dr_dsn=postgresql://app@127.0.0.1/app",
+                "primary_ip=10.0.0.1",
+                "dr_ip=10.1.0.1",
+            ],
+        ),
+        (
+            "data-corruption.toml",
+            &[
+                "app_dsn=postgresql://app@127.0.0.1/app",
+                "target_time=2026-11-29 14:00:00+00",
+                "app_env_file=/tmp/app.env",
+            ],
+        ),
+        (
+            "cluster-loss.toml",
+            &[
+                "app_dsn=postgresql://app@127.0.0.1/app",
+                "billing_dsn=postgresql://app@127.0.0.1/billing",
+                "old_ip=10.0.0.1",
+                "new_ip=10.1.0.1",
+            ],
+        ),
+    ];
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&plans).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".toml") {
+            seen += 1;
+            assert!(
+                cases.iter().any(|(n, _)| *n == name),
+                "example plan {name} has no check case"
+            );
+        }
+    }
+    assert_eq!(seen, cases.len());
+    for (name, sets) in cases {
+        let mut cmd = dr(dir.path());
+        cmd.args(["plan", "check"]).arg(plans.join(name));
+        for s in *sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "dr plan check {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("1. "),
+            "{name}: the ordered plan is printed: {text}"
+        );
+        // A missing value is an error that names the variable, exit 2.
+        let out = dr(dir.path())
+            .args(["plan", "check"])
+            .arg(plans.join(name))
+            .output()
+            .unwrap();
+        if !sets.is_empty() {
+            assert_eq!(out.status.code(), Some(2), "{name}");
+            let var = sets[0].split('=').next().unwrap();
+            assert!(String::from_utf8_lossy(&out.stderr).contains(var), "{name}");
+        }
+    }
+    // A broken plan: unknown action and a cycle, each named.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "name = \"bad\"\n[[steps]]\nname = \"a\"\naction = \"postgres.frobnicate\"\nafter = [\"b\"]\n\
+         [[steps]]\nname = \"b\"\naction = \"wait\"\nafter = [\"a\"]\nparams = { duration = \"1s\" }\n",
+    )
+    .unwrap();
+    let out = dr(dir.path())
+        .args(["plan", "check", "bad.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("postgres.frobnicate") && err.contains("cycle"),
+        "{err}"
+    );
+}
