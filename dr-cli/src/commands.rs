@@ -495,14 +495,16 @@ impl Ctx<'_> {
     async fn status(&self, a: &StatusArgs) -> Result<i32> {
         let (repo, _, _) = self.open(&a.repo).await?;
         let configured: Vec<String> = self.config.sources.keys().cloned().collect();
+        let (_, wal_last) = dr_postgres::wal::retention::all_retention_facts(&repo).await?;
         let statuses = dr_core::status::status(
             &repo,
             &configured,
             &self.config.objectives,
-            &Default::default(),
+            &wal_last,
             chrono::Utc::now(),
         )
         .await?;
+        let last_drill = dr_core::drill::last_drill(&repo).await.ok().flatten();
         if let Some(path) = &a.prometheus {
             let text = dr_core::status::to_prometheus(&statuses);
             if path.as_os_str() == "-" {
@@ -516,9 +518,20 @@ impl Ctx<'_> {
             }
         }
         if self.cli.json {
-            self.print_json(&statuses)?;
+            self.print_json(&serde_json::json!({ "sources": statuses, "last_drill": last_drill }))?;
         } else if a.prometheus.as_deref() != Some(Path::new("-")) {
             println!("{}", render::status(&statuses));
+            match &last_drill {
+                Some(d) => println!(
+                    "last drill: {} of {} at {}: {} in {:.1} s",
+                    d.id,
+                    d.plan,
+                    d.started_at.to_rfc3339(),
+                    if d.passed { "passed" } else { "FAILED" },
+                    d.duration_secs
+                ),
+                None => println!("last drill: none"),
+            }
         }
         Ok(if statuses.iter().all(|s| s.rpo_met) {
             EXIT_OK

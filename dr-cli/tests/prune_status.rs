@@ -231,7 +231,8 @@ fn status_flags_a_source_older_than_its_rpo() {
     let out = env.dr(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(s[0]["rpo_met"], false);
+    assert_eq!(s["sources"][0]["rpo_met"], false);
+    assert!(s["last_drill"].is_null());
     assert!(std::fs::read_to_string(&prom)
         .unwrap()
         .contains("objective_rpo_met{source=\"db\"} 0"));

@@ -15,6 +15,7 @@ mod archive;
 pub mod control;
 mod error;
 pub mod names;
+pub mod retention;
 pub mod timeline;
 
 pub use archive::{
