@@ -60,7 +60,7 @@ pub enum Command {
     /// everything; with --restore, restore into a scratch target and compare.
     Verify(VerifyArgs),
     /// Restore a backup.
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
     /// Apply the retention policies of dr.toml: delete expired backups, the
     /// WAL no kept backup needs, and orphaned objects.
     Prune(PruneArgs),

@@ -93,9 +93,11 @@ impl LogicalAction {
     }
 
     fn restorer(&self) -> PostgresLogicalRestorer {
-        let mut opts = LogicalRestoreOptions::default();
-        opts.clean = self.params.clean;
-        opts.globals = self.params.globals;
+        let opts = LogicalRestoreOptions {
+            clean: self.params.clean,
+            globals: self.params.globals,
+            ..Default::default()
+        };
         PostgresLogicalRestorer::new(self.target.clone(), opts)
     }
 }

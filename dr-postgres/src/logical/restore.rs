@@ -410,7 +410,7 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
             {
                 tracing::warn!(error = %drop_err, database = %temp, "temporary database not dropped");
             }
-            return Err(e.into());
+            return Err(e);
         }
         *self.created.lock().expect("created") = Some(target_db.clone());
         let mut report = RestoreReport::new(format!("database {}", self.target.target()));
