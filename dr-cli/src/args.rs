@@ -40,6 +40,24 @@ pub struct RepoArgs {
     pub passphrase_file: Option<PathBuf>,
 }
 
+impl RepoArgs {
+    /// The `[repository]` settings with these flags (and their `DR_*`
+    /// variables) applied over them: flags > environment > file.
+    pub fn apply(&self, file: &dr_storage::RepositorySettings) -> dr_storage::RepositorySettings {
+        let mut s = file.clone();
+        if let Some(r) = &self.repo {
+            s.url = Some(r.clone());
+        }
+        if let Some(i) = &self.identity {
+            s.identity_file = Some(i.clone());
+        }
+        if let Some(p) = &self.passphrase_file {
+            s.passphrase_file = Some(p.clone());
+        }
+        s
+    }
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -64,17 +64,7 @@ impl Ctx<'_> {
 
     /// Repository settings: flags > DR_* environment (both through clap) > file.
     fn settings(&self, args: &RepoArgs) -> RepositorySettings {
-        let mut s = self.config.repository.clone();
-        if let Some(r) = &args.repo {
-            s.url = Some(r.clone());
-        }
-        if let Some(i) = &args.identity {
-            s.identity_file = Some(i.clone());
-        }
-        if let Some(p) = &args.passphrase_file {
-            s.passphrase_file = Some(p.clone());
-        }
-        s
+        args.apply(&self.config.repository)
     }
 
     async fn open(

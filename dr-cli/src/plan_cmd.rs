@@ -111,27 +111,13 @@ pub enum DrillCommand {
     },
 }
 
-fn settings(config: &DrConfig, args: &RepoArgs) -> RepositorySettings {
-    let mut s = config.repository.clone();
-    if let Some(r) = &args.repo {
-        s.url = Some(r.clone());
-    }
-    if let Some(i) = &args.identity {
-        s.identity_file = Some(i.clone());
-    }
-    if let Some(p) = &args.passphrase_file {
-        s.passphrase_file = Some(p.clone());
-    }
-    s
-}
-
 /// The repository and keys when they can be had (a plan without repository
 /// steps runs without them).
 async fn repository(
     config: &DrConfig,
     args: &RepoArgs,
 ) -> (Option<Repository>, Option<Identities>, RepositorySettings) {
-    let s = settings(config, args);
+    let s = args.apply(&config.repository);
     let Ok(location) = s.location() else {
         return (None, None, s);
     };

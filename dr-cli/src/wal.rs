@@ -99,22 +99,8 @@ pub struct PitrArgs {
     pub no_archive: bool,
 }
 
-fn settings(config: &DrConfig, args: &RepoArgs) -> RepositorySettings {
-    let mut s = config.repository.clone();
-    if let Some(r) = &args.repo {
-        s.url = Some(r.clone());
-    }
-    if let Some(i) = &args.identity {
-        s.identity_file = Some(i.clone());
-    }
-    if let Some(p) = &args.passphrase_file {
-        s.passphrase_file = Some(p.clone());
-    }
-    s
-}
-
 async fn open(config: &DrConfig, args: &RepoArgs) -> Result<(Repository, RepositorySettings)> {
-    let s = settings(config, args);
+    let s = args.apply(&config.repository);
     let repo = Repository::open(&s.location()?, &s.store_options()).await?;
     let repo = repo.with_codec(s.codec_options()?);
     Ok((repo, s))
