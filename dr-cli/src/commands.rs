@@ -294,7 +294,15 @@ impl Ctx<'_> {
                 None => {}
             }
         }
-        Ok(if ok { EXIT_OK } else { EXIT_VERIFY_FAILED })
+        // An unreachable scratch server proves nothing about the backup: exit 3,
+        // not "verification failed".
+        Ok(if ok {
+            EXIT_OK
+        } else if report.scratch_unavailable && report.artifacts.iter().all(|a| a.error.is_none()) {
+            EXIT_FAILED
+        } else {
+            EXIT_VERIFY_FAILED
+        })
     }
 
     fn scratch_restorer(

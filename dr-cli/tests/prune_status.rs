@@ -237,3 +237,71 @@ fn status_flags_a_source_older_than_its_rpo() {
         .unwrap()
         .contains("objective_rpo_met{source=\"db\"} 0"));
 }
+
+#[test]
+fn prune_never_trades_intact_backups_for_a_damaged_newest_one() {
+    if !should_run() {
+        return;
+    }
+    let pg = TestCluster::start();
+    pg.pgbench_init("db", 1);
+    let env = setup(&pg, "[sources.db.retention]\nkeep_last = 1\n");
+    for _ in 0..3 {
+        env.ok(&["backup", "db"]);
+    }
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["backup_id"].as_str().unwrap().to_string())
+        .collect();
+    // One flipped byte in the newest backup's dump.
+    let obj = env.path(&format!(
+        "repo/backups/db/{}/database.pgdump.zst.age",
+        ids[2]
+    ));
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&obj, bytes).unwrap();
+
+    let plan: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
+    let decision = |id: &str| {
+        plan["retention"]["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["backup"]["id"] == id)
+            .unwrap()["kept_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(decision(&ids[0]).is_empty(), "the oldest goes");
+    let middle = decision(&ids[1]);
+    assert!(
+        middle.iter().any(|r| r == "newest good backup"),
+        "{middle:?}"
+    );
+    let newest = decision(&ids[2]);
+    assert!(
+        newest.iter().any(|r| r.starts_with("damaged")),
+        "{newest:?}"
+    );
+    env.ok(&["prune"]);
+    // The intact backup is still there and restores.
+    let out = env.dr(&["restore", &ids[1], "--to", &pg.dsn("back")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pg.psql("back", "SELECT count(*) FROM pgbench_accounts"),
+        "100000"
+    );
+}

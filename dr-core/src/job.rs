@@ -6,7 +6,7 @@ use dr_storage::{Identities, Manifest, Repository};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::source::{BackupReader, BackupSource, CheckReport, RestoreReport, Restorer};
 
 /// Backs up `source` into `repository` under the source name `name`.
@@ -104,6 +104,11 @@ pub struct VerifyReport {
     pub restore_error: Option<String>,
     /// Whether the scratch target was removed afterwards.
     pub discarded: Option<bool>,
+    /// True when the scratch restore or check could not run for a reason
+    /// that says nothing about the backup (the scratch server unreachable, a
+    /// tool missing): the backup is unproven, not proven wrong.
+    #[serde(default)]
+    pub scratch_unavailable: bool,
     /// Wall time of the whole verification.
     #[serde(with = "crate::serde_secs")]
     pub duration: Duration,
@@ -200,6 +205,7 @@ pub async fn verify(
         checks: None,
         restore_error: None,
         discarded: None,
+        scratch_unavailable: false,
         duration: Duration::ZERO,
     };
     if let (Some(scratch), Some(ids)) = (scratch, identities) {
@@ -212,10 +218,17 @@ pub async fn verify(
                     report.restore = Some(r);
                     match scratch.check(manifest).await {
                         Ok(c) => report.checks = Some(c),
-                        Err(e) => report.restore_error = Some(format!("check after restore: {e}")),
+                        Err(e) => {
+                            report.scratch_unavailable = e.kind() != ErrorKind::VerificationFailed;
+                            report.restore_error = Some(format!("check after restore: {e}"));
+                        }
                     }
                 }
-                Err(e) => report.restore_error = Some(format!("scratch restore: {e}")),
+                Err(e) => {
+                    report.scratch_unavailable = !matches!(e.kind(), ErrorKind::VerificationFailed)
+                        && !matches!(e, Error::Storage(_));
+                    report.restore_error = Some(format!("scratch restore: {e}"));
+                }
             }
             match scratch.discard().await {
                 Ok(()) => report.discarded = Some(true),

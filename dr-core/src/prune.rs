@@ -121,8 +121,47 @@ pub async fn plan_prune(
     now: DateTime<Utc>,
 ) -> Result<PrunePlan> {
     let manifests = repo.list_backups(None).await?;
-    let facts: Vec<BackupFacts> = manifests.iter().map(facts).collect();
-    let retention = plan_retention(policies, &facts, wal, now);
+    let mut facts: Vec<BackupFacts> = manifests.iter().map(facts).collect();
+    // Before anything is deleted because a newer backup exists, that newer
+    // backup must be intact: per source with a policy, newest first, check
+    // the stored size and SHA-256 of every object (no key needed) until one
+    // backup passes. Those that fail are not good: they anchor nothing and
+    // the older intact backups stay. They are kept, for inspection.
+    let mut damaged: BTreeMap<String, String> = BTreeMap::new();
+    let mut by_source: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
+    for m in &manifests {
+        by_source.entry(m.source.name.as_str()).or_default().push(m);
+    }
+    for (source, mut list) in by_source {
+        if policies.get(source).is_none_or(|p| p.is_empty()) {
+            continue;
+        }
+        list.sort_by_key(|m| std::cmp::Reverse(m.started_at));
+        for m in list {
+            let failures: Vec<String> = repo
+                .check_stored(m)
+                .await
+                .into_iter()
+                .filter_map(|(_, r)| r.err().map(|e| e.to_string()))
+                .collect();
+            if failures.is_empty() {
+                break;
+            }
+            tracing::warn!(source, backup_id = %m.backup_id, "backup failed its stored-digest check");
+            damaged.insert(m.backup_id.clone(), failures.join("; "));
+        }
+    }
+    for f in facts.iter_mut() {
+        if damaged.contains_key(&f.id) {
+            f.good = false;
+        }
+    }
+    let mut retention = plan_retention(policies, &facts, wal, now);
+    for d in retention.backups.iter_mut() {
+        if let Some(why) = damaged.get(&d.backup.id) {
+            d.kept_by = vec![format!("damaged, kept for inspection: {why}")];
+        }
+    }
     // Orphans: objects in backup directories without a manifest.
     let listed: std::collections::BTreeSet<String> = manifests
         .iter()
