@@ -219,7 +219,13 @@ impl Ctx<'_> {
 
     async fn list(&self, a: &ListArgs) -> Result<i32> {
         let (repo, _, _) = self.open(&a.repo).await?;
-        let all = repo.list_backups(a.source.as_deref()).await?;
+        let (all, damaged) = repo.list_backups_checked(a.source.as_deref()).await?;
+        for d in &damaged {
+            eprintln!(
+                "warning: damaged manifest {} (backup not listed): {}",
+                d.object, d.reason
+            );
+        }
         if self.cli.json {
             self.print_json(&all)?;
         } else {
@@ -531,11 +537,13 @@ impl Ctx<'_> {
                 None => println!("last drill: none"),
             }
         }
-        Ok(if statuses.iter().all(|s| s.rpo_met) {
-            EXIT_OK
-        } else {
-            EXIT_VERIFY_FAILED
-        })
+        Ok(
+            if statuses.iter().all(|s| s.rpo_met && s.problems.is_empty()) {
+                EXIT_OK
+            } else {
+                EXIT_VERIFY_FAILED
+            },
+        )
     }
 }
 

@@ -305,3 +305,37 @@ fn prune_never_trades_intact_backups_for_a_damaged_newest_one() {
         "100000"
     );
 }
+
+#[test]
+fn a_damaged_manifest_hides_only_its_own_backup_and_status_says_so() {
+    if !should_run() {
+        return;
+    }
+    let pg = TestCluster::start();
+    pg.pgbench_init("db", 1);
+    let env = setup(&pg, "");
+    env.ok(&["backup", "db"]);
+    env.ok(&["backup", "db"]);
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["backup_id"].as_str().unwrap().to_string())
+        .collect();
+    let manifest = env.path(&format!("repo/backups/db/{}/manifest.json", ids[1]));
+    let text = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
+    let out = env.dr(&["list", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged manifest"));
+    // The intact backup still verifies and restores by id.
+    env.ok(&["verify", &ids[0]]);
+    let out = env.dr(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = s["sources"][0]["problems"].to_string();
+    assert!(problems.contains("damaged manifest"), "{problems}");
+}

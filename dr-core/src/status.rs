@@ -58,8 +58,9 @@ pub async fn status(
     wal_last: &std::collections::BTreeMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<Vec<SourceStatus>> {
-    let manifests = repo.list_backups(None).await?;
+    let (manifests, damaged) = repo.list_backups_checked(None).await?;
     let mut names: Vec<String> = manifests.iter().map(|m| m.source.name.clone()).collect();
+    names.extend(damaged.iter().map(|d| d.source.clone()));
     names.extend(configured.iter().cloned());
     names.sort();
     names.dedup();
@@ -76,7 +77,11 @@ pub async fn status(
         let age = newest_point.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
         let rpo = obj.rpo.as_secs_f64();
         let rpo_met = age.is_some_and(|a| a <= rpo);
-        let mut problems = Vec::new();
+        let mut problems: Vec<String> = damaged
+            .iter()
+            .filter(|d| d.source == name)
+            .map(|d| format!("damaged manifest {}: {}", d.object, d.reason))
+            .collect();
         match age {
             None => problems.push("no backup".to_string()),
             Some(a) if a > rpo => problems.push(format!(

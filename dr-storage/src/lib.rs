@@ -63,8 +63,8 @@ pub use manifest::{new_backup_id, CodecInfo, Manifest, SourceRef, MANIFEST_VERSI
 pub use object_store;
 pub use progress::{NoProgress, Progress};
 pub use repo::{
-    validate_source_name, BackupWriter, InitOptions, KeySource, RecordedArtifact, RepoConfig,
-    Repository, FORMAT_VERSION, REPO_CONFIG,
+    validate_source_name, BackupWriter, DamagedManifest, InitOptions, KeySource, RecordedArtifact,
+    RepoConfig, Repository, FORMAT_VERSION, REPO_CONFIG,
 };
 pub use wal::{
     sha256_hex, validate_wal_name, write_atomically, PushOutcome, Registration, WalArchive,

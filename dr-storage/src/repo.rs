@@ -399,6 +399,23 @@ impl Repository {
     /// # Errors
     /// Store errors; [`Error::Format`] for an unreadable manifest.
     pub async fn list_backups(&self, source: Option<&str>) -> Result<Vec<Manifest>> {
+        let (manifests, damaged) = self.list_backups_checked(source).await?;
+        for d in &damaged {
+            tracing::warn!(object = %d.object, reason = %d.reason, "damaged manifest: backup not listed");
+        }
+        Ok(manifests)
+    }
+
+    /// As [`Repository::list_backups`], and the manifests that exist but do
+    /// not parse (a damaged manifest hides its own backup, never the others).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list_backups_checked(
+        &self,
+        source: Option<&str>,
+    ) -> Result<(Vec<Manifest>, Vec<DamagedManifest>)> {
+        let mut damaged = Vec::new();
         let sources = match source {
             Some(s) => vec![s.to_string()],
             None => self.sources().await?,
@@ -417,6 +434,14 @@ impl Repository {
                 match self.manifest(&source, id).await {
                     Ok(m) => out.push(m),
                     Err(Error::NotFound { .. }) => {}
+                    Err(Error::Format {
+                        object, source: e, ..
+                    }) => damaged.push(DamagedManifest {
+                        source: source.clone(),
+                        backup_id: id.to_string(),
+                        object,
+                        reason: e.to_string(),
+                    }),
                     Err(e) => return Err(e),
                 }
             }
@@ -428,7 +453,7 @@ impl Repository {
                 &b.backup_id,
             ))
         });
-        Ok(out)
+        Ok((out, damaged))
     }
 
     /// Reads one manifest.
@@ -575,6 +600,19 @@ impl Repository {
         let body = serde_json::to_vec_pretty(value).expect("serialisable");
         put_create(&self.inner.store, path, body.into()).await
     }
+}
+
+/// A manifest that exists but does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedManifest {
+    /// Source name.
+    pub source: String,
+    /// Backup id (the directory name).
+    pub backup_id: String,
+    /// The manifest object.
+    pub object: String,
+    /// The parser's error.
+    pub reason: String,
 }
 
 /// A backup being written. Data goes into artifacts; [`BackupWriter::commit`]
