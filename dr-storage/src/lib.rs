@@ -44,6 +44,7 @@
 
 mod codec;
 mod config;
+mod durable;
 mod error;
 mod keys;
 mod location;
@@ -55,6 +56,7 @@ mod wal;
 
 pub use codec::{ArtifactInfo, ArtifactReader, ArtifactWriter, CodecOptions};
 pub use config::RepositorySettings;
+pub use durable::DurableLocal;
 pub use error::{Error, Result};
 pub use keys::{fingerprint, read_passphrase_file, Identities, Recipients, SCRYPT_WORK_FACTOR};
 pub use location::{Location, StoreOptions, DEFAULT_LOCATION};
@@ -67,6 +69,6 @@ pub use repo::{
     RepoConfig, Repository, FORMAT_VERSION, REPO_CONFIG,
 };
 pub use wal::{
-    sha256_hex, validate_wal_name, write_atomically, PushOutcome, Registration, WalArchive,
+    sha256_hex, validate_wal_name, write_atomically, write_atomically_with, PushOutcome, Registration, WalArchive,
     WalArchiveInfo, WalObject, WAL_ARCHIVE_VERSION, WAL_PREFIX,
 };

@@ -8,6 +8,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
+
+use crate::durable::DurableLocal;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
@@ -142,7 +144,9 @@ impl Location {
                 let fs = LocalFileSystem::new_with_prefix(path)
                     .map_err(|e| invalid(e.to_string()))?
                     .with_automatic_cleanup(true);
-                Ok(Arc::new(fs))
+                // new_with_prefix canonicalises; sync up to the same directory.
+                let root = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                Ok(Arc::new(DurableLocal::new(fs, root)))
             }
             Location::Memory(name) => {
                 static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();

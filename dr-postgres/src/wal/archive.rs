@@ -182,10 +182,10 @@ pub async fn wal_push(
             reason: "has no file name".into(),
         })?;
     let name = WalFileName::parse(base)?;
-    let data = tokio::fs::read(file).await.map_err(|source| WalError::Io {
+    let data = bytes::Bytes::from(tokio::fs::read(file).await.map_err(|source| WalError::Io {
         path: file.to_path_buf(),
         source,
-    })?;
+    })?);
     let system_id = if name.has_pages() {
         segment_header(&name, &data)?.system_id
     } else {
@@ -218,7 +218,7 @@ pub async fn wal_push(
         .retry
         .run(&format!("pushing {base}"), || async {
             archive
-                .push(system_id, base, &data)
+                .push(system_id, base, data.clone())
                 .await
                 .map_err(WalError::from)
         })
