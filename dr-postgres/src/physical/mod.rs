@@ -21,7 +21,8 @@ pub use restore::{
     pitr_restore, plan_pitr, stop_server, PitrOptions, PitrPlan, PitrReport, RecoveryPoint,
 };
 pub use source::{
-    PhysicalMetadata, PhysicalOptions, PostgresPhysical, BASE_ARTIFACT, KIND_PHYSICAL,
+    BackupMethod, PhysicalMetadata, PhysicalOptions, PostgresPhysical, TablespaceInfo,
+    BASE_ARTIFACT, KIND_PHYSICAL, MANIFEST_ARTIFACT,
 };
 pub use target::{format_time, parse_target_time, RecoveryTarget, TargetAction};
 pub use verify::PhysicalScratchRestorer;
