@@ -19,6 +19,7 @@ pub use action::{
 };
 pub use restore::{
     pitr_restore, plan_pitr, stop_server, PitrOptions, PitrPlan, PitrReport, RecoveryPoint,
+    TablespaceMapping, TablespacePlacement,
 };
 pub use source::{
     BackupMethod, PhysicalMetadata, PhysicalOptions, PostgresPhysical, TablespaceInfo,

@@ -180,6 +180,9 @@ impl Restorer for PhysicalScratchRestorer {
         opts.owner = self.owner;
         opts.bin_dir = self.bin_dir.clone();
         opts.wait_timeout = self.wait_timeout;
+        // Every tablespace inside the scratch directory: a verification
+        // never writes to the production tablespaces' paths.
+        opts.tablespace_root = Some(root.join("ts"));
         let meta: PhysicalMetadata =
             serde_json::from_value(manifest.metadata.clone()).map_err(|e| {
                 dr_core::Error::InvalidConfig {
