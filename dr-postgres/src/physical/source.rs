@@ -153,9 +153,12 @@ impl Default for PhysicalOptions {
     }
 }
 
-/// A physical base backup of a whole cluster (PostgreSQL 15 docs §26.3.2):
-/// `pg_basebackup --format=tar --wal-method=none -D -` streamed into the
-/// repository, no local copy. The WAL comes from the continuous archive
+/// A physical base backup of a whole cluster (PostgreSQL 15 docs §26.3.2),
+/// streamed into the repository with no local copy: `BASE_BACKUP` over a
+/// replication connection, each tablespace's tar (`base.tar`, `<oid>.tar`)
+/// and the `backup_manifest` as artifacts ([`BackupMethod::Replication`]),
+/// or `pg_basebackup --format=tar --wal-method=none -D -` for servers
+/// before 15 without tablespaces. The WAL comes from the continuous archive
 /// (`dr wal-push`), which the preflight proves working and whose stop segment
 /// the backup waits for, bounded, before it is committed.
 #[derive(Debug, Clone)]
