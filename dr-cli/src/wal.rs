@@ -97,6 +97,10 @@ pub struct PitrArgs {
     /// Write archive_mode = off (a copy that must never archive).
     #[arg(long)]
     pub no_archive: bool,
+    /// Restore a tablespace into DIR instead of its original directory
+    /// (`OID-or-NAME=DIR`, DIR absolute and empty; repeatable).
+    #[arg(long, value_name = "OID-or-NAME=DIR")]
+    pub tablespace_mapping: Vec<String>,
 }
 
 async fn open(config: &DrConfig, args: &RepoArgs) -> Result<(Repository, RepositorySettings)> {
@@ -266,6 +270,11 @@ pub async fn run_pitr_restore(
     opts.start = a.start;
     opts.port = a.port;
     opts.archive_mode_off = a.no_archive;
+    opts.tablespace_mapping = a
+        .tablespace_mapping
+        .iter()
+        .map(|m| m.parse().map_err(dr_core::Error::from))
+        .collect::<Result<_, _>>()?;
     // Through dr_core::Error, so that crate::exit::code classifies them.
     let plan = physical::plan_pitr(&repo, &ids, source, &opts)
         .await

@@ -187,6 +187,16 @@ impl ConnectionSettings {
         self.port
     }
 
+    /// The host (a name or a socket directory), for the replication client.
+    pub(crate) fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The password, for the replication client's authentication exchange.
+    pub(crate) fn password(&self) -> Option<&SecretString> {
+        self.password.as_ref()
+    }
+
     /// The host name, or the socket directory.
     pub fn host_string(&self) -> String {
         match &self.host {

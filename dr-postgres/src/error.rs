@@ -71,6 +71,9 @@ pub enum Error {
     /// The backup data could not be read (corrupt, truncated, wrong key).
     #[error(transparent)]
     Data(#[from] dr_storage::Error),
+    /// The replication connection or `BASE_BACKUP` failed.
+    #[error(transparent)]
+    Replication(#[from] crate::basebackup::ReplicationError),
     /// A local file failed.
     #[error("I/O failed on {}", path.display())]
     Io {
@@ -106,6 +109,18 @@ impl From<Error> for dr_core::Error {
                 what: program.clone(),
                 source: Box::new(e),
             },
+            Error::Replication(crate::basebackup::ReplicationError::Sink(e)) => {
+                dr_core::Error::Storage(e)
+            }
+            Error::Replication(ref r) if r.is_retryable() => dr_core::Error::Unavailable {
+                what: "PostgreSQL replication connection".into(),
+                source: Box::new(e),
+            },
+            Error::Replication(crate::basebackup::ReplicationError::Unsupported { .. }) => {
+                dr_core::Error::Unsupported {
+                    what: e.to_string(),
+                }
+            }
             other => dr_core::Error::Failed {
                 what: "PostgreSQL".into(),
                 source: Box::new(other),

@@ -12,12 +12,15 @@
 //! - [`PostgresSourceConfig`]: the `dr.toml` section of a PostgreSQL source.
 //! - [`wal`]: continuous WAL archiving, `wal-push` / `wal-fetch`
 //!   ([`wal_push`], [`wal_fetch`]) with PostgreSQL's exit-code rules.
+//! - [`basebackup`]: a `BASE_BACKUP` client over a physical replication
+//!   connection (every tablespace, no local copy).
 //! - [`physical`]: physical base backups ([`PostgresPhysical`], kind
 //!   `postgres-physical`) and point-in-time restore ([`plan_pitr`],
 //!   [`pitr_restore`]).
 //! - With the `test-cluster` feature, [`testing::TestCluster`] makes
 //!   throwaway clusters with `initdb`/`pg_ctl`.
 
+pub mod basebackup;
 mod config;
 mod conn;
 mod error;

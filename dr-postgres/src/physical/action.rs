@@ -16,7 +16,10 @@
 //!   restore or recovery was interrupted is stopped, removed and restored
 //!   again. A non-empty directory the step did not create is never touched.
 //! - Rollback stops the server and removes the data directory, only when the
-//!   directory still carries the marker of this restore.
+//!   directory still carries the marker of this restore, and the tablespace
+//!   directories it restored.
+//! - Tablespaces go to `<tablespace_dir>/<oid>` (default
+//!   `<data_dir>.tablespaces`), never to the production cluster's paths.
 //!
 //! ```toml
 //! [[steps]]
@@ -81,6 +84,14 @@ pub struct PitrRestoreParams {
     /// Use this backup (id or unique prefix) instead of the newest suitable one.
     #[serde(default)]
     pub backup: Option<String>,
+    /// Every tablespace of the backup is restored into
+    /// `<tablespace_dir>/<oid>` (default `<data_dir>.tablespaces`), never
+    /// into the production cluster's tablespace paths. A sibling of the data
+    /// directory, not inside it: PostgreSQL 15 docs §22.6 warns against
+    /// tablespaces inside the data directory (a base backup of the restored
+    /// cluster would copy them twice).
+    #[serde(default)]
+    pub tablespace_dir: Option<PathBuf>,
 }
 
 /// What the action needs from its front end: the repository, the keys, and
@@ -206,6 +217,7 @@ pub struct PitrRestore {
     user: String,
     app_user: Option<String>,
     backup: Option<String>,
+    tablespace_dir: PathBuf,
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> dr_core::Error {
@@ -260,6 +272,30 @@ impl PitrRestore {
                 "longer than 80 bytes: the server's socket inside it would exceed the 107-byte limit of a Unix socket path",
             ));
         }
+        let tablespace_dir = match p.tablespace_dir {
+            Some(d) if !d.is_absolute() => {
+                return Err(invalid(
+                    "tablespace_dir",
+                    format!("{} is not an absolute path", d.display()),
+                ))
+            }
+            Some(d) if d.starts_with(&p.data_dir) || p.data_dir.starts_with(&d) => {
+                return Err(invalid(
+                    "tablespace_dir",
+                    format!(
+                        "{} overlaps the data directory {}",
+                        d.display(),
+                        p.data_dir.display()
+                    ),
+                ))
+            }
+            Some(d) => d,
+            None => {
+                let mut d = p.data_dir.clone().into_os_string();
+                d.push(".tablespaces");
+                PathBuf::from(d)
+            }
+        };
         if p.port == Some(0) {
             return Err(invalid("port", "0 is not a port"));
         }
@@ -292,6 +328,7 @@ impl PitrRestore {
             user,
             app_user: p.app_user,
             backup: p.backup,
+            tablespace_dir,
         })
     }
 
@@ -310,6 +347,7 @@ impl PitrRestore {
         o.user = self.user.clone();
         o.bin_dir = self.env.bin_dir.clone();
         o.wait_timeout = wait;
+        o.tablespace_root = Some(self.tablespace_dir.clone());
         o
     }
 
@@ -370,6 +408,24 @@ fn remove_dir(dir: &Path) -> dr_core::Result<()> {
         }
         .into()),
     }
+}
+
+/// Removes the tablespace directories a restore into `data_dir` made under
+/// `tablespace_dir` (found through the links in `pg_tblspc`, so nothing
+/// else there is touched), then `tablespace_dir` itself if it is empty.
+fn remove_tablespaces(data_dir: &Path, tablespace_dir: &Path) -> dr_core::Result<()> {
+    if let Ok(links) = std::fs::read_dir(data_dir.join("pg_tblspc")) {
+        for link in links.flatten() {
+            let Ok(target) = std::fs::read_link(link.path()) else {
+                continue;
+            };
+            if target.starts_with(tablespace_dir) && target != tablespace_dir {
+                remove_dir(&target)?;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(tablespace_dir);
+    Ok(())
 }
 
 /// The `postgres` user when running as root (the server refuses root).
@@ -484,6 +540,7 @@ impl PitrRestore {
         if self.data_dir.join("postmaster.pid").exists() {
             stop_server(&opts, major).await?;
         }
+        remove_tablespaces(&self.data_dir, &self.tablespace_dir)?;
         remove_dir(&self.data_dir)?;
         Ok(None)
     }
@@ -525,7 +582,7 @@ impl Action for PitrRestore {
 
     fn describe(&self) -> String {
         format!(
-            "restore the newest physical backup of {:?} that ends before {}{}, replay WAL to {} into {} and start it on port {} (archive_mode off); DSN {}",
+            "restore the newest physical backup of {:?} that ends before {}{}, replay WAL to {} into {} (tablespaces under {}) and start it on port {} (archive_mode off); DSN {}",
             self.source,
             self.target_text,
             self.backup
@@ -534,6 +591,7 @@ impl Action for PitrRestore {
                 .unwrap_or_default(),
             self.target_text,
             self.data_dir.display(),
+            self.tablespace_dir.display(),
             self.port
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "<free>".into()),
@@ -658,6 +716,7 @@ impl Action for PitrRestore {
         if state.data_dir.join("postmaster.pid").exists() {
             stop_server(&opts, state.server_major).await?;
         }
+        remove_tablespaces(&state.data_dir, &self.tablespace_dir)?;
         remove_dir(&state.data_dir)?;
         tracing::info!(data_dir = %state.data_dir.display(), "restored cluster stopped and removed");
         Ok(ActionOutput::summary(format!(

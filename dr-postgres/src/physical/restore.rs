@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use dr_storage::{Identities, Manifest, Repository, WalArchive};
 use serde::Serialize;
 
-use super::source::{PhysicalMetadata, BASE_ARTIFACT, KIND_PHYSICAL};
+use super::source::{PhysicalMetadata, BASE_ARTIFACT, KIND_PHYSICAL, MANIFEST_ARTIFACT};
 use super::target::{RecoveryTarget, TargetAction};
 use crate::conn::ConnectionSettings;
 use crate::wal::{History, Lsn, WalError};
@@ -54,6 +54,69 @@ pub struct PitrOptions {
     /// Directory of the server programs (`pg_ctl`); default
     /// `/usr/lib/postgresql/<major>/bin`.
     pub bin_dir: Option<PathBuf>,
+    /// Restore these tablespaces elsewhere than their original directory.
+    pub tablespace_mapping: Vec<TablespaceMapping>,
+    /// Restore every tablespace not in `tablespace_mapping` into
+    /// `<tablespace_root>/<oid>` instead of its original directory
+    /// (scratch restores, which must never write to production paths).
+    pub tablespace_root: Option<PathBuf>,
+}
+
+/// `OID-or-NAME=DIR`: restore a tablespace into `DIR` instead of its
+/// original directory, the link in `pg_tblspc` pointing there (as
+/// `pg_basebackup --tablespace-mapping` and pgBackRest `--tablespace-map`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TablespaceMapping {
+    /// The tablespace's oid or name.
+    pub tablespace: String,
+    /// The directory, absolute.
+    pub dir: PathBuf,
+}
+
+impl std::str::FromStr for TablespaceMapping {
+    type Err = WalError;
+
+    /// Parses `OID-or-NAME=DIR`.
+    ///
+    /// # Errors
+    /// [`WalError::InvalidInput`] without `=`, with an empty side, or a
+    /// relative directory.
+    fn from_str(s: &str) -> Result<Self, WalError> {
+        let bad = |reason: &str| WalError::InvalidInput {
+            what: "tablespace mapping".into(),
+            value: s.to_string(),
+            reason: reason.into(),
+        };
+        let (ts, dir) = s
+            .split_once('=')
+            .ok_or_else(|| bad("expected OID-or-NAME=DIR"))?;
+        if ts.is_empty() || dir.is_empty() {
+            return Err(bad("expected OID-or-NAME=DIR"));
+        }
+        let dir = PathBuf::from(dir);
+        if !dir.is_absolute() {
+            return Err(bad("the directory must be an absolute path"));
+        }
+        Ok(TablespaceMapping {
+            tablespace: ts.to_string(),
+            dir,
+        })
+    }
+}
+
+/// Where a restore puts one tablespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TablespacePlacement {
+    /// The tablespace's oid (its link name in `pg_tblspc`).
+    pub oid: u32,
+    /// Its name.
+    pub name: String,
+    /// Its directory on the source server.
+    pub original: PathBuf,
+    /// Where it is restored.
+    pub dir: PathBuf,
+    /// The artifact holding its tar.
+    pub artifact: String,
 }
 
 impl PitrOptions {
@@ -81,6 +144,8 @@ impl PitrOptions {
             user: "postgres".into(),
             wait_timeout: Duration::from_secs(900),
             bin_dir: None,
+            tablespace_mapping: Vec::new(),
+            tablespace_root: None,
         }
     }
 }
@@ -103,6 +168,8 @@ pub struct PitrPlan {
     pub settings: Vec<(String, String)>,
     /// Why other backups were not chosen.
     pub rejected: Vec<String>,
+    /// Where each tablespace goes.
+    pub tablespaces: Vec<TablespacePlacement>,
     #[serde(skip)]
     manifest: Manifest,
 }
@@ -272,6 +339,7 @@ pub async fn plan_pitr(
         }));
     };
     let settings = recovery_settings(opts, &archive, timeline);
+    let tablespaces = place_tablespaces(&manifest.backup_id, &meta, opts)?;
     Ok(PitrPlan {
         source: source.to_string(),
         backup_id: manifest.backup_id.clone(),
@@ -280,8 +348,104 @@ pub async fn plan_pitr(
         timeline,
         settings,
         rejected,
+        tablespaces,
         manifest,
     })
+}
+
+/// Where each tablespace of the backup goes: its mapping, else
+/// `<tablespace_root>/<oid>`, else its original directory.
+///
+/// # Errors
+/// [`WalError::InvalidInput`] for a mapping that names no tablespace of the
+/// backup, two tablespaces in one directory, or a tablespace inside the
+/// data directory.
+fn place_tablespaces(
+    backup_id: &str,
+    meta: &PhysicalMetadata,
+    opts: &PitrOptions,
+) -> Result<Vec<TablespacePlacement>, WalError> {
+    let bad = |value: String, reason: String| WalError::InvalidInput {
+        what: "tablespace mapping".into(),
+        value,
+        reason,
+    };
+    for m in &opts.tablespace_mapping {
+        if !meta
+            .tablespaces
+            .iter()
+            .any(|t| t.name == m.tablespace || t.oid.to_string() == m.tablespace)
+        {
+            let have: Vec<String> = meta
+                .tablespaces
+                .iter()
+                .map(|t| format!("{} (oid {})", t.name, t.oid))
+                .collect();
+            return Err(bad(
+                format!("{}={}", m.tablespace, m.dir.display()),
+                format!(
+                    "backup {backup_id} has no tablespace {:?}; it has {}",
+                    m.tablespace,
+                    if have.is_empty() {
+                        "none besides pg_default".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    let mut out: Vec<TablespacePlacement> = Vec::new();
+    for t in &meta.tablespaces {
+        // An oid match wins over a name match (a tablespace may be named
+        // like another's oid).
+        let mapped = opts
+            .tablespace_mapping
+            .iter()
+            .find(|m| m.tablespace == t.oid.to_string())
+            .or_else(|| {
+                opts.tablespace_mapping
+                    .iter()
+                    .find(|m| m.tablespace == t.name)
+            });
+        let dir = match (mapped, &opts.tablespace_root) {
+            (Some(m), _) => m.dir.clone(),
+            (None, Some(root)) => root.join(t.oid.to_string()),
+            (None, None) => PathBuf::from(&t.location),
+        };
+        if dir.starts_with(&opts.pgdata) || opts.pgdata.starts_with(&dir) {
+            return Err(bad(
+                format!("{}={}", t.name, dir.display()),
+                format!(
+                    "the directory of tablespace {} overlaps the data directory {}",
+                    t.name,
+                    opts.pgdata.display()
+                ),
+            ));
+        }
+        if let Some(other) = out
+            .iter()
+            .find(|o| o.dir.starts_with(&dir) || dir.starts_with(&o.dir))
+        {
+            return Err(bad(
+                format!("{}={}", t.name, dir.display()),
+                format!(
+                    "tablespaces {} and {} would share {}",
+                    other.name,
+                    t.name,
+                    dir.display()
+                ),
+            ));
+        }
+        out.push(TablespacePlacement {
+            oid: t.oid,
+            name: t.name.clone(),
+            original: PathBuf::from(&t.location),
+            dir,
+            artifact: t.artifact.clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// Quotes a word for `/bin/sh` (PostgreSQL runs `restore_command` through
@@ -396,40 +560,77 @@ pub async fn pitr_restore(
             });
         }
     }
+    for t in &plan.tablespaces {
+        if !is_empty_or_absent(&t.dir)? {
+            return Err(WalError::TablespaceNotEmpty {
+                name: t.name.clone(),
+                oid: t.oid,
+                dir: t.dir.clone(),
+            });
+        }
+    }
     // Opening the artifact checks the key before anything is written.
     let reader = repo
         .open_artifact(&plan.manifest, BASE_ARTIFACT, identities)
         .await?;
-    std::fs::create_dir_all(pgdata).map_err(io(pgdata))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(pgdata))?;
-    }
+    create_private_dir(pgdata)?;
     let owner = opts.owner.or_else(default_owner);
-    let dest = pgdata.clone();
-    let bytes = tokio::task::spawn_blocking(move || -> Result<u64, WalError> {
-        let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
-        let mut counted = CountingRead {
-            inner: &mut bridge,
-            n: 0,
-        };
-        let mut archive = tar::Archive::new(&mut counted);
-        archive.set_preserve_permissions(true);
-        archive.set_overwrite(false);
-        archive.unpack(&dest).map_err(|e| {
-            dr_storage::Error::from_io(e, format!("unpacking into {}", dest.display()))
-        })?;
-        // Read to the end so that the codec checks the digests.
-        std::io::copy(&mut counted, &mut std::io::sink())
-            .map_err(|e| dr_storage::Error::from_io(e, "reading the end of the base backup"))?;
-        Ok(counted.n)
+    // With tablespaces, dr makes the pg_tblspc links itself (pointing to
+    // the mapped directories); the server would otherwise recreate the
+    // original ones from tablespace_map (PostgreSQL 15 docs §26.3.3).
+    let links = !plan.tablespaces.is_empty();
+    let mut bytes = unpack(reader, pgdata.clone(), move |path| {
+        links
+            && (path == Path::new("tablespace_map")
+                || path.parent() == Some(Path::new("pg_tblspc")))
     })
-    .await
-    .map_err(|e| WalError::Io {
-        path: pgdata.clone(),
-        source: std::io::Error::other(e),
-    })??;
+    .await?;
+    if plan
+        .manifest
+        .artifacts
+        .iter()
+        .any(|a| a.name == MANIFEST_ARTIFACT)
+    {
+        use tokio::io::AsyncReadExt;
+        let mut reader = repo
+            .open_artifact(&plan.manifest, MANIFEST_ARTIFACT, identities)
+            .await?;
+        let path = pgdata.join(MANIFEST_ARTIFACT);
+        let mut file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
+        let mut buf = Vec::new();
+        // Stream it: a manifest lists every file and can be large.
+        loop {
+            buf.clear();
+            let n = (&mut reader)
+                .take(1 << 20)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| dr_storage::Error::from_io(e, "reading the backup manifest"))?;
+            if n == 0 {
+                break;
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut file, &buf)
+                .await
+                .map_err(io(&path))?;
+            bytes += n as u64;
+        }
+    }
+    for t in &plan.tablespaces {
+        let reader = repo
+            .open_artifact(&plan.manifest, &t.artifact, identities)
+            .await?;
+        create_private_dir(&t.dir)?;
+        // The link first: whoever cleans up an interrupted restore finds
+        // the tablespace's directory through it.
+        let link = pgdata.join("pg_tblspc").join(t.oid.to_string());
+        std::fs::create_dir_all(pgdata.join("pg_tblspc")).map_err(io(pgdata))?;
+        std::os::unix::fs::symlink(&t.dir, &link).map_err(io(&link))?;
+        bytes += unpack(reader, t.dir.clone(), |_| false).await?;
+        if let Some(o) = owner {
+            chown_tree(&t.dir, o).map_err(io(&t.dir))?;
+        }
+        tracing::info!(tablespace = %t.name, oid = t.oid, dir = %t.dir.display(), "tablespace restored");
+    }
     // Files that must not survive into the restored cluster.
     for stale in ["postmaster.pid", "postmaster.opts"] {
         let _ = std::fs::remove_file(pgdata.join(stale));
@@ -467,6 +668,63 @@ pub async fn pitr_restore(
     }
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Whether `dir` is absent or an empty directory.
+fn is_empty_or_absent(dir: &Path) -> Result<bool, WalError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut e) => Ok(e.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700, as PostgreSQL wants its data
+/// and tablespace directories.
+fn create_private_dir(dir: &Path) -> Result<(), WalError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))
+}
+
+/// Unpacks a tar artifact into `dest`, leaving out the entries `skip`
+/// selects, and reads it to the end so that the codec checks the digests.
+/// Returns the plaintext bytes read.
+async fn unpack(
+    reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    dest: PathBuf,
+    skip: impl Fn(&Path) -> bool + Send + 'static,
+) -> Result<u64, WalError> {
+    let at = dest.clone();
+    tokio::task::spawn_blocking(move || -> Result<u64, WalError> {
+        let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
+        let mut counted = CountingRead {
+            inner: &mut bridge,
+            n: 0,
+        };
+        let unpack_err = |e: std::io::Error| {
+            dr_storage::Error::from_io(e, format!("unpacking into {}", dest.display()))
+        };
+        let mut archive = tar::Archive::new(&mut counted);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(false);
+        for entry in archive.entries().map_err(unpack_err)? {
+            let mut entry = entry.map_err(unpack_err)?;
+            let path = entry.path().map_err(unpack_err)?.into_owned();
+            if skip(&path) {
+                continue;
+            }
+            entry.unpack_in(&dest).map_err(unpack_err)?;
+        }
+        std::io::copy(&mut counted, &mut std::io::sink())
+            .map_err(|e| dr_storage::Error::from_io(e, "reading the end of the base backup"))?;
+        Ok(counted.n)
+    })
+    .await
+    .map_err(|e| WalError::Io {
+        path: at,
+        source: std::io::Error::other(e),
+    })?
 }
 
 struct CountingRead<R> {

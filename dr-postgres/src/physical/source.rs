@@ -1,16 +1,18 @@
 //! The physical base backup source (kind `postgres-physical`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use dr_storage::{BackupWriter, WalArchive};
+use dr_storage::{BackupWriter, RecordedArtifact, WalArchive};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
+use crate::basebackup::{BackupEvent, BaseBackupOptions, ReplicationConnection, ReplicationError};
 use crate::conn::ConnectionSettings;
 use crate::error::Error;
 use crate::tools::{self, tail};
@@ -19,8 +21,45 @@ use crate::wal::{Lsn, WalError};
 /// The manifest kind of physical backups.
 pub const KIND_PHYSICAL: &str = "postgres-physical";
 
-/// The artifact holding the base backup tar (with `backup_manifest` inside).
+/// The artifact holding the main data directory's tar. Backups taken with
+/// `pg_basebackup` hold the `backup_manifest` inside it.
 pub const BASE_ARTIFACT: &str = "base.tar";
+
+/// The artifact holding the backup manifest (PostgreSQL 15 docs §77
+/// "Backup Manifest Format"), for backups taken with the replication client.
+pub const MANIFEST_ARTIFACT: &str = "backup_manifest";
+
+/// How the base backup is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackupMethod {
+    /// The replication client on PostgreSQL 15 and later, `pg_basebackup`
+    /// before (single tablespace only).
+    #[default]
+    Auto,
+    /// `BASE_BACKUP` over a replication connection ([`crate::basebackup`]):
+    /// every tablespace, each its own artifact. PostgreSQL 15 or later.
+    Replication,
+    /// `pg_basebackup --format=tar -D -`: one tar on standard output, so only
+    /// clusters without tablespaces besides `pg_default`.
+    PgBasebackup,
+}
+
+/// A tablespace in a physical backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TablespaceInfo {
+    /// `pg_tablespace.oid`: the name of its link in `pg_tblspc`.
+    pub oid: u32,
+    /// `pg_tablespace.spcname`.
+    pub name: String,
+    /// Its directory on the source server.
+    pub location: String,
+    /// The artifact holding its tar (`<oid>.tar`).
+    pub artifact: String,
+    /// Size of the tar, bytes.
+    pub size_bytes: u64,
+}
 
 /// What a physical backup records in its manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -65,11 +104,24 @@ pub struct PhysicalMetadata {
     /// The databases (that accept connections), sorted.
     pub databases: Vec<String>,
     /// `pg_database_size()` of each, bytes.
-    pub database_sizes: std::collections::BTreeMap<String, i64>,
-    /// Size of the tar stream, bytes.
+    pub database_sizes: BTreeMap<String, i64>,
+    /// Size of the tar streams and the manifest, bytes.
     pub backup_size_bytes: u64,
-    /// Major version of the pg_basebackup used.
+    /// Major version of the pg_basebackup used; 0 when the backup was taken
+    /// by the replication client.
+    #[serde(default)]
     pub pg_basebackup_major: u32,
+    /// How the backup was taken (`replication` or `pg_basebackup`).
+    #[serde(default = "pg_basebackup_method")]
+    pub method: BackupMethod,
+    /// The tablespaces besides `pg_default` and `pg_global`, each in its own
+    /// artifact (empty for backups without any).
+    #[serde(default)]
+    pub tablespaces: Vec<TablespaceInfo>,
+}
+
+fn pg_basebackup_method() -> BackupMethod {
+    BackupMethod::PgBasebackup
 }
 
 /// Options of [`PostgresPhysical`].
@@ -85,6 +137,8 @@ pub struct PhysicalOptions {
     pub fast_checkpoint: bool,
     /// Directory of the client programs.
     pub bin_dir: Option<PathBuf>,
+    /// How the backup is taken.
+    pub method: BackupMethod,
 }
 
 impl Default for PhysicalOptions {
@@ -94,13 +148,17 @@ impl Default for PhysicalOptions {
             archive_timeout: Duration::from_secs(120),
             fast_checkpoint: true,
             bin_dir: None,
+            method: BackupMethod::Auto,
         }
     }
 }
 
-/// A physical base backup of a whole cluster (PostgreSQL 15 docs §26.3.2):
-/// `pg_basebackup --format=tar --wal-method=none -D -` streamed into the
-/// repository, no local copy. The WAL comes from the continuous archive
+/// A physical base backup of a whole cluster (PostgreSQL 15 docs §26.3.2),
+/// streamed into the repository with no local copy: `BASE_BACKUP` over a
+/// replication connection, each tablespace's tar (`base.tar`, `<oid>.tar`)
+/// and the `backup_manifest` as artifacts ([`BackupMethod::Replication`]),
+/// or `pg_basebackup --format=tar --wal-method=none -D -` for servers
+/// before 15 without tablespaces. The WAL comes from the continuous archive
 /// (`dr wal-push`), which the preflight proves working and whose stop segment
 /// the backup waits for, bounded, before it is committed.
 #[derive(Debug, Clone)]
@@ -121,7 +179,9 @@ struct ServerFacts {
     system_id: u64,
     seg_size: u32,
     databases: Vec<String>,
-    sizes: std::collections::BTreeMap<String, i64>,
+    sizes: BTreeMap<String, i64>,
+    /// `oid -> name` of the tablespaces besides `pg_default`/`pg_global`.
+    tablespaces: BTreeMap<u32, String>,
 }
 
 fn query_err<'a>(
@@ -178,12 +238,15 @@ impl PostgresPhysical {
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
                 .collect(),
+            tablespaces: tablespace_names(client, &self.conn).await?,
         })
     }
 
     /// The preflight: `archive_mode` on, an `archive_command` calling
-    /// `wal-push`, a single tablespace, and a forced WAL switch whose segment
-    /// arrives in `archive` within the bound.
+    /// `wal-push`, a single tablespace when the method is `pg_basebackup`
+    /// (its tar on standard output holds only the main data directory), and
+    /// a forced WAL switch whose segment arrives in `archive` within the
+    /// bound.
     ///
     /// # Errors
     /// [`WalError::Preflight`] naming the setting to fix;
@@ -197,7 +260,8 @@ impl PostgresPhysical {
         let row = client
             .query_one(
                 "SELECT current_setting('archive_mode'), current_setting('archive_command'), \
-                 (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
+                 (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')), \
+                 current_setting('server_version_num')::int",
                 &[],
             )
             .await
@@ -205,6 +269,7 @@ impl PostgresPhysical {
         let mode: String = row.get(0);
         let command: String = row.get(1);
         let tablespaces: i64 = row.get(2);
+        let version_num = row.get::<_, i32>(3) as u32;
         if mode != "on" && mode != "always" {
             return Err(WalError::Preflight {
                 check: "archive_mode".into(),
@@ -224,14 +289,26 @@ impl PostgresPhysical {
                 ),
             });
         }
-        if tablespaces > 0 {
-            return Err(WalError::Preflight {
-                check: "tablespaces".into(),
-                reason: format!(
-                    "the cluster has {tablespaces} tablespace(s) besides pg_default; physical backups of several \
-                     tablespaces are not supported yet"
-                ),
-            });
+        match self.method(version_num) {
+            BackupMethod::Replication if version_num < 150000 => {
+                return Err(WalError::Preflight {
+                    check: "server_version".into(),
+                    reason: format!(
+                        "the replication client needs PostgreSQL 15 or later (the server is {version_num}); \
+                         use the pg_basebackup method"
+                    ),
+                })
+            }
+            BackupMethod::PgBasebackup if tablespaces > 0 => {
+                return Err(WalError::Preflight {
+                    check: "tablespaces".into(),
+                    reason: format!(
+                        "the cluster has {tablespaces} tablespace(s) besides pg_default, which pg_basebackup \
+                         cannot write to standard output; use the replication method (PostgreSQL 15 or later)"
+                    ),
+                })
+            }
+            _ => {}
         }
         // Write a record so that the switch really switches, then wait for
         // the completed segment in the repository.
@@ -297,6 +374,15 @@ impl PostgresPhysical {
         }
     }
 
+    /// The method for a server of `version_num`.
+    fn method(&self, version_num: u32) -> BackupMethod {
+        match self.options.method {
+            BackupMethod::Auto if version_num >= 150000 => BackupMethod::Replication,
+            BackupMethod::Auto => BackupMethod::PgBasebackup,
+            m => m,
+        }
+    }
+
     async fn run(&self, writer: &BackupWriter) -> Result<PhysicalMetadata, WalError> {
         let wal_source = self
             .options
@@ -309,18 +395,146 @@ impl PostgresPhysical {
         let preflight_segment = self.preflight(&client, &archive).await?;
         tracing::info!(segment = %preflight_segment, "preflight: forced WAL switch archived");
         let start_time: DateTime<Utc> = Utc::now();
+        let label = format!("dr {}", writer.id());
+        let app = format!(
+            "dr_basebackup_{}",
+            writer.id().replace(['-', ':', 'T', 'Z'], "").to_lowercase()
+        );
+        let method = self.method(facts.version_num);
+        // The server waits for the stop segment to be archived before it
+        // ends the stream (BASE_BACKUP's WAIT). Watch that wait and bound it.
+        let watch = self.watch_archive_wait(&app);
+        tokio::pin!(watch);
+        let streamed = match method {
+            BackupMethod::Replication => {
+                let stream = self.stream_replication(writer, &label, &app);
+                tokio::select! {
+                    r = stream => r?,
+                    stalled = &mut watch => return Err(stalled),
+                }
+            }
+            _ => {
+                let stream = self.stream_pg_basebackup(writer, &facts, &label, &app);
+                tokio::select! {
+                    r = stream => r?,
+                    stalled = &mut watch => return Err(stalled),
+                }
+            }
+        };
+        let Streamed {
+            start_lsn,
+            timeline,
+            stop_lsn,
+            stop_timeline,
+            backup_label,
+            tablespaces,
+            pg_basebackup_major,
+        } = streamed;
+        let stop_segment = stop_lsn.segment_name(stop_timeline, facts.seg_size);
+        // The backup is good only once the WAL up to its stop point is in
+        // the repository.
+        self.wait_archived(&archive, facts.system_id, &stop_segment)
+            .await?;
+        let history_file = format!(
+            "{}.{:08X}.backup",
+            start_lsn.segment_name(timeline, facts.seg_size),
+            start_lsn.segment_offset(facts.seg_size)
+        );
+        let row = client
+            .query_one(
+                "SELECT now(), txid_snapshot_xmin(txid_current_snapshot())::text",
+                &[],
+            )
+            .await
+            .map_err(query_err("reading the stop time", &self.conn))?;
+        let stop_time: DateTime<Utc> = row.get::<_, std::time::SystemTime>(0).into();
+        let stop_xmin: u64 = row.get::<_, String>(1).parse().unwrap_or_default();
+        // Names of the tablespaces sent: known before the backup, or
+        // created during it.
+        let mut names = facts.tablespaces.clone();
+        if tablespaces.iter().any(|t| !names.contains_key(&t.0)) {
+            names.extend(tablespace_names(&client, &self.conn).await?);
+        }
+        let tablespaces: Vec<TablespaceInfo> = tablespaces
+            .into_iter()
+            .map(|(oid, location, size)| TablespaceInfo {
+                oid,
+                name: names.get(&oid).cloned().unwrap_or_else(|| oid.to_string()),
+                location,
+                artifact: format!("{oid}.tar"),
+                size_bytes: size,
+            })
+            .collect();
+        Ok(PhysicalMetadata {
+            system_identifier: facts.system_id.to_string(),
+            server_version: facts.version,
+            server_version_num: facts.version_num,
+            wal_source,
+            wal_segment_size: facts.seg_size,
+            timeline,
+            start_lsn,
+            stop_lsn,
+            stop_timeline,
+            start_segment: start_lsn.segment_name(timeline, facts.seg_size),
+            stop_segment,
+            label,
+            backup_history_file: history_file,
+            backup_label,
+            start_time,
+            stop_time,
+            stop_xmin,
+            databases: facts.databases,
+            database_sizes: facts.sizes,
+            backup_size_bytes: writer.artifacts().iter().map(|a| a.plain_size).sum(),
+            pg_basebackup_major,
+            method: if method == BackupMethod::Replication {
+                BackupMethod::Replication
+            } else {
+                BackupMethod::PgBasebackup
+            },
+            tablespaces,
+        })
+    }
 
+    /// `BASE_BACKUP` over a replication connection: each archive the server
+    /// sends (`base.tar`, `<oid>.tar`) and the manifest become artifacts as
+    /// they arrive.
+    async fn stream_replication(
+        &self,
+        writer: &BackupWriter,
+        label: &str,
+        app: &str,
+    ) -> Result<Streamed, WalError> {
+        let mut conn = ReplicationConnection::connect(&self.conn, app)
+            .await
+            .map_err(Error::from)?;
+        let mut options = BaseBackupOptions::new(label);
+        options.fast_checkpoint = self.options.fast_checkpoint;
+        let mut current: Option<(RecordedArtifact, String)> = None;
+        let result = receive_archives(&mut conn, &options, writer, &mut current).await;
+        if let Some((artifact, _)) = current.take() {
+            artifact.abort().await;
+        }
+        let streamed = result?;
+        conn.close().await;
+        Ok(streamed)
+    }
+
+    /// `pg_basebackup --format=tar -D -`: one tar on standard output with the
+    /// manifest inside.
+    async fn stream_pg_basebackup(
+        &self,
+        writer: &BackupWriter,
+        facts: &ServerFacts,
+        label: &str,
+        app: &str,
+    ) -> Result<Streamed, WalError> {
         let tool = tools::find(
             "pg_basebackup",
             self.options.bin_dir.as_deref(),
             facts.version_num / 10000,
         )
         .await?;
-        let label = format!("dr {}", writer.id());
-        let app = format!(
-            "dr_basebackup_{}",
-            writer.id().replace(['-', ':', 'T', 'Z'], "").to_lowercase()
-        );
         let (mut cmd, _pass) = self.conn.command(&tool.path)?;
         cmd.args([
             "--pgdata=-",
@@ -338,7 +552,7 @@ impl PostgresPhysical {
                 "spread"
             }
         ))
-        .env("PGAPPNAME", &app)
+        .env("PGAPPNAME", app)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -353,21 +567,8 @@ impl PostgresPhysical {
             let _ = stderr.read_to_end(&mut buf).await;
             buf
         });
-        // The server waits for the stop segment to be archived before it
-        // ends the stream (BASE_BACKUP's WAIT, the default with
-        // --wal-method=none). Watch that wait and bound it.
-        let watch = self.watch_archive_wait(&app);
         let mut head = HeadCapture::new(&mut stdout, 256 * 1024);
-        let mut copy = Box::pin(writer.write_artifact(BASE_ARTIFACT, &mut head));
-        tokio::pin!(watch);
-        let info = tokio::select! {
-            r = &mut copy => r?,
-            stalled = &mut watch => {
-                let _ = child.kill().await;
-                return Err(stalled);
-            }
-        };
-        drop(copy);
+        writer.write_artifact(BASE_ARTIFACT, &mut head).await?;
         let status = child.wait().await.map_err(|source| WalError::Io {
             path: tool.path.clone(),
             source,
@@ -391,48 +592,13 @@ impl PostgresPhysical {
                 ),
             }));
         };
-        let (start_lsn, timeline) = (first.start, first.timeline);
-        let (stop_lsn, stop_timeline) = (last.end, last.timeline);
-        let stop_segment = stop_lsn.segment_name(stop_timeline, facts.seg_size);
-        // The backup is good only once the WAL up to its stop point is in
-        // the repository.
-        self.wait_archived(&archive, facts.system_id, &stop_segment)
-            .await?;
-        let history_file = format!(
-            "{}.{:08X}.backup",
-            start_lsn.segment_name(timeline, facts.seg_size),
-            start_lsn.segment_offset(facts.seg_size)
-        );
-        let row = client
-            .query_one(
-                "SELECT now(), txid_snapshot_xmin(txid_current_snapshot())::text",
-                &[],
-            )
-            .await
-            .map_err(query_err("reading the stop time", &self.conn))?;
-        let stop_time: DateTime<Utc> = row.get::<_, std::time::SystemTime>(0).into();
-        let stop_xmin: u64 = row.get::<_, String>(1).parse().unwrap_or_default();
-        Ok(PhysicalMetadata {
-            system_identifier: facts.system_id.to_string(),
-            server_version: facts.version,
-            server_version_num: facts.version_num,
-            wal_source,
-            wal_segment_size: facts.seg_size,
-            timeline,
-            start_lsn,
-            stop_lsn,
-            stop_timeline,
-            start_segment: start_lsn.segment_name(timeline, facts.seg_size),
-            stop_segment,
-            label,
-            backup_history_file: history_file,
+        Ok(Streamed {
+            start_lsn: first.start,
+            timeline: first.timeline,
+            stop_lsn: last.end,
+            stop_timeline: last.timeline,
             backup_label,
-            start_time,
-            stop_time,
-            stop_xmin,
-            databases: facts.databases,
-            database_sizes: facts.sizes,
-            backup_size_bytes: info.plain_size,
+            tablespaces: Vec::new(),
             pg_basebackup_major: tool.major,
         })
     }
@@ -479,6 +645,182 @@ impl PostgresPhysical {
             }
         }
     }
+}
+
+/// What a base backup stream yielded.
+struct Streamed {
+    start_lsn: Lsn,
+    timeline: u32,
+    stop_lsn: Lsn,
+    stop_timeline: u32,
+    backup_label: String,
+    /// `(oid, location, tar bytes)` of each tablespace besides the main one.
+    tablespaces: Vec<(u32, String, u64)>,
+    pg_basebackup_major: u32,
+}
+
+/// How much of `base.tar` is kept to read `backup_label` (its first entry).
+const HEAD: usize = 256 * 1024;
+
+/// Whether `name` is an archive name the server may send: `base.tar` or
+/// `<oid>.tar`.
+fn archive_oid(name: &str) -> Option<Option<u32>> {
+    if name == BASE_ARTIFACT {
+        return Some(None);
+    }
+    let oid = name.strip_suffix(".tar")?;
+    (!oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| oid.parse().ok().map(Some))
+        .flatten()
+}
+
+/// Runs `BASE_BACKUP` on `conn` and writes each archive into its artifact;
+/// `current` holds the artifact being written, for the caller to abort on
+/// error.
+async fn receive_archives(
+    conn: &mut ReplicationConnection,
+    options: &BaseBackupOptions,
+    writer: &BackupWriter,
+    current: &mut Option<(RecordedArtifact, String)>,
+) -> Result<Streamed, WalError> {
+    use tokio::io::AsyncWriteExt;
+    let server = conn.server().to_string();
+    let protocol = |reason: String| {
+        WalError::Postgres(Error::Replication(ReplicationError::Protocol {
+            server: server.clone(),
+            reason,
+        }))
+    };
+    let mut backup = conn.base_backup(options).await.map_err(Error::from)?;
+    let (start_lsn, timeline) = (backup.start_lsn(), backup.start_timeline());
+    let announced: Vec<(u32, String)> = backup
+        .tablespaces()
+        .iter()
+        .filter_map(|t| Some((t.oid?, t.location.clone().unwrap_or_default())))
+        .collect();
+    tracing::info!(start_lsn = %start_lsn, timeline, tablespaces = announced.len(), "base backup started");
+    let mut head: Vec<u8> = Vec::new();
+    let mut sent: Vec<(u32, String, u64)> = Vec::new();
+    let mut base_seen = false;
+    let mut manifest_seen = false;
+    while let Some(event) = backup.next_event().await.map_err(Error::from)? {
+        match event {
+            BackupEvent::Archive { name, location } => {
+                if manifest_seen {
+                    return Err(protocol(format!("archive {name:?} after the manifest")));
+                }
+                let oid = archive_oid(&name)
+                    .ok_or_else(|| protocol(format!("an archive named {name:?}")))?;
+                finish_current(current, &mut sent).await?;
+                match oid {
+                    None => base_seen = true,
+                    Some(oid) => {
+                        let location = location.unwrap_or_default();
+                        sent.push((oid, location, 0));
+                    }
+                }
+                *current = Some((writer.artifact(&name)?, name));
+            }
+            BackupEvent::Manifest => {
+                finish_current(current, &mut sent).await?;
+                manifest_seen = true;
+                *current = Some((
+                    writer.artifact(MANIFEST_ARTIFACT)?,
+                    MANIFEST_ARTIFACT.into(),
+                ));
+            }
+            BackupEvent::Data(bytes) => {
+                let Some((artifact, name)) = current.as_mut() else {
+                    return Err(protocol("archive data before any archive began".into()));
+                };
+                if name == BASE_ARTIFACT && head.len() < HEAD {
+                    let take = bytes.len().min(HEAD - head.len());
+                    head.extend_from_slice(&bytes[..take]);
+                }
+                artifact.writer().write_all(&bytes).await.map_err(|e| {
+                    dr_storage::Error::from_io(e, format!("writing artifact {name}"))
+                })?;
+            }
+            BackupEvent::Progress(done) => tracing::debug!(bytes = done, "base backup progress"),
+        }
+    }
+    finish_current(current, &mut sent).await?;
+    let (stop_lsn, stop_timeline) = backup.finish().await.map_err(Error::from)?;
+    if !base_seen || (options.manifest && !manifest_seen) {
+        return Err(protocol(format!(
+            "the stream ended without {}",
+            if base_seen {
+                "the manifest"
+            } else {
+                "base.tar"
+            }
+        )));
+    }
+    for (oid, location) in &announced {
+        if !sent.iter().any(|(o, _, _)| o == oid) {
+            return Err(protocol(format!(
+                "tablespace {oid} at {location} was announced but not sent"
+            )));
+        }
+    }
+    Ok(Streamed {
+        start_lsn,
+        timeline,
+        stop_lsn,
+        stop_timeline,
+        backup_label: tar_file(&head, "backup_label").unwrap_or_default(),
+        tablespaces: sent,
+        pg_basebackup_major: 0,
+    })
+}
+
+/// Completes the artifact being written and records a tablespace tar's size.
+async fn finish_current(
+    current: &mut Option<(RecordedArtifact, String)>,
+    sent: &mut [(u32, String, u64)],
+) -> Result<(), WalError> {
+    if let Some((artifact, name)) = current.take() {
+        let info = artifact.finish().await?;
+        if let Some(Some(oid)) = archive_oid(&name) {
+            if let Some(t) = sent.iter_mut().find(|t| t.0 == oid) {
+                t.2 = info.plain_size;
+            }
+        }
+        tracing::debug!(artifact = %name, bytes = info.plain_size, "archive stored");
+    }
+    Ok(())
+}
+
+/// The text of file `name` if it lies within the first bytes `head` of a tar.
+fn tar_file(head: &[u8], name: &str) -> Option<String> {
+    let mut archive = tar::Archive::new(std::io::Cursor::new(head));
+    for entry in archive.entries().ok()? {
+        let mut entry = entry.ok()?;
+        if entry.path().ok()?.to_str() == Some(name) {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).ok()?;
+            return Some(text);
+        }
+    }
+    None
+}
+
+/// `oid -> name` of the tablespaces besides `pg_default` and `pg_global`.
+async fn tablespace_names(
+    client: &Client,
+    conn: &ConnectionSettings,
+) -> Result<BTreeMap<u32, String>, WalError> {
+    let rows = client
+        .query(
+            "SELECT oid::text, spcname::text FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
+            &[],
+        )
+        .await
+        .map_err(query_err("listing the tablespaces", conn))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get::<_, String>(0).parse().ok()?, r.get(1))))
+        .collect())
 }
 
 /// Keeps the first `limit` bytes of a stream as it passes, to read small
@@ -528,16 +870,7 @@ impl<'a, R> HeadCapture<'a, R> {
 
     /// The text of file `name` if it lies within the captured head.
     fn file(&self, name: &str) -> Option<String> {
-        let mut archive = tar::Archive::new(std::io::Cursor::new(&self.head));
-        for entry in archive.entries().ok()? {
-            let mut entry = entry.ok()?;
-            if entry.path().ok()?.to_str() == Some(name) {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut entry, &mut text).ok()?;
-                return Some(text);
-            }
-        }
-        None
+        tar_file(&self.head, name)
     }
 }
 

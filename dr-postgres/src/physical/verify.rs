@@ -4,7 +4,9 @@
 //! [`PhysicalScratchRestorer`] restores the backup into a fresh directory
 //! with [`RecoveryTarget::Immediate`] (recovery stops as soon as the backup
 //! is consistent, PostgreSQL 15 docs §20.5.5 `recovery_target = 'immediate'`),
-//! `archive_mode = off` (the scratch cluster never pushes WAL), on a free
+//! every tablespace under the scratch directory (never the production
+//! tablespaces' paths), `archive_mode = off` (the scratch cluster never
+//! pushes WAL), on a free
 //! port with its socket in the data directory, starts it and waits until it
 //! is promoted. Its [`check`](Restorer::check) compares with the manifest:
 //! the system identifier, the list of databases, that recovery ended, and
@@ -180,6 +182,9 @@ impl Restorer for PhysicalScratchRestorer {
         opts.owner = self.owner;
         opts.bin_dir = self.bin_dir.clone();
         opts.wait_timeout = self.wait_timeout;
+        // Every tablespace inside the scratch directory: a verification
+        // never writes to the production tablespaces' paths.
+        opts.tablespace_root = Some(root.join("ts"));
         let meta: PhysicalMetadata =
             serde_json::from_value(manifest.metadata.clone()).map_err(|e| {
                 dr_core::Error::InvalidConfig {

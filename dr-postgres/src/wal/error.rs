@@ -140,6 +140,20 @@ pub enum WalError {
         /// Why it is refused.
         reason: String,
     },
+    /// A tablespace's restore directory is not empty.
+    #[error(
+        "tablespace {name} (oid {oid}): directory {} is not empty; restore into an empty or absent \
+         directory, or map the tablespace elsewhere (--tablespace-mapping {name}=DIR)",
+        dir.display()
+    )]
+    TablespaceNotEmpty {
+        /// The tablespace's name.
+        name: String,
+        /// Its oid.
+        oid: u32,
+        /// The directory.
+        dir: PathBuf,
+    },
     /// The restored server did not reach its target.
     #[error("recovery of {} failed: {reason}", dir.display())]
     RecoveryFailed {
@@ -223,6 +237,10 @@ impl From<WalError> for dr_core::Error {
                 reason: e.to_string(),
             },
             WalError::TargetNotEmpty { ref dir, .. } => dr_core::Error::Conflict {
+                what: dir.display().to_string(),
+                reason: e.to_string(),
+            },
+            WalError::TablespaceNotEmpty { ref dir, .. } => dr_core::Error::Conflict {
                 what: dir.display().to_string(),
                 reason: e.to_string(),
             },
