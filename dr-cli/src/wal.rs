@@ -32,10 +32,10 @@ pub struct WalPushArgs {
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
     /// Attempts on transient store errors.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "DR_WAL_RETRIES", default_value_t = 5)]
     pub retries: u32,
     /// No new attempt after this many seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "DR_WAL_RETRY_DEADLINE", default_value_t = 60)]
     pub retry_deadline: u64,
 }
 
@@ -57,10 +57,10 @@ pub struct WalFetchArgs {
     #[arg(long)]
     pub standby: bool,
     /// Attempts on transient store errors.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "DR_WAL_RETRIES", default_value_t = 5)]
     pub retries: u32,
     /// No new attempt after this many seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "DR_WAL_RETRY_DEADLINE", default_value_t = 60)]
     pub retry_deadline: u64,
 }
 
@@ -101,6 +101,29 @@ pub struct PitrArgs {
     /// (`OID-or-NAME=DIR`, DIR absolute and empty; repeatable).
     #[arg(long, value_name = "OID-or-NAME=DIR")]
     pub tablespace_mapping: Vec<String>,
+}
+
+/// Opens the repository for `wal-push` / `wal-fetch`. A bad location or
+/// codec setting keeps its kind (usage); reading `dr-repo.json` runs under
+/// `retry` like every other store call, so a store that does not answer is
+/// retried and then reported as a store failure, not as a bad repository.
+async fn open_wal(
+    config: &DrConfig,
+    args: &RepoArgs,
+    retry: &RetryPolicy,
+) -> Result<(Repository, RepositorySettings), dr_postgres::WalError> {
+    let s = args.apply(&config.repository);
+    let location = s.location()?;
+    let codec = s.codec_options()?;
+    let store_options = s.store_options();
+    let repo = retry
+        .run("opening the repository", || async {
+            Repository::open(&location, &store_options)
+                .await
+                .map_err(dr_postgres::WalError::from)
+        })
+        .await?;
+    Ok((repo.with_codec(codec), s))
 }
 
 async fn open(config: &DrConfig, args: &RepoArgs) -> Result<(Repository, RepositorySettings)> {
@@ -147,18 +170,12 @@ pub fn fetch_args(s: &RepositorySettings) -> Result<Vec<String>> {
 /// written to stderr here, so the caller must not map them again.
 pub async fn run_wal_push(config: &DrConfig, a: &WalPushArgs, json: bool) -> i32 {
     let result = async {
-        let (repo, _) =
-            open(config, &a.repo)
-                .await
-                .map_err(|e| dr_postgres::WalError::InvalidInput {
-                    what: "repository".into(),
-                    value: a.repo.repo.clone().unwrap_or_default(),
-                    reason: format!("{e:#}"),
-                })?;
+        let retry = RetryPolicy::new(a.retries, Duration::from_secs(a.retry_deadline));
+        let (repo, _) = open_wal(config, &a.repo, &retry).await?;
         let archive = WalArchive::new(&repo, &a.source)?;
         let mut opts = PushOptions::default();
         opts.pgdata = a.pgdata.clone();
-        opts.retry = RetryPolicy::new(a.retries, Duration::from_secs(a.retry_deadline));
+        opts.retry = retry;
         wal::wal_push(&archive, &a.path, &opts).await
     }
     .await;
@@ -170,18 +187,14 @@ pub async fn run_wal_push(config: &DrConfig, a: &WalPushArgs, json: bool) -> i32
 /// recovery).
 pub async fn run_wal_fetch(config: &DrConfig, a: &WalFetchArgs, json: bool) -> i32 {
     let result = async {
-        let bad = |e: anyhow::Error| dr_postgres::WalError::InvalidInput {
-            what: "repository or key".into(),
-            value: a.repo.repo.clone().unwrap_or_default(),
-            reason: format!("{e:#}"),
-        };
-        let (repo, s) = open(config, &a.repo).await.map_err(bad)?;
+        let retry = RetryPolicy::new(a.retries, Duration::from_secs(a.retry_deadline));
+        let (repo, s) = open_wal(config, &a.repo, &retry).await?;
         let keys = s.key_source()?;
         let ids = repo.unlock(&keys)?;
         let archive = WalArchive::new(&repo, &a.source)?;
         let mut opts = FetchOptions::default();
         opts.standby = a.standby;
-        opts.retry = RetryPolicy::new(a.retries, Duration::from_secs(a.retry_deadline));
+        opts.retry = retry;
         wal::wal_fetch(&archive, &a.name, &a.dest, &ids, &opts).await
     }
     .await;
