@@ -34,7 +34,8 @@ pub struct WalPushArgs {
     /// Attempts on transient store errors.
     #[arg(long, env = "DR_WAL_RETRIES", default_value_t = 5)]
     pub retries: u32,
-    /// No new attempt after this many seconds.
+    /// Seconds after which no attempt runs on: a store that never answers
+    /// fails within this bound.
     #[arg(long, env = "DR_WAL_RETRY_DEADLINE", default_value_t = 60)]
     pub retry_deadline: u64,
 }
@@ -53,13 +54,14 @@ pub struct WalFetchArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
     /// Standby mode: persistent transient errors exit 1 (keep retrying)
-    /// instead of 126 (stop recovery).
+    /// instead of 200 (stop recovery).
     #[arg(long)]
     pub standby: bool,
     /// Attempts on transient store errors.
     #[arg(long, env = "DR_WAL_RETRIES", default_value_t = 5)]
     pub retries: u32,
-    /// No new attempt after this many seconds.
+    /// Seconds after which no attempt runs on: a store that never answers
+    /// fails within this bound.
     #[arg(long, env = "DR_WAL_RETRY_DEADLINE", default_value_t = 60)]
     pub retry_deadline: u64,
 }
@@ -183,7 +185,7 @@ pub async fn run_wal_push(config: &DrConfig, a: &WalPushArgs, json: bool) -> i32
     wal::push_exit_code(&result)
 }
 
-/// Runs `dr wal-fetch`; returns the exit code (0; 1 not archived; 126 stop
+/// Runs `dr wal-fetch`; returns the exit code (0; 1 not archived; 200 stop
 /// recovery).
 pub async fn run_wal_fetch(config: &DrConfig, a: &WalFetchArgs, json: bool) -> i32 {
     let result = async {

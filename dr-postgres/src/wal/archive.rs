@@ -12,13 +12,15 @@
 //!   exits 1 only after an authoritative not-found (the listing succeeded and
 //!   holds no such name). After transient errors that persist through the
 //!   retries, or on any error that is not "missing" (corrupt object, wrong
-//!   key, other cluster), it exits [`EXIT_ABORT_RECOVERY`] (126): a status
+//!   key, other cluster), it exits [`EXIT_ABORT_RECOVERY`] (200): a status
 //!   above 125 makes PostgreSQL stop recovery with FATAL instead of promoting
 //!   at the wrong point ([`fetch_exit_code`]).
 //! - Standby mode (`--standby`): a standby retries `restore_command` forever
 //!   and falls back to streaming, so a transient outage of the store should
 //!   not shut it down: after persistent transient errors it exits 1. Errors
-//!   that are not transient still exit 126.
+//!   that are not transient still exit 200. (Any status above 125 stops
+//!   recovery; 126 and 127 would be logged by PostgreSQL as "command not
+//!   executable" and "command not found", 200 as "exit code 200".)
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,7 +33,7 @@ use super::error::WalError;
 use super::names::{WalFileKind, WalFileName};
 
 /// The exit status that makes PostgreSQL abort recovery (any status above 125).
-pub const EXIT_ABORT_RECOVERY: i32 = 126;
+pub const EXIT_ABORT_RECOVERY: i32 = 200;
 
 /// Bounded exponential backoff for transient store errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +86,18 @@ impl RetryPolicy {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match op().await {
+            // The store client retries below this policy (object_store: up
+            // to 10 times within 180 s); an attempt never outlives the
+            // deadline, so a store that stops answering ends within it.
+            let remaining = self.deadline.saturating_sub(started.elapsed());
+            let outcome = match tokio::time::timeout(remaining, op()).await {
+                Ok(r) => r,
+                Err(_) => Err(WalError::AttemptTimedOut {
+                    what: what.to_string(),
+                    after: remaining,
+                }),
+            };
+            match outcome {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
                     let elapsed = started.elapsed();
@@ -272,7 +285,7 @@ pub fn push_exit_code<T>(result: &Result<T, WalError>) -> i32 {
 pub struct FetchOptions {
     /// Retries of transient store errors.
     pub retry: RetryPolicy,
-    /// Standby mode: persistent transient errors exit 1 instead of 126.
+    /// Standby mode: persistent transient errors exit 1 instead of 200.
     pub standby: bool,
     /// The data directory whose `pg_control` must match the archive's system
     /// identifier (default: the current directory, when it holds one).

@@ -170,6 +170,16 @@ pub enum WalError {
         /// The bound.
         after: Duration,
     },
+    /// One attempt of a retried store operation got no answer before the
+    /// retry deadline (retryable: the retry policy turns it into
+    /// [`WalError::RetriesExhausted`]).
+    #[error("{what}: the store did not answer within {after:?} (the rest of the retry deadline)")]
+    AttemptTimedOut {
+        /// The operation.
+        what: String,
+        /// How long the attempt waited.
+        after: Duration,
+    },
     /// A local file failed.
     #[error("I/O failed on {}", path.display())]
     Io {
@@ -193,6 +203,7 @@ impl WalError {
         match self {
             WalError::Storage(e) => e.is_retryable(),
             WalError::Postgres(crate::Error::Connect { .. }) => true,
+            WalError::AttemptTimedOut { .. } => true,
             _ => false,
         }
     }
@@ -253,7 +264,9 @@ impl From<WalError> for dr_core::Error {
                 key: check.clone(),
                 reason: e.to_string(),
             },
-            WalError::Timeout { what, after } => dr_core::Error::Timeout { what, after },
+            WalError::Timeout { what, after } | WalError::AttemptTimedOut { what, after } => {
+                dr_core::Error::Timeout { what, after }
+            }
             WalError::ArchiveStalled { .. } => dr_core::Error::Failed {
                 what: "WAL archiving".into(),
                 source: Box::new(e),
