@@ -181,6 +181,17 @@ fn backup_list_verify_restore_end_to_end() {
     ]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot decrypt"), "{}", stderr(&out));
+    // The same wrong key on verify: a usage error (2), not a damaged backup (1).
+    let out = env.run(&[
+        "verify",
+        "latest",
+        "--repo",
+        &env.repo(),
+        "--identity",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot decrypt"), "{}", stderr(&out));
     assert_eq!(
         pg.psql(
             "postgres",
@@ -248,6 +259,9 @@ fn damaged_repositories_fail_verification_naming_the_object() {
                 stdout.contains(name) && stdout.contains("corrupt"),
                 "{stdout}"
             );
+            // With a key too, the damage is named as the stored digest that
+            // differs, not only as "does not decode".
+            assert!(stdout.contains("manifest says"), "{stdout}");
         }
         // Truncated.
         std::fs::write(obj, &original[..original.len() - 10]).unwrap();

@@ -166,8 +166,14 @@ impl VerifyReport {
 /// The report says what failed; [`VerifyReport::into_result`] turns failures
 /// into an error.
 ///
+/// A decode failure is refined by the stored-digest check: damaged bytes are
+/// reported as the digest mismatch, not as "does not decode".
+///
 /// # Errors
-/// Only when verification cannot start (a scratch restorer without keys).
+/// When verification cannot start (a scratch restorer without keys), and
+/// [`dr_storage::Error::Decrypt`] (a usage error) when the identities do not
+/// open an artifact whose stored bytes are intact: the wrong key, not a
+/// damaged backup.
 pub async fn verify(
     repository: &Repository,
     manifest: &Manifest,
@@ -184,10 +190,31 @@ pub async fn verify(
         });
     }
     drop(_enter);
-    let outcomes = match identities {
+    let mut outcomes = match identities {
         Some(ids) => repository.check_decoded(manifest, ids).await,
         None => repository.check_stored(manifest).await,
     };
+    if identities.is_some() {
+        // A decode failure says little (age stops at the first bad chunk):
+        // check the stored bytes against the manifest to tell damage (the
+        // digest differs, named) from a key that does not open intact data.
+        let stored = repository.check_stored(manifest).await;
+        for ((_, decoded), (_, stored)) in outcomes.iter_mut().zip(stored) {
+            if decoded.is_ok() {
+                continue;
+            }
+            match stored {
+                Err(damage) => *decoded = Err(damage),
+                // Intact bytes that the key cannot open: the wrong key, a
+                // usage error, not a damaged backup.
+                Ok(()) if matches!(decoded, Err(dr_storage::Error::Decrypt { .. })) => {
+                    let e = std::mem::replace(decoded, Ok(())).unwrap_err();
+                    return Err(Error::Storage(e));
+                }
+                Ok(()) => {}
+            }
+        }
+    }
     let artifacts: Vec<ArtifactCheck> = outcomes
         .into_iter()
         .map(|(info, r)| ArtifactCheck {

@@ -346,3 +346,59 @@ async fn a_pg_dump_older_than_the_server_is_refused() {
     );
     assert!(repo.list_backups(None).await.unwrap().is_empty());
 }
+
+/// A restore killed mid-way leaves its temporary database `<target>_dr_<hex>`
+/// behind (the target itself is never half-written). The next restore into
+/// the same target drops it when the mark says its process on this host is
+/// gone, keeps (and reports) one of a restore on another host, and never
+/// touches other databases whose names merely look alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_restores_temporary_database_is_dropped_by_the_next_one() {
+    if !should_run() {
+        return;
+    }
+    let pg = TestCluster::start();
+    pg.pgbench_init("src", 1);
+    let (repo, key, _d) = repo().await;
+    let m = job::backup(&repo, &PostgresLogical::new(pg.settings("src")), "src")
+        .await
+        .unwrap();
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    // A dead process on this host (above any pid_max), another host, and a
+    // look-alike without the mark.
+    pg.psql("postgres", "CREATE DATABASE copy_dr_0a0b0c");
+    pg.psql(
+        "postgres",
+        &format!("COMMENT ON DATABASE copy_dr_0a0b0c IS 'dr restore in progress: pid 4194305 on {host}'"),
+    );
+    pg.psql("postgres", "CREATE DATABASE copy_dr_1a1b1c");
+    pg.psql(
+        "postgres",
+        "COMMENT ON DATABASE copy_dr_1a1b1c IS 'dr restore in progress: pid 4194305 on another-host'",
+    );
+    pg.psql("postgres", "CREATE DATABASE copy_dr_2a2b2c");
+    let restorer =
+        PostgresLogicalRestorer::new(pg.settings("copy"), LogicalRestoreOptions::default());
+    let report = job::restore(&repo, &m, &key, &restorer).await.unwrap();
+    let names = pg.psql(
+        "postgres",
+        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'copy%'",
+    );
+    assert_eq!(names, "copy,copy_dr_1a1b1c,copy_dr_2a2b2c");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("dropped copy_dr_0a0b0c")),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.warnings.iter().any(|w| w.contains("copy_dr_1a1b1c") && w.contains("left alone")),
+        "{:?}",
+        report.warnings
+    );
+    // The restored database carries no mark, so it is never taken for a
+    // temporary one.
+    assert_eq!(
+        pg.psql("postgres", "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = 'copy'"),
+        ""
+    );
+}

@@ -225,6 +225,14 @@ impl PostgresLogicalRestorer {
             }
             return Err(e.into());
         }
+        // The restored database is no longer temporary.
+        admin
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {} IS NULL",
+                quote_ident(target_db)
+            ))
+            .await
+            .map_err(self.query_err(format!("unmarking database {target_db}")))?;
         if exists {
             admin
                 .batch_execute(&format!(
@@ -233,6 +241,60 @@ impl PostgresLogicalRestorer {
                 ))
                 .await
                 .map_err(self.query_err(format!("dropping the replaced database {aside}")))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the temporary databases `<stem>_dr_<6 hex>` that a restore
+    /// into the same target left behind when it was killed: only those
+    /// marked by a restore on this host whose process is gone and that no
+    /// session uses. Others (another host, a live process) are reported in
+    /// `warnings` and kept; `<temp>_old` databases (the previous target
+    /// moved aside) are never touched by this.
+    async fn drop_stale_temporaries(
+        &self,
+        admin: &Client,
+        stem: &str,
+        warnings: &mut Vec<String>,
+    ) -> dr_core::Result<()> {
+        let rows = admin
+            .query(
+                "SELECT d.datname, shobj_description(d.oid, 'pg_database'),
+                        (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid)
+                   FROM pg_database d
+                  WHERE starts_with(d.datname, $1)",
+                &[&format!("{stem}_dr_")],
+            )
+            .await
+            .map_err(self.query_err("looking for temporary databases of earlier restores"))?;
+        for row in rows {
+            let name: String = row.get(0);
+            let comment: Option<String> = row.get(1);
+            let sessions: i64 = row.get(2);
+            let suffix = &name[stem.len() + "_dr_".len()..];
+            if suffix.len() != 6 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let Some(owner) = comment.as_deref().and_then(TemporaryOwner::parse) else {
+                continue;
+            };
+            if sessions > 0 || !owner.is_gone() {
+                warnings.push(format!(
+                    "temporary database {name} of another restore ({}) may still be in use; left alone \
+                     (DROP DATABASE it by hand once that restore is gone)",
+                    owner.comment()
+                ));
+                continue;
+            }
+            tracing::warn!(database = %name, owner = %owner.comment(), "dropping the temporary database of a restore that was killed");
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&name)))
+                .await
+                .map_err(self.query_err(format!("dropping the stale temporary database {name}")))?;
+            warnings.push(format!(
+                "dropped {name}, the temporary database of a restore that was killed ({})",
+                owner.comment()
+            ));
         }
         Ok(())
     }
@@ -382,6 +444,8 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
 
         let mut stem: String = target_db.chars().take(40).collect();
         stem.retain(|c| c != '\0');
+        self.drop_stale_temporaries(&admin, &stem, &mut warnings)
+            .await?;
         let temp = format!("{stem}_dr_{}", hex::encode(rand::random::<[u8; 3]>()));
         admin
             .batch_execute(&format!(
@@ -390,6 +454,17 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
             ))
             .await
             .map_err(self.query_err(format!("creating database {temp}")))?;
+        // Who owns it, so that a later restore can tell a temporary database
+        // left by a killed restore from one still being written.
+        let owner = TemporaryOwner::current();
+        admin
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {} IS {}",
+                quote_ident(&temp),
+                quote_literal(&owner.comment())
+            ))
+            .await
+            .map_err(self.query_err(format!("marking database {temp}")))?;
         tracing::info!(temporary = %temp, target = %target_db, "restoring under a temporary name");
         let restored = self.run_pg_restore(backup, &pg_restore, &temp).await;
         let finish = match restored {
@@ -479,4 +554,86 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
             .map_err(self.query_err(format!("dropping {db}")))?;
         Ok(())
     }
+}
+
+/// The mark a restore puts on its temporary database (a `COMMENT ON
+/// DATABASE`): `dr restore in progress: pid <pid> on <host>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TemporaryOwner {
+    pid: u32,
+    host: String,
+}
+
+const OWNER_PREFIX: &str = "dr restore in progress: pid ";
+
+fn this_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+impl TemporaryOwner {
+    fn current() -> Self {
+        TemporaryOwner {
+            pid: std::process::id(),
+            host: this_host(),
+        }
+    }
+
+    fn comment(&self) -> String {
+        format!("{OWNER_PREFIX}{} on {}", self.pid, self.host)
+    }
+
+    fn parse(comment: &str) -> Option<Self> {
+        let rest = comment.strip_prefix(OWNER_PREFIX)?;
+        let (pid, host) = rest.split_once(" on ")?;
+        Some(TemporaryOwner {
+            pid: pid.parse().ok()?,
+            host: host.to_string(),
+        })
+    }
+
+    /// Whether the restore that made it is known to be gone: it ran on this
+    /// host and its process no longer exists. A restore on another host is
+    /// never presumed gone.
+    fn is_gone(&self) -> bool {
+        if self.host.is_empty() || self.host != this_host() {
+            return false;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        matches!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::TemporaryOwner;
+
+    #[test]
+    fn the_mark_round_trips_and_only_a_dead_local_process_is_gone() {
+        let me = TemporaryOwner::current();
+        assert_eq!(TemporaryOwner::parse(&me.comment()), Some(me.clone()));
+        assert!(!me.is_gone(), "this process is alive");
+        let elsewhere = TemporaryOwner {
+            pid: 1 << 30,
+            host: format!("{}-elsewhere", me.host),
+        };
+        assert!(!elsewhere.is_gone(), "another host is never presumed gone");
+        let dead = TemporaryOwner {
+            pid: (1 << 22) + 1,
+            host: me.host.clone(),
+        };
+        assert!(dead.is_gone());
+        assert_eq!(TemporaryOwner::parse("a user comment"), None);
+    }
+}
+
+/// A SQL string literal (`standard_conforming_strings` is on by default
+/// since PostgreSQL 9.1: only `'` needs doubling).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
