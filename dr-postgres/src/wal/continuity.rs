@@ -21,6 +21,9 @@
 //! lag, reported by the last-archived time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use dr_core::status::{WalGap, WalStatus};
 use dr_storage::{Identities, Manifest, Repository, WalArchive};
@@ -44,6 +47,8 @@ pub struct BaseStart {
     pub stop_timeline: u32,
     /// Its stop LSN (its WAL up to here is always needed).
     pub stop_lsn: Lsn,
+    /// Its recorded start time.
+    pub started_at: DateTime<Utc>,
 }
 
 /// One timeline on the path recovery follows, from `begin` (the parent's
@@ -78,6 +83,11 @@ pub struct ChainFacts {
     pub histories: BTreeMap<u32, HistoryFile>,
     /// Kept physical base backups of this cluster.
     pub bases: Vec<BaseStart>,
+    /// The start of the promised PITR window (`now - pitr_window`), if the
+    /// source has one: continuous WAL is promised from the newest base
+    /// backup that started at or before it (the window's anchor, as
+    /// retention keeps it); older kept backups need only their own WAL.
+    pub window_start: Option<DateTime<Utc>>,
 }
 
 /// The result of [`check_chain`].
@@ -98,10 +108,13 @@ pub struct ChainCheck {
     pub history_read: bool,
 }
 
-/// Checks one cluster's archive: the path of the newest timeline, from the
-/// start segment of the oldest kept base backup on that path to the newest
-/// archived segment on it (or the stop segment of the newest base backup,
-/// whichever is later).
+/// Checks one cluster's archive along the path of the newest timeline:
+/// continuously from the start segment of the anchor (the oldest kept base
+/// backup on that path, or with a PITR window the newest one that started
+/// at or before the window's start) to the newest archived segment on the
+/// path (or the stop segment of the newest base backup, whichever is
+/// later); and, for every older kept base backup, the segments from its
+/// start to its stop.
 pub fn check_chain(chain: &ChainFacts) -> ChainCheck {
     let size = chain.segment_size;
     let seg = |lsn: u64| lsn / u64::from(size);
@@ -210,11 +223,17 @@ pub fn check_chain(chain: &ChainFacts) -> ChainCheck {
 
     let mut bases: Vec<&BaseStart> = chain.bases.iter().collect();
     bases.sort_by_key(|b| b.start_lsn);
-    let Some(first) = bases
+    let on: Vec<&BaseStart> = bases
         .iter()
-        .find(|b| on_path(b.timeline, b.start_lsn.0))
         .copied()
-    else {
+        .filter(|b| on_path(b.timeline, b.start_lsn.0))
+        .collect();
+    let anchor = chain
+        .window_start
+        .and_then(|w| on.iter().rev().find(|b| b.started_at <= w))
+        .or(on.first())
+        .copied();
+    let Some(first) = anchor else {
         if let Some(b) = bases.first() {
             out.problems.push(format!(
                 "no kept base backup of system {} is on the history of timeline {newest} (oldest: {} on timeline {} \
@@ -242,25 +261,39 @@ pub fn check_chain(chain: &ChainFacts) -> ChainCheck {
     out.checked_from = Some(name(start));
     out.last_segment = newest_present.map(name);
     out.segments_checked = end + 1 - start;
-    let mut s = start;
-    while s <= end {
-        if present.contains(&(expected_tli(s), s)) {
-            s += 1;
-            continue;
+    // Older kept backups: their own WAL, start to stop.
+    let mut ranges: Vec<(u64, u64)> = on
+        .iter()
+        .filter(|b| b.start_lsn < first.start_lsn)
+        .map(|b| (seg(b.start_lsn.0), seg(b.stop_lsn.0).min(start)))
+        .collect();
+    ranges.push((start, end));
+    let mut seen = BTreeSet::new();
+    for (from, to) in ranges {
+        let mut s = from;
+        while s <= to {
+            if present.contains(&(expected_tli(s), s)) {
+                s += 1;
+                continue;
+            }
+            let first_missing = s;
+            while s <= to && !present.contains(&(expected_tli(s), s)) {
+                s += 1;
+            }
+            if !seen.insert(first_missing) {
+                continue;
+            }
+            out.gaps.push(WalGap {
+                system_id: chain.system_id.clone(),
+                timeline: expected_tli(first_missing),
+                after: (first_missing > from).then(|| name(first_missing - 1)),
+                first_missing: name(first_missing),
+                next: (s <= to).then(|| name(s)),
+                missing_segments: s - first_missing,
+            });
         }
-        let first_missing = s;
-        while s <= end && !present.contains(&(expected_tli(s), s)) {
-            s += 1;
-        }
-        out.gaps.push(WalGap {
-            system_id: chain.system_id.clone(),
-            timeline: expected_tli(first_missing),
-            after: (first_missing > start).then(|| name(first_missing - 1)),
-            first_missing: name(first_missing),
-            next: (s <= end).then(|| name(s)),
-            missing_segments: s - first_missing,
-        });
     }
+    out.gaps.sort_by(|a, b| a.first_missing[8..].cmp(&b.first_missing[8..]));
     out
 }
 
@@ -286,6 +319,7 @@ fn bases(manifests: &[Manifest]) -> BTreeMap<(String, u64), Vec<BaseStart>> {
                 start_lsn: md.start_lsn,
                 stop_timeline: md.stop_timeline,
                 stop_lsn: md.stop_lsn,
+                started_at: m.started_at,
             });
     }
     out
@@ -294,8 +328,11 @@ fn bases(manifests: &[Manifest]) -> BTreeMap<(String, u64), Vec<BaseStart>> {
 /// The state of every WAL archive in the repository, by source: when WAL
 /// was last archived and the continuity of every cluster (system
 /// identifier) it holds, checked from the oldest kept physical base backup
-/// (see the module docs). With `identities`, the `.history` files are read;
-/// without, switch points are inferred from the names.
+/// (see the module docs), or for a source with a PITR window in
+/// `pitr_windows` from the window's anchor, as retention keeps it (older
+/// kept backups then need only their own WAL). With `identities`, the
+/// `.history` files are read; without, switch points are inferred from the
+/// names.
 ///
 /// # Errors
 /// Store errors; a `.history` file that cannot be decrypted or does not
@@ -303,6 +340,8 @@ fn bases(manifests: &[Manifest]) -> BTreeMap<(String, u64), Vec<BaseStart>> {
 pub async fn wal_status(
     repo: &Repository,
     identities: Option<&Identities>,
+    pitr_windows: &BTreeMap<String, Duration>,
+    now: DateTime<Utc>,
 ) -> dr_core::Result<BTreeMap<String, WalStatus>> {
     let manifests = repo.list_backups(None).await?;
     let sizes = segment_sizes(&manifests);
@@ -346,6 +385,10 @@ pub async fn wal_status(
                     .get(&(source.clone(), *sysid))
                     .cloned()
                     .unwrap_or_default(),
+                window_start: pitr_windows
+                    .get(&source)
+                    .and_then(|w| chrono::Duration::from_std(*w).ok())
+                    .map(|w| now - w),
             };
             let check = check_chain(&chain);
             let newest = objects.iter().map(|o| o.last_modified).max();
@@ -390,8 +433,10 @@ mod tests {
                     start_lsn: Lsn(start),
                     stop_timeline: tli,
                     stop_lsn: Lsn(stop),
+                    started_at: DateTime::from_timestamp(start as i64, 0).unwrap(),
                 })
                 .collect(),
+            window_start: None,
         }
     }
 
@@ -534,10 +579,35 @@ mod tests {
             start_lsn: Lsn(0x3E * u64::from(size)),
             stop_timeline: 1,
             stop_lsn: Lsn(0x3E * u64::from(size) + 10),
+            started_at: DateTime::from_timestamp(0, 0).unwrap(),
         }];
         let r = check_chain(&c);
         assert_eq!(r.gaps.len(), 1, "{r:?}");
         assert_eq!(r.gaps[0].first_missing, "000000010000000100000000");
         assert_eq!(r.gaps[0].missing_segments, 1);
+    }
+
+    #[test]
+    fn with_a_pitr_window_older_backups_need_only_their_own_wal() {
+        // b0 at segments 3..=4 (kept weekly), b1 at 10 anchors the window;
+        // 5..=9 were pruned: not a gap. Segment 4 of b0 missing is one.
+        let mut names = segs(1, 3..=3);
+        names.extend(segs(1, 10..=14));
+        let mut c = chain(
+            &refs(&names),
+            &[],
+            &[(1, 3 << 20, (4 << 20) + 5), (1, 10 << 20, (10 << 20) + 5)],
+        );
+        c.window_start = Some(DateTime::from_timestamp(20 << 20, 0).unwrap());
+        let r = check_chain(&c);
+        assert_eq!(r.checked_from.as_deref(), Some("00000001000000000000000A"));
+        assert_eq!(r.gaps.len(), 1, "{r:?}");
+        assert_eq!(r.gaps[0].first_missing, "000000010000000000000004");
+        assert_eq!(r.gaps[0].next, None);
+        // Without the window, continuity from b0: 4..=9 missing.
+        c.window_start = None;
+        let r = check_chain(&c);
+        assert_eq!(r.gaps.len(), 1, "{r:?}");
+        assert_eq!(r.gaps[0].missing_segments, 6);
     }
 }
