@@ -557,13 +557,11 @@ impl Ctx<'_> {
                 None => println!("last drill: none"),
             }
         }
-        Ok(
-            if statuses.iter().all(dr_core::status::SourceStatus::ok) {
-                EXIT_OK
-            } else {
-                EXIT_VERIFY_FAILED
-            },
-        )
+        Ok(if statuses.iter().all(dr_core::status::SourceStatus::ok) {
+            EXIT_OK
+        } else {
+            EXIT_VERIFY_FAILED
+        })
     }
 }
 

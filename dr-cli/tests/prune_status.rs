@@ -448,7 +448,10 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
     .unwrap();
     env.ok(&["repo", "init"]);
     chmod_tree(&repo);
-    pg.psql("postgres", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id");
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
+    );
     switch_and_wait(&pg);
     env.ok(&["backup", "db"]);
     for _ in 0..3 {
@@ -503,7 +506,11 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
     let (code, json) = status(&["status", "--json"]);
     let s: serde_json::Value = serde_json::from_str(&json).unwrap();
     let wal = &s["sources"][0]["wal"];
-    assert_eq!(code, Some(0), "the switch is explained by 00000002.history: {json}");
+    assert_eq!(
+        code,
+        Some(0),
+        "the switch is explained by 00000002.history: {json}"
+    );
     assert_eq!(wal["history_read"], true);
     assert_eq!(wal["gaps"].as_array().unwrap().len(), 0, "{json}");
     assert_eq!(wal["last_segment"].as_str(), Some(last.as_str()), "{json}");
@@ -522,7 +529,10 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
     assert_eq!(gaps.len(), 1, "{json}");
     assert_eq!(gaps[0]["timeline"], 2);
     assert_eq!(gaps[0]["after"].as_str(), Some(seg(last_no - 3).as_str()));
-    assert_eq!(gaps[0]["first_missing"].as_str(), Some(seg(last_no - 2).as_str()));
+    assert_eq!(
+        gaps[0]["first_missing"].as_str(),
+        Some(seg(last_no - 2).as_str())
+    );
     assert_eq!(gaps[0]["next"].as_str(), Some(last.as_str()));
     assert_eq!(gaps[0]["missing_segments"], 2);
     let expected = format!(

@@ -172,10 +172,7 @@ async fn a_month_of_history_is_pruned_exactly_and_every_kept_backup_restores() {
     ];
     let c = TestCluster::start_with(o);
     assert_eq!(c.psql("postgres", "SHOW wal_segment_size"), "1MB");
-    c.psql(
-        "postgres",
-        "CREATE TABLE truth (day int, id int, at text)",
-    );
+    c.psql("postgres", "CREATE TABLE truth (day int, id int, at text)");
 
     let mut days: Vec<Day> = Vec::new();
     let mut logical: Vec<(i64, Manifest)> = Vec::new();
@@ -201,7 +198,10 @@ async fn a_month_of_history_is_pruned_exactly_and_every_kept_backup_restores() {
             "postgres",
             &format!("INSERT INTO truth SELECT {k}, g, 'after' FROM generate_series(1, 50) g"),
         );
-        c.psql("postgres", &format!("SELECT pg_create_restore_point('rp_{k}')"));
+        c.psql(
+            "postgres",
+            &format!("SELECT pg_create_restore_point('rp_{k}')"),
+        );
         let rows_at_restore_point = count(&c);
         let seg = switch_wal(&c);
         wait_archived(&c, &seg, Duration::from_secs(60));
@@ -231,7 +231,10 @@ async fn a_month_of_history_is_pruned_exactly_and_every_kept_backup_restores() {
             }
             c.start_server();
             assert_eq!(
-                c.psql("postgres", "SELECT timeline_id FROM pg_control_checkpoint()"),
+                c.psql(
+                    "postgres",
+                    "SELECT timeline_id FROM pg_control_checkpoint()"
+                ),
                 "2"
             );
         }
@@ -331,14 +334,25 @@ async fn a_month_of_history_is_pruned_exactly_and_every_kept_backup_restores() {
         .filter(|(k, _)| kept_logical.contains(k))
         .map(|(_, m)| m.backup_id.clone())
         .collect();
-    assert_eq!(ids(&listed, "db"), expected_physical_ids, "physical backups kept");
-    assert_eq!(ids(&listed, "db-logical"), expected_logical_ids, "logical backups kept");
+    assert_eq!(
+        ids(&listed, "db"),
+        expected_physical_ids,
+        "physical backups kept"
+    );
+    assert_eq!(
+        ids(&listed, "db-logical"),
+        expected_logical_ids,
+        "logical backups kept"
+    );
     assert_eq!(
         report.backups_deleted.len(),
         days.len() + logical.len() - expected_physical_ids.len() - expected_logical_ids.len()
     );
     // Their objects are gone too, not only the manifests.
-    for (source, want) in [("db", &expected_physical_ids), ("db-logical", &expected_logical_ids)] {
+    for (source, want) in [
+        ("db", &expected_physical_ids),
+        ("db-logical", &expected_logical_ids),
+    ] {
         let dirs: BTreeSet<String> = std::fs::read_dir(repo_dir.join("backups").join(source))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -373,14 +387,20 @@ async fn a_month_of_history_is_pruned_exactly_and_every_kept_backup_restores() {
         .await
         .unwrap();
     let db_wal = &wal_states["db"];
-    assert!(db_wal.gaps.is_empty() && db_wal.problems.is_empty(), "{db_wal:#?}");
+    assert!(
+        db_wal.gaps.is_empty() && db_wal.problems.is_empty(),
+        "{db_wal:#?}"
+    );
     assert!(db_wal.history_read);
     assert_eq!(db_wal.segment_size, SEG as u32);
     let anchor_segment = days[anchor as usize].physical.metadata["start_segment"]
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(db_wal.checked_from.as_deref(), Some(anchor_segment.as_str()));
+    assert_eq!(
+        db_wal.checked_from.as_deref(),
+        Some(anchor_segment.as_str())
+    );
     let objectives: ObjectivesConfig = serde_json::from_value(serde_json::json!({
         "rpo": "15m",
         "sources": { "db-logical": { "rpo": "1d" } },

@@ -293,7 +293,8 @@ pub fn check_chain(chain: &ChainFacts) -> ChainCheck {
             });
         }
     }
-    out.gaps.sort_by(|a, b| a.first_missing[8..].cmp(&b.first_missing[8..]));
+    out.gaps
+        .sort_by(|a, b| a.first_missing[8..].cmp(&b.first_missing[8..]));
     out
 }
 
@@ -473,10 +474,13 @@ mod tests {
         assert!(c.problems.is_empty());
         // No base backup: nothing to check.
         let c = check_chain(&chain(&refs(&names), &[], &[]));
-        assert_eq!(c, ChainCheck {
-            history_read: true,
-            ..Default::default()
-        });
+        assert_eq!(
+            c,
+            ChainCheck {
+                history_read: true,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -533,7 +537,10 @@ mod tests {
         let mut names = segs(1, 3..=8);
         names.extend(segs(2, 8..=12));
         names.extend(segs(3, 10..=11));
-        names.extend(["00000002.history".to_string(), "00000003.history".to_string()]);
+        names.extend([
+            "00000002.history".to_string(),
+            "00000003.history".to_string(),
+        ]);
         let c = check_chain(&chain(
             &refs(&names),
             &[(2, "1\t0/800000\tx\n"), (3, "1\t0/A00000\tx\n")],
