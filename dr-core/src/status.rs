@@ -309,3 +309,87 @@ pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
     encode(&mut text, &registry).expect("encoding to a String cannot fail");
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dr_storage::{Identities, InitOptions, Location, StoreOptions};
+
+    fn gap(after: Option<&str>, next: Option<&str>, n: u64) -> WalGap {
+        WalGap {
+            system_id: "7".into(),
+            timeline: 1,
+            after: after.map(str::to_string),
+            first_missing: "000000010000000000000008".into(),
+            next: next.map(str::to_string),
+            missing_segments: n,
+        }
+    }
+
+    #[test]
+    fn gaps_are_named() {
+        assert_eq!(
+            gap(
+                Some("000000010000000000000007"),
+                Some("00000001000000000000000A"),
+                2
+            )
+            .to_string(),
+            "WAL gap on timeline 1 after 000000010000000000000007: next archived is \
+             00000001000000000000000A (2 segments missing)"
+        );
+        assert_eq!(
+            gap(None, None, 1).to_string(),
+            "WAL gap on timeline 1 at 000000010000000000000008 (the start of the oldest kept base backup): \
+             nothing archived after it (1 segment missing)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wal_gap_violates_the_status_and_is_exported() {
+        let key = Identities::generate();
+        let repo = Repository::init(
+            &Location::parse("memory://status-gaps").unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        let now = Utc::now();
+        let mut wal = BTreeMap::new();
+        wal.insert(
+            "db".to_string(),
+            WalStatus {
+                last_archived_at: Some(now),
+                gaps: vec![gap(
+                    Some("000000010000000000000007"),
+                    Some("00000001000000000000000A"),
+                    2,
+                )],
+                ..Default::default()
+            },
+        );
+        wal.insert(
+            "other".to_string(),
+            WalStatus {
+                last_archived_at: Some(now),
+                ..Default::default()
+            },
+        );
+        let s = status_with_wal(&repo, &[], &ObjectivesConfig::default(), &wal, now)
+            .await
+            .unwrap();
+        assert_eq!(s.len(), 2);
+        // Fresh WAL meets the RPO, but the gap is a problem.
+        assert!(s[0].rpo_met && !s[0].ok(), "{s:?}");
+        assert_eq!(s[0].wal_gap_count(), 1);
+        assert!(s[0].problems[0].starts_with("WAL gap on timeline 1 after"));
+        assert!(s[1].ok(), "{s:?}");
+        let text = to_prometheus(&s);
+        assert!(text.contains("wal_archive_gaps{source=\"db\"} 1"), "{text}");
+        assert!(
+            text.contains("wal_archive_gaps{source=\"other\"} 0"),
+            "{text}"
+        );
+    }
+}
