@@ -397,12 +397,11 @@ fn wal_object(repo: &std::path::Path, name: &str) -> PathBuf {
     found.remove(0)
 }
 
-#[test]
-fn status_names_wal_gaps_and_follows_a_timeline_switch() {
+/// A cluster with 1 MiB WAL segments archiving through `dr wal-push` into a
+/// local repository, with source `db` (`postgres-physical`) configured with
+/// `extra` TOML after it.
+fn physical_env(extra: &str) -> (Env, TestCluster, PathBuf, PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    if !should_run() {
-        return;
-    }
     let dir = tempfile::Builder::new()
         .prefix("drs")
         .tempdir_in("/tmp")
@@ -413,8 +412,8 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
     let repo = env.path("repo");
     let key = env.path("key.txt");
     let mut o = dr_postgres::testing::ClusterOptions::default();
-    // 1 MiB segments: status must name segments with the cluster's real
-    // segment size (recorded by the physical backup), not 16 MiB.
+    // 1 MiB segments: LSN ranges and segment names must use the cluster's
+    // real segment size (recorded by the physical backup), not 16 MiB.
     o.initdb_args = vec!["--wal-segsize=1".into()];
     o.conf = vec![
         "wal_level = replica".into(),
@@ -439,7 +438,7 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
         env.path("dr.toml"),
         format!(
             "[repository]\nurl = \"{}\"\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n\n\
-             [sources.db]\nkind = \"postgres-physical\"\ndsn = \"{}\"\n",
+             [sources.db]\nkind = \"postgres-physical\"\ndsn = \"{}\"\n{extra}",
             repo.display(),
             key.display(),
             pg.dsn("postgres")
@@ -452,6 +451,90 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
         "postgres",
         "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
     );
+    (env, pg, dr, repo, key)
+}
+
+#[test]
+fn prune_removes_wal_before_the_window_with_the_real_segment_size() {
+    if !should_run() {
+        return;
+    }
+    let (env, pg, _, repo, _) = physical_env("[sources.db.retention]\npitr_window = \"1s\"\n");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        for _ in 0..3 {
+            switch_and_wait(&pg);
+        }
+        let out: serde_json::Value =
+            serde_json::from_str(&env.ok(&["--json", "backup", "db"])).unwrap();
+        ids.push(out[0]["backup_id"].as_str().unwrap().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    switch_and_wait(&pg);
+    let show: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "show", &ids[1]])).unwrap();
+    let anchor_segment = show["metadata"]["start_segment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plan: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
+    let wal = &plan["retention"]["wal"][0];
+    // The second backup anchors the one-second window: WAL before its start
+    // segment goes, at 1 MiB per segment.
+    let (hi, lo) = show["metadata"]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let anchor_lsn =
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    assert_eq!(wal["keep_from_lsn"], anchor_lsn, "{plan:#}");
+    assert_eq!(
+        anchor_lsn >> 20,
+        u64::from_str_radix(&anchor_segment[16..], 16).unwrap(),
+        "1 MiB segments"
+    );
+    let deleted: Vec<String> = wal["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert!(deleted.len() >= 3, "{plan:#}");
+    for d in &deleted {
+        let name = d.rsplit('/').next().unwrap();
+        assert!(
+            name[..24] < anchor_segment[..],
+            "{name} is not before {anchor_segment}"
+        );
+    }
+    let out: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--json"])).unwrap();
+    assert_eq!(out["report"]["wal_deleted"], deleted.len());
+    assert_eq!(
+        out["report"]["backups_deleted"],
+        serde_json::json!([ids[0]])
+    );
+    for d in &deleted {
+        assert!(!repo.join(d).exists(), "{d} still stored");
+    }
+    // What is left is continuous from the window's anchor.
+    let out = env.dr(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{s:#}");
+    assert_eq!(
+        s["sources"][0]["wal"]["checked_from"],
+        anchor_segment.as_str()
+    );
+    assert_eq!(s["sources"][0]["wal"]["gaps"], serde_json::json!([]));
+}
+
+#[test]
+fn status_names_wal_gaps_and_follows_a_timeline_switch() {
+    if !should_run() {
+        return;
+    }
+    let (env, pg, dr, repo, key) = physical_env("");
     switch_and_wait(&pg);
     env.ok(&["backup", "db"]);
     for _ in 0..3 {
