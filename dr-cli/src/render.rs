@@ -290,7 +290,13 @@ pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
                 "\n{}: WAL last archived {}{}",
                 s.source,
                 w.last_archived_at
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .map(|t| format!(
+                        "{} ({} ago)",
+                        t.format("%Y-%m-%d %H:%M:%S UTC"),
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            (chrono::Utc::now() - t).num_seconds().max(0) as u64
+                        ))
+                    ))
                     .unwrap_or_else(|| "never".into()),
                 w.last_segment
                     .as_ref()
@@ -299,7 +305,7 @@ pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
             ));
             match &w.checked_from {
                 Some(from) => out.push_str(&format!(
-                    "; continuity from {from} (oldest kept base backup): {} segment(s), {}{}",
+                    "; continuity from {from} (start of the anchoring base backup): {} segment(s), {}{}",
                     w.segments_checked,
                     match w.gaps.len() {
                         0 => "no gaps".to_string(),
