@@ -276,12 +276,54 @@ pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
             Cell::new(humantime::format_duration(std::time::Duration::from_secs(
                 s.rpo_seconds as u64,
             ))),
-            Cell::new(if s.rpo_met {
+            Cell::new(if s.ok() {
                 "ok".to_string()
             } else {
-                format!("VIOLATED: {}", s.problems.join("; "))
+                "VIOLATED".to_string()
             }),
         ]);
     }
-    t.to_string()
+    let mut out = t.to_string();
+    for s in statuses {
+        if let Some(w) = &s.wal {
+            out.push_str(&format!(
+                "\n{}: WAL last archived {}{}",
+                s.source,
+                w.last_archived_at
+                    .map(|t| format!(
+                        "{} ({} ago)",
+                        t.format("%Y-%m-%d %H:%M:%S UTC"),
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            (chrono::Utc::now() - t).num_seconds().max(0) as u64
+                        ))
+                    ))
+                    .unwrap_or_else(|| "never".into()),
+                w.last_segment
+                    .as_ref()
+                    .map(|l| format!(" (newest segment {l})"))
+                    .unwrap_or_default()
+            ));
+            match &w.checked_from {
+                Some(from) => out.push_str(&format!(
+                    "; continuity from {from} (start of the anchoring base backup): {} segment(s), {}{}",
+                    w.segments_checked,
+                    match w.gaps.len() {
+                        0 => "no gaps".to_string(),
+                        1 => "1 GAP".to_string(),
+                        n => format!("{n} GAPS"),
+                    },
+                    if w.history_read {
+                        ""
+                    } else {
+                        " (timeline switches inferred from names: no key to read .history files)"
+                    }
+                )),
+                None => out.push_str("; continuity not checked (no physical base backup)"),
+            }
+        }
+        for p in &s.problems {
+            out.push_str(&format!("\n{}: {p}", s.source));
+        }
+    }
+    out
 }

@@ -339,3 +339,298 @@ fn a_damaged_manifest_hides_only_its_own_backup_and_status_says_so() {
     let problems = s["sources"][0]["problems"].to_string();
     assert!(problems.contains("damaged manifest"), "{problems}");
 }
+
+/// Closes the current WAL segment (after writing a record) and waits until
+/// the server archived it.
+fn switch_and_wait(pg: &TestCluster) -> String {
+    let seg = pg.psql(
+        "postgres",
+        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let last = pg.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        );
+        if last.as_str() >= seg.as_str() {
+            return seg;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{seg} not archived; last {last}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn chmod_tree(p: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if p.is_dir() { 0o777 } else { 0o666 };
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            chmod_tree(&e.unwrap().path());
+        }
+    }
+}
+
+/// The stored object of WAL file `name` in the local repository.
+fn wal_object(repo: &std::path::Path, name: &str) -> PathBuf {
+    let mut found = Vec::new();
+    let mut stack = vec![repo.join("wal")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(&format!("{name}-")))
+            {
+                found.push(p);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{name}: {found:?}");
+    found.remove(0)
+}
+
+/// A cluster with 1 MiB WAL segments archiving through `dr wal-push` into a
+/// local repository, with source `db` (`postgres-physical`) configured with
+/// `extra` TOML after it.
+fn physical_env(extra: &str) -> (Env, TestCluster, PathBuf, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("drs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let env = Env { dir };
+    let dr = assert_cmd::cargo::cargo_bin("dr");
+    let repo = env.path("repo");
+    let key = env.path("key.txt");
+    let mut o = dr_postgres::testing::ClusterOptions::default();
+    // 1 MiB segments: LSN ranges and segment names must use the cluster's
+    // real segment size (recorded by the physical backup), not 16 MiB.
+    o.initdb_args = vec!["--wal-segsize=1".into()];
+    o.conf = vec![
+        "wal_level = replica".into(),
+        "archive_mode = on".into(),
+        format!(
+            "archive_command = '{} wal-push --repo {} --source db %p'",
+            dr.display(),
+            repo.display()
+        ),
+        "max_wal_senders = 4".into(),
+    ];
+    let pg = TestCluster::start_with(o);
+    let out = Command::cargo_bin("dr")
+        .unwrap()
+        .args(["key", "generate", "--output"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::fs::write(
+        env.path("dr.toml"),
+        format!(
+            "[repository]\nurl = \"{}\"\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n\n\
+             [sources.db]\nkind = \"postgres-physical\"\ndsn = \"{}\"\n{extra}",
+            repo.display(),
+            key.display(),
+            pg.dsn("postgres")
+        ),
+    )
+    .unwrap();
+    env.ok(&["repo", "init"]);
+    chmod_tree(&repo);
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id",
+    );
+    (env, pg, dr, repo, key)
+}
+
+#[test]
+fn prune_removes_wal_before_the_window_with_the_real_segment_size() {
+    if !should_run() {
+        return;
+    }
+    let (env, pg, _, repo, _) = physical_env("[sources.db.retention]\npitr_window = \"1s\"\n");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        for _ in 0..3 {
+            switch_and_wait(&pg);
+        }
+        let out: serde_json::Value =
+            serde_json::from_str(&env.ok(&["--json", "backup", "db"])).unwrap();
+        ids.push(out[0]["backup_id"].as_str().unwrap().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    switch_and_wait(&pg);
+    let show: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "show", &ids[1]])).unwrap();
+    let anchor_segment = show["metadata"]["start_segment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plan: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
+    let wal = &plan["retention"]["wal"][0];
+    // The second backup anchors the one-second window: WAL before its start
+    // segment goes, at 1 MiB per segment.
+    let (hi, lo) = show["metadata"]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let anchor_lsn =
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    assert_eq!(wal["keep_from_lsn"], anchor_lsn, "{plan:#}");
+    assert_eq!(
+        anchor_lsn >> 20,
+        u64::from_str_radix(&anchor_segment[16..], 16).unwrap(),
+        "1 MiB segments"
+    );
+    let deleted: Vec<String> = wal["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert!(deleted.len() >= 3, "{plan:#}");
+    for d in &deleted {
+        let name = d.rsplit('/').next().unwrap();
+        assert!(
+            name[..24] < anchor_segment[..],
+            "{name} is not before {anchor_segment}"
+        );
+    }
+    let out: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--json"])).unwrap();
+    assert_eq!(out["report"]["wal_deleted"], deleted.len());
+    assert_eq!(
+        out["report"]["backups_deleted"],
+        serde_json::json!([ids[0]])
+    );
+    for d in &deleted {
+        assert!(!repo.join(d).exists(), "{d} still stored");
+    }
+    // What is left is continuous from the window's anchor.
+    let out = env.dr(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{s:#}");
+    assert_eq!(
+        s["sources"][0]["wal"]["checked_from"],
+        anchor_segment.as_str()
+    );
+    assert_eq!(s["sources"][0]["wal"]["gaps"], serde_json::json!([]));
+}
+
+#[test]
+fn status_names_wal_gaps_and_follows_a_timeline_switch() {
+    if !should_run() {
+        return;
+    }
+    let (env, pg, dr, repo, key) = physical_env("");
+    switch_and_wait(&pg);
+    env.ok(&["backup", "db"]);
+    for _ in 0..3 {
+        switch_and_wait(&pg);
+    }
+    let status = |args: &[&str]| {
+        let out = env.dr(args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, json) = status(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let wal = &s["sources"][0]["wal"];
+    assert_eq!(code, Some(0), "{json}");
+    assert_eq!(wal["segment_size"], 1 << 20, "{json}");
+    assert_eq!(wal["gaps"].as_array().unwrap().len(), 0, "{json}");
+    assert!(wal["segments_checked"].as_u64().unwrap() >= 4, "{json}");
+
+    // A timeline switch: archive recovery from the repository to the end of
+    // the archive, then promotion onto timeline 2 (00000002.history, and the
+    // old timeline's last segment as .partial).
+    pg.stop();
+    let data = pg.data_dir();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        format!(
+            "restore_command = '{} wal-fetch --repo {} --identity {} --source db %f %p'\n",
+            dr.display(),
+            repo.display(),
+            key.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(conf);
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    if let Some((uid, gid)) = pg.owner() {
+        std::os::unix::fs::chown(data.join("recovery.signal"), Some(uid), Some(gid)).unwrap();
+    }
+    pg.start_server();
+    let mut last = String::new();
+    for _ in 0..4 {
+        last = switch_and_wait(&pg);
+    }
+    assert!(last.starts_with("00000002"), "{last}");
+    let (code, json) = status(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let wal = &s["sources"][0]["wal"];
+    assert_eq!(
+        code,
+        Some(0),
+        "the switch is explained by 00000002.history: {json}"
+    );
+    assert_eq!(wal["history_read"], true);
+    assert_eq!(wal["gaps"].as_array().unwrap().len(), 0, "{json}");
+    assert_eq!(wal["last_segment"].as_str(), Some(last.as_str()), "{json}");
+
+    // Lose two segments in the middle of timeline 2.
+    let seg = |n: u64| format!("00000002{:08X}{:08X}", n >> 12, n & 0xfff);
+    let last_no = u64::from_str_radix(&last[8..16], 16).unwrap() * 4096
+        + u64::from_str_radix(&last[16..], 16).unwrap();
+    std::fs::remove_file(wal_object(&repo, &seg(last_no - 2))).unwrap();
+    std::fs::remove_file(wal_object(&repo, &seg(last_no - 1))).unwrap();
+    let prom = env.path("dr.prom");
+    let (code, json) = status(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{json}");
+    let s: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let gaps = s["sources"][0]["wal"]["gaps"].as_array().unwrap().clone();
+    assert_eq!(gaps.len(), 1, "{json}");
+    assert_eq!(gaps[0]["timeline"], 2);
+    assert_eq!(gaps[0]["after"].as_str(), Some(seg(last_no - 3).as_str()));
+    assert_eq!(
+        gaps[0]["first_missing"].as_str(),
+        Some(seg(last_no - 2).as_str())
+    );
+    assert_eq!(gaps[0]["next"].as_str(), Some(last.as_str()));
+    assert_eq!(gaps[0]["missing_segments"], 2);
+    let expected = format!(
+        "WAL gap on timeline 2 after {}: next archived is {last} (2 segments missing)",
+        seg(last_no - 3)
+    );
+    assert!(
+        s["sources"][0]["problems"].to_string().contains(&expected),
+        "{json}"
+    );
+    assert!(std::fs::read_to_string(&prom)
+        .unwrap()
+        .contains("wal_archive_gaps{source=\"db\"} 1"));
+    let (code, text) = status(&["status"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains(&format!("db: {expected}")), "{text}");
+    assert!(text.contains("1 GAP"), "{text}");
+}

@@ -311,6 +311,7 @@ mod tests {
             rpo_seconds: 900.0,
             rto_seconds: 3600.0,
             rpo_met: false,
+            wal: None,
             problems: vec![],
         }
     }

@@ -1,5 +1,9 @@
 //! Status: whether each source meets its objectives, for `dr status` and for
 //! Prometheus (a node_exporter textfile or the agent's `/metrics`).
+//!
+//! The WAL part ([`WalStatus`]: last archived file, continuity, named gaps)
+//! is computed by the crate that knows the WAL format (`dr-postgres`) and
+//! handed in: this crate never depends on a system crate.
 
 use chrono::{DateTime, Utc};
 use dr_storage::Repository;
@@ -8,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 use crate::error::Result;
@@ -41,13 +46,95 @@ pub struct SourceStatus {
     /// Whether the RPO is met: the newest recovery point (backup or archived
     /// WAL) is younger than the RPO.
     pub rpo_met: bool,
+    /// WAL continuity from the oldest kept base backup to the newest
+    /// archived segment (PostgreSQL sources with archiving).
+    #[serde(default)]
+    pub wal: Option<WalStatus>,
     /// Problems found (gaps, stale backups), one line each.
+    pub problems: Vec<String>,
+}
+
+impl SourceStatus {
+    /// Whether every objective holds: the RPO is met and nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.rpo_met && self.problems.is_empty()
+    }
+
+    /// The number of WAL gaps found.
+    pub fn wal_gap_count(&self) -> usize {
+        self.wal.as_ref().map_or(0, |w| w.gaps.len())
+    }
+}
+
+/// A run of WAL segments missing from the archive, between two archived
+/// ones, on the path recovery follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalGap {
+    /// The cluster (PostgreSQL system identifier).
+    pub system_id: String,
+    /// The timeline of the first missing segment.
+    pub timeline: u32,
+    /// The last archived segment before the gap; `None` when the gap starts
+    /// at the first segment the oldest kept base backup needs.
+    pub after: Option<String>,
+    /// The first missing segment.
+    pub first_missing: String,
+    /// The next archived segment after the gap; `None` when nothing after
+    /// it is archived on the path.
+    pub next: Option<String>,
+    /// How many segments are missing.
+    pub missing_segments: u64,
+}
+
+impl std::fmt::Display for WalGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WAL gap on timeline {} ", self.timeline)?;
+        match &self.after {
+            Some(a) => write!(f, "after {a}")?,
+            None => write!(
+                f,
+                "at {} (the start of the oldest kept base backup)",
+                self.first_missing
+            )?,
+        }
+        match &self.next {
+            Some(n) => write!(f, ": next archived is {n}")?,
+            None => write!(f, ": nothing archived after it")?,
+        }
+        let s = if self.missing_segments == 1 { "" } else { "s" };
+        write!(f, " ({} segment{s} missing)", self.missing_segments)
+    }
+}
+
+/// The state of one source's WAL archive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalStatus {
+    /// When the newest WAL object was stored.
+    pub last_archived_at: Option<DateTime<Utc>>,
+    /// The newest archived segment on the path recovery follows.
+    pub last_segment: Option<String>,
+    /// Where the continuity check started: the first segment the oldest
+    /// kept base backup needs (`None`: no base backup, nothing checked).
+    pub checked_from: Option<String>,
+    /// Segments checked (from `checked_from` to `last_segment`).
+    pub segments_checked: u64,
+    /// WAL segment size used, bytes.
+    pub segment_size: u32,
+    /// Whether timeline switches were followed through the `.history`
+    /// files' content (needs the key); otherwise they were inferred from the
+    /// archived names.
+    pub history_read: bool,
+    /// Gaps found, oldest first.
+    pub gaps: Vec<WalGap>,
+    /// Other problems (a timeline without its `.history` file, no base
+    /// backup on the newest timeline's history), one line each.
     pub problems: Vec<String>,
 }
 
 /// Computes the status of every source in the repository plus every
 /// `configured` source (which shows as violating its RPO when it has no
 /// backup). `wal_last` gives the time WAL was last archived per source.
+/// Without WAL continuity; see [`status_with_wal`].
 ///
 /// # Errors
 /// Repository errors.
@@ -55,12 +142,41 @@ pub async fn status(
     repo: &Repository,
     configured: &[String],
     objectives: &ObjectivesConfig,
-    wal_last: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    wal_last: &BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<SourceStatus>> {
+    let wal: BTreeMap<String, WalStatus> = wal_last
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                WalStatus {
+                    last_archived_at: Some(*t),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    status_with_wal(repo, configured, objectives, &wal, now).await
+}
+
+/// As [`status`], with the state of each source's WAL archive (from
+/// `dr_postgres::wal::continuity`): every WAL gap and WAL problem is a
+/// problem of the source, so the status is violated.
+///
+/// # Errors
+/// Repository errors.
+pub async fn status_with_wal(
+    repo: &Repository,
+    configured: &[String],
+    objectives: &ObjectivesConfig,
+    wal_states: &BTreeMap<String, WalStatus>,
     now: DateTime<Utc>,
 ) -> Result<Vec<SourceStatus>> {
     let (manifests, damaged) = repo.list_backups_checked(None).await?;
     let mut names: Vec<String> = manifests.iter().map(|m| m.source.name.clone()).collect();
     names.extend(damaged.iter().map(|d| d.source.clone()));
+    names.extend(wal_states.keys().cloned());
     names.extend(configured.iter().cloned());
     names.sort();
     names.dedup();
@@ -69,7 +185,8 @@ pub async fn status(
         let mine: Vec<_> = manifests.iter().filter(|m| m.source.name == name).collect();
         let last = mine.iter().max_by_key(|m| m.finished_at);
         let obj = objectives.for_source(&name);
-        let wal = wal_last.get(&name).copied();
+        let wal_state = wal_states.get(&name).cloned();
+        let wal = wal_state.as_ref().and_then(|w| w.last_archived_at);
         let newest_point = [last.map(|m| m.finished_at), wal]
             .into_iter()
             .flatten()
@@ -91,6 +208,10 @@ pub async fn status(
             )),
             _ => {}
         }
+        if let Some(w) = &wal_state {
+            problems.extend(w.gaps.iter().map(ToString::to_string));
+            problems.extend(w.problems.iter().cloned());
+        }
         out.push(SourceStatus {
             source: name.clone(),
             kind: last.map(|m| m.source.kind.clone()),
@@ -105,6 +226,7 @@ pub async fn status(
             rpo_seconds: rpo,
             rto_seconds: obj.rto.as_secs_f64(),
             rpo_met,
+            wal: wal_state,
             problems,
         });
     }
@@ -115,8 +237,9 @@ pub async fn status(
 /// `prometheus-client`), with the metric names the runbook's alerts use:
 /// `backup_last_success_timestamp_seconds{source}`, `backup_size_bytes{source}`,
 /// `wal_archive_last_success_timestamp_seconds{source}`,
-/// `objective_rpo_seconds{source}`, `objective_rto_seconds{source}` and
-/// `objective_rpo_met{source}` (1 or 0).
+/// `objective_rpo_seconds{source}`, `objective_rto_seconds{source}`,
+/// `objective_rpo_met{source}` (1 or 0) and, for sources with a checked WAL
+/// archive, `wal_archive_gaps{source}` (the number of gaps; alert on > 0).
 pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
     type G = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
     let mut registry = <Registry>::default();
@@ -126,6 +249,7 @@ pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
     let rpo = G::default();
     let rto = G::default();
     let met = G::default();
+    let gaps = G::default();
     registry.register(
         "backup_last_success_timestamp_seconds",
         "Unix time the newest good backup finished",
@@ -156,6 +280,11 @@ pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
         "1 when the newest recovery point is within the RPO",
         met.clone(),
     );
+    registry.register(
+        "wal_archive_gaps",
+        "Gaps in the WAL archive between the oldest kept base backup and the newest segment",
+        gaps.clone(),
+    );
     for s in statuses {
         let l = vec![("source".to_string(), s.source.clone())];
         if let Some(t) = s.last_backup_at {
@@ -172,8 +301,95 @@ pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
         rpo.get_or_create(&l).set(s.rpo_seconds);
         rto.get_or_create(&l).set(s.rto_seconds);
         met.get_or_create(&l).set(if s.rpo_met { 1.0 } else { 0.0 });
+        if let Some(w) = &s.wal {
+            gaps.get_or_create(&l).set(w.gaps.len() as f64);
+        }
     }
     let mut text = String::new();
     encode(&mut text, &registry).expect("encoding to a String cannot fail");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dr_storage::{Identities, InitOptions, Location, StoreOptions};
+
+    fn gap(after: Option<&str>, next: Option<&str>, n: u64) -> WalGap {
+        WalGap {
+            system_id: "7".into(),
+            timeline: 1,
+            after: after.map(str::to_string),
+            first_missing: "000000010000000000000008".into(),
+            next: next.map(str::to_string),
+            missing_segments: n,
+        }
+    }
+
+    #[test]
+    fn gaps_are_named() {
+        assert_eq!(
+            gap(
+                Some("000000010000000000000007"),
+                Some("00000001000000000000000A"),
+                2
+            )
+            .to_string(),
+            "WAL gap on timeline 1 after 000000010000000000000007: next archived is \
+             00000001000000000000000A (2 segments missing)"
+        );
+        assert_eq!(
+            gap(None, None, 1).to_string(),
+            "WAL gap on timeline 1 at 000000010000000000000008 (the start of the oldest kept base backup): \
+             nothing archived after it (1 segment missing)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wal_gap_violates_the_status_and_is_exported() {
+        let key = Identities::generate();
+        let repo = Repository::init(
+            &Location::parse("memory://status-gaps").unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        let now = Utc::now();
+        let mut wal = BTreeMap::new();
+        wal.insert(
+            "db".to_string(),
+            WalStatus {
+                last_archived_at: Some(now),
+                gaps: vec![gap(
+                    Some("000000010000000000000007"),
+                    Some("00000001000000000000000A"),
+                    2,
+                )],
+                ..Default::default()
+            },
+        );
+        wal.insert(
+            "other".to_string(),
+            WalStatus {
+                last_archived_at: Some(now),
+                ..Default::default()
+            },
+        );
+        let s = status_with_wal(&repo, &[], &ObjectivesConfig::default(), &wal, now)
+            .await
+            .unwrap();
+        assert_eq!(s.len(), 2);
+        // Fresh WAL meets the RPO, but the gap is a problem.
+        assert!(s[0].rpo_met && !s[0].ok(), "{s:?}");
+        assert_eq!(s[0].wal_gap_count(), 1);
+        assert!(s[0].problems[0].starts_with("WAL gap on timeline 1 after"));
+        assert!(s[1].ok(), "{s:?}");
+        let text = to_prometheus(&s);
+        assert!(text.contains("wal_archive_gaps{source=\"db\"} 1"), "{text}");
+        assert!(
+            text.contains("wal_archive_gaps{source=\"other\"} 0"),
+            "{text}"
+        );
+    }
 }

@@ -19,6 +19,9 @@ use crate::conn::ConnectionSettings;
 pub struct ClusterOptions {
     /// Extra `postgresql.conf` lines.
     pub conf: Vec<String>,
+    /// Extra `initdb` arguments, e.g. `["--wal-segsize=1"]` for 1 MiB WAL
+    /// segments (PostgreSQL 15 docs, `initdb --wal-segsize`).
+    pub initdb_args: Vec<String>,
 }
 
 /// A running throwaway cluster; stopped and removed on drop.
@@ -123,20 +126,19 @@ impl TestCluster {
             owner,
         };
         let data = cluster.data_dir();
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().expect("utf-8 path"),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-        );
+        let mut initdb = vec![
+            "-D",
+            data.to_str().expect("utf-8 path"),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ];
+        initdb.extend(options.initdb_args.iter().map(String::as_str));
+        cluster.run("initdb", &initdb);
         let mut conf = vec![
             format!("port = {}", cluster.port),
             "listen_addresses = '127.0.0.1'".into(),

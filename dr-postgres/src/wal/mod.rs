@@ -8,10 +8,13 @@
 //!   ([`RetryPolicy`]) and the exit-code rules ([`push_exit_code`],
 //!   [`fetch_exit_code`]).
 //! - [`timeline`]: timeline history files.
+//! - [`retention`]: the archive as retention facts, with each cluster's
+//!   segment size; [`continuity`]: gaps on the path recovery follows.
 //!
 //! The objects live in the repository's [`dr_storage::WalArchive`].
 
 mod archive;
+pub mod continuity;
 pub mod control;
 mod error;
 pub mod names;

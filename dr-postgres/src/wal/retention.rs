@@ -1,17 +1,73 @@
 //! What retention and status need to know about a source's WAL archive.
+//!
+//! LSN ranges of archived segments use the cluster's real WAL segment size
+//! (`initdb --wal-segsize`, 1 MiB to 1 GiB; PostgreSQL 15 docs, "initdb"):
+//! every physical base backup records it (`wal_segment_size` in its
+//! manifest), so [`segment_sizes`] derives it per system identifier and
+//! [`DEFAULT_SEGMENT_SIZE`] is used only for a cluster no backup describes.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use dr_core::retention::WalFacts;
 use dr_storage::object_store::path::Path;
-use dr_storage::{Repository, WalArchive};
+use dr_storage::{Manifest, Repository, WalArchive, WalObject};
 
 use super::names::{WalFileKind, WalFileName};
+use crate::physical::KIND_PHYSICAL;
 
-/// The WAL segment size assumed for LSN ranges: PostgreSQL's default (16 MiB,
-/// `initdb --wal-segsize`). A physical backup's manifest records the real one.
+/// The WAL segment size assumed for a cluster that no physical backup
+/// describes: PostgreSQL's default, 16 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;
+
+/// The WAL segment size of each cluster (by system identifier) that a
+/// physical backup in `manifests` describes (`wal_segment_size` of its
+/// metadata). When backups of one cluster disagree (only `pg_resetwal
+/// --wal-segsize` changes it), the newest backup's value wins, with a
+/// warning.
+pub fn segment_sizes(manifests: &[Manifest]) -> BTreeMap<u64, u32> {
+    let mut physical: Vec<&Manifest> = manifests
+        .iter()
+        .filter(|m| m.source.kind == KIND_PHYSICAL)
+        .collect();
+    physical.sort_by_key(|m| m.started_at);
+    let mut out = BTreeMap::new();
+    for m in physical {
+        let md = &m.metadata;
+        let sysid = md
+            .get("system_identifier")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<u64>().ok());
+        let size = md
+            .get("wal_segment_size")
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| v.is_power_of_two() && *v >= 1 << 20);
+        if let (Some(sysid), Some(size)) = (sysid, size) {
+            if let Some(old) = out.insert(sysid, size) {
+                if old != size {
+                    tracing::warn!(
+                        system_id = sysid,
+                        old,
+                        new = size,
+                        backup_id = %m.backup_id,
+                        "physical backups of one cluster record different WAL segment sizes; using the newest"
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The segment size for `system_id`: the recorded one, else
+/// [`DEFAULT_SEGMENT_SIZE`].
+pub fn segment_size_for(sizes: &BTreeMap<u64, u32>, system_id: u64) -> u32 {
+    sizes
+        .get(&system_id)
+        .copied()
+        .unwrap_or(DEFAULT_SEGMENT_SIZE)
+}
 
 /// The sources that have a WAL archive in the repository.
 ///
@@ -30,19 +86,15 @@ pub async fn archived_sources(repo: &Repository) -> dr_core::Result<Vec<String>>
         .collect())
 }
 
-/// Every archived WAL object of `source`, under every system identifier it
-/// archived (one chain each), as retention facts: segments, `.partial` and
-/// `.backup` files with the LSN range of their segment (`segment_size`
-/// bytes), `.history` files with none (kept forever). Also returns when the
-/// newest object was stored.
+/// Every stored object of `source`, per system identifier (one chain each),
+/// each listed once (segments, `.partial`, `.backup` and `.history` files).
 ///
 /// # Errors
 /// Store errors.
-pub async fn retention_facts(
+pub async fn list_chains(
     repo: &Repository,
     source: &str,
-    segment_size: u32,
-) -> dr_core::Result<(Vec<WalFacts>, Option<DateTime<Utc>>)> {
+) -> dr_core::Result<BTreeMap<u64, Vec<WalObject>>> {
     let archive = WalArchive::new(repo, source)?;
     let prefix = Path::from(format!("wal/{source}"));
     let listing = repo
@@ -50,21 +102,44 @@ pub async fn retention_facts(
         .list_with_delimiter(Some(&prefix))
         .await
         .map_err(|e| dr_storage::Error::store(prefix.to_string(), e))?;
-    let mut facts = Vec::new();
-    let mut newest: Option<DateTime<Utc>> = None;
+    let mut out = BTreeMap::new();
     for dir in listing.common_prefixes {
         let Some(sysid) = dir.filename().and_then(|s| s.parse::<u64>().ok()) else {
             continue;
         };
+        // The listing is recursive: it holds the history/ directory too.
         let mut objects = archive.list(sysid).await?;
-        objects.extend(archive.list_history(sysid).await?);
+        objects.sort_by(|a, b| a.object.cmp(&b.object));
+        objects.dedup_by(|a, b| a.object == b.object);
+        out.insert(sysid, objects);
+    }
+    Ok(out)
+}
+
+/// Every archived WAL object of `source`, under every system identifier it
+/// archived (one chain each), as retention facts: segments, `.partial` and
+/// `.backup` files with the LSN range of their segment (the segment size of
+/// their cluster from `sizes`, see [`segment_sizes`]), `.history` files with
+/// none (kept forever). Also returns when the newest object was stored.
+///
+/// # Errors
+/// Store errors.
+pub async fn retention_facts(
+    repo: &Repository,
+    source: &str,
+    sizes: &BTreeMap<u64, u32>,
+) -> dr_core::Result<(Vec<WalFacts>, Option<DateTime<Utc>>)> {
+    let mut facts = Vec::new();
+    let mut newest: Option<DateTime<Utc>> = None;
+    for (sysid, objects) in list_chains(repo, source).await? {
+        let segment_size = segment_size_for(sizes, sysid);
         for o in objects {
             newest = newest.max(Some(o.last_modified));
             let range = match WalFileName::parse(&o.name) {
                 Ok(n) if n.kind == WalFileKind::History => None,
                 Ok(n) => {
-                    let start = n.segment_no(segment_size) * segment_size as u64;
-                    Some((start, start + segment_size as u64))
+                    let start = n.segment_no(segment_size) * u64::from(segment_size);
+                    Some((start, start + u64::from(segment_size)))
                 }
                 // Unknown names are kept: retention never guesses.
                 Err(_) => None,
@@ -82,7 +157,8 @@ pub async fn retention_facts(
     Ok((facts, newest))
 }
 
-/// [`retention_facts`] for every source with an archive: all facts, and the
+/// [`retention_facts`] for every source with an archive, with the segment
+/// sizes the repository's physical backups record: all facts, and the
 /// newest archived time per source.
 ///
 /// # Errors
@@ -90,14 +166,89 @@ pub async fn retention_facts(
 pub async fn all_retention_facts(
     repo: &Repository,
 ) -> dr_core::Result<(Vec<WalFacts>, BTreeMap<String, DateTime<Utc>>)> {
+    let sizes = segment_sizes(&repo.list_backups(None).await?);
     let mut all = Vec::new();
     let mut last = BTreeMap::new();
     for source in archived_sources(repo).await? {
-        let (facts, newest) = retention_facts(repo, &source, DEFAULT_SEGMENT_SIZE).await?;
+        let (facts, newest) = retention_facts(repo, &source, &sizes).await?;
         all.extend(facts);
         if let Some(t) = newest {
             last.insert(source, t);
         }
     }
     Ok((all, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dr_storage::{InitOptions, Location, StoreOptions};
+
+    fn manifest(sysid: &str, size: Option<u64>, at: i64) -> Manifest {
+        let mut md = serde_json::json!({ "system_identifier": sysid });
+        if let Some(s) = size {
+            md["wal_segment_size"] = s.into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "format_version": 1,
+            "tool_version": "test",
+            "repository_id": "r",
+            "backup_id": format!("b{at}"),
+            "source": { "name": "db", "kind": KIND_PHYSICAL },
+            "started_at": DateTime::<Utc>::from_timestamp(at, 0).unwrap(),
+            "finished_at": DateTime::<Utc>::from_timestamp(at + 1, 0).unwrap(),
+            "codec": { "compression": "zstd", "zstd_level": 3, "encryption": "age-x25519" },
+            "recipients": [],
+            "artifacts": [],
+            "metadata": md,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn sizes_come_from_physical_manifests_per_cluster() {
+        let ms = vec![
+            manifest("7", Some(1 << 20), 10),
+            manifest("8", Some(64 << 20), 10),
+            manifest("9", None, 10),
+            manifest("10", Some(12345), 10),
+        ];
+        let sizes = segment_sizes(&ms);
+        assert_eq!(sizes.get(&7), Some(&(1 << 20)));
+        assert_eq!(sizes.get(&8), Some(&(64 << 20)));
+        assert_eq!(segment_size_for(&sizes, 9), DEFAULT_SEGMENT_SIZE);
+        // Not a power of two: not a WAL segment size, ignored.
+        assert_eq!(segment_size_for(&sizes, 10), DEFAULT_SEGMENT_SIZE);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn facts_use_the_clusters_segment_size() {
+        let key = dr_storage::Identities::generate();
+        let repo = Repository::init(
+            &Location::parse("memory://wal-sizes").unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        let a = WalArchive::new(&repo, "db").unwrap();
+        a.push(7, "000000010000000000000021", b"x").await.unwrap();
+        a.push(7, "00000002.history", b"1\t0/21000000\tx\n")
+            .await
+            .unwrap();
+        let mut sizes = BTreeMap::new();
+        sizes.insert(7u64, 1u32 << 20);
+        let (facts, newest) = retention_facts(&repo, "db", &sizes).await.unwrap();
+        assert!(newest.is_some());
+        assert_eq!(facts.len(), 2, "each object once: {facts:?}");
+        let seg = facts.iter().find(|f| f.start_lsn.is_some()).unwrap();
+        // Segment 0x21 of 1 MiB starts at 33 MiB, not at 33 * 16 MiB.
+        assert_eq!(seg.start_lsn, Some(0x21 << 20));
+        assert_eq!(seg.end_lsn, Some(0x22 << 20));
+        let (facts, _) = retention_facts(&repo, "db", &BTreeMap::new())
+            .await
+            .unwrap();
+        let seg = facts.iter().find(|f| f.start_lsn.is_some()).unwrap();
+        assert_eq!(seg.start_lsn, Some(0x21 * u64::from(DEFAULT_SEGMENT_SIZE)));
+    }
 }
