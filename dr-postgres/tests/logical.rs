@@ -369,7 +369,9 @@ async fn a_killed_restores_temporary_database_is_dropped_by_the_next_one() {
     pg.psql("postgres", "CREATE DATABASE copy_dr_0a0b0c");
     pg.psql(
         "postgres",
-        &format!("COMMENT ON DATABASE copy_dr_0a0b0c IS 'dr restore in progress: pid 4194305 on {host}'"),
+        &format!(
+            "COMMENT ON DATABASE copy_dr_0a0b0c IS 'dr restore in progress: pid 4194305 on {host}'"
+        ),
     );
     pg.psql("postgres", "CREATE DATABASE copy_dr_1a1b1c");
     pg.psql(
@@ -386,12 +388,18 @@ async fn a_killed_restores_temporary_database_is_dropped_by_the_next_one() {
     );
     assert_eq!(names, "copy,copy_dr_1a1b1c,copy_dr_2a2b2c");
     assert!(
-        report.warnings.iter().any(|w| w.contains("dropped copy_dr_0a0b0c")),
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("dropped copy_dr_0a0b0c")),
         "{:?}",
         report.warnings
     );
     assert!(
-        report.warnings.iter().any(|w| w.contains("copy_dr_1a1b1c") && w.contains("left alone")),
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("copy_dr_1a1b1c") && w.contains("left alone")),
         "{:?}",
         report.warnings
     );

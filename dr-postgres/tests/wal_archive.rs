@@ -365,7 +365,11 @@ async fn transient_errors_are_retried_then_stop_recovery() {
     let archive = WalArchive::new(&repo, "db").unwrap();
     archive.register(42).await.unwrap();
     archive
-        .push(42, "000000010000000000000001", bytes::Bytes::from_static(b"segment"))
+        .push(
+            42,
+            "000000010000000000000001",
+            bytes::Bytes::from_static(b"segment"),
+        )
         .await
         .unwrap();
 

@@ -648,7 +648,9 @@ fn with_parallel_sha256<T>(data: &[u8], work: impl FnOnce() -> T) -> (T, String)
     std::thread::scope(|s| {
         let hasher = s.spawn(|| hex::encode(Sha256::digest(data)));
         let out = work();
-        let sha = hasher.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let sha = hasher
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
         (out, sha)
     })
 }
@@ -724,7 +726,8 @@ pub(crate) fn decode_buffer_to(
     })?;
     let mut decoder = zstd::stream::read::Decoder::new(reader)
         .map_err(|e| corrupt(format!("does not decode: {e}")))?;
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(WAL_CHUNKS_IN_FLIGHT);
+    let (full_tx, full_rx) =
+        std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(WAL_CHUNKS_IN_FLIGHT);
     let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(WAL_CHUNKS_IN_FLIGHT);
     for _ in 0..WAL_CHUNKS_IN_FLIGHT {
         let _ = free_tx.send(vec![0u8; WAL_CHUNK]);
@@ -768,7 +771,9 @@ pub(crate) fn decode_buffer_to(
             }
         })();
         drop(full_tx);
-        let sha = hasher.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let sha = hasher
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
         produced.map(|size| (size, sha))
     })?;
     if sha != plain_sha256 {
@@ -801,7 +806,9 @@ mod wal_codec_timing {
     #[test]
     #[ignore]
     fn wal_codec_timing() {
-        let Ok(path) = std::env::var("DR_SEGMENT") else { return };
+        let Ok(path) = std::env::var("DR_SEGMENT") else {
+            return;
+        };
         let plain = std::fs::read(path).unwrap();
         let key = crate::keys::Identities::generate();
         let r = key.recipients();
@@ -814,7 +821,8 @@ mod wal_codec_timing {
             for _ in 0..10 {
                 let mut c = zstd::bulk::Compressor::new(3).unwrap();
                 if workers > 0 {
-                    c.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers)).unwrap();
+                    c.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))
+                        .unwrap();
                 }
                 c.compress(&plain).unwrap();
             }

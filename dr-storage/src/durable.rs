@@ -22,8 +22,8 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult, Result, UploadPart,
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result, UploadPart,
 };
 
 /// [`LocalFileSystem`] with `fsync` after writes. See the module docs.
@@ -81,7 +81,12 @@ impl fmt::Display for DurableLocal {
 
 #[async_trait]
 impl ObjectStore for DurableLocal {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         let r = self.inner.put_opts(location, payload, opts).await?;
         self.sync(location).await?;
         Ok(r)
@@ -202,7 +207,10 @@ mod tests {
         let again = store
             .put_opts(&p, PutPayload::from_static(b"two"), PutMode::Create.into())
             .await;
-        assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })));
+        assert!(matches!(
+            again,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
         assert_eq!(std::fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"one");
 
         let m = Path::from("a/m.bin");
@@ -211,7 +219,11 @@ mod tests {
         w.finish().await.unwrap();
         let got = store.get(&m).await.unwrap().bytes().await.unwrap();
         assert_eq!(got.len(), 1000);
-        let listed: Vec<_> = store.list(Some(&Path::from("a"))).try_collect().await.unwrap();
+        let listed: Vec<_> = store
+            .list(Some(&Path::from("a")))
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(listed.len(), 2);
     }
 }

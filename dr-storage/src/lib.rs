@@ -69,6 +69,6 @@ pub use repo::{
     RepoConfig, Repository, FORMAT_VERSION, REPO_CONFIG,
 };
 pub use wal::{
-    sha256_hex, validate_wal_name, write_atomically, write_atomically_with, PushOutcome, Registration, WalArchive,
-    WalArchiveInfo, WalObject, WAL_ARCHIVE_VERSION, WAL_PREFIX,
+    sha256_hex, validate_wal_name, write_atomically, write_atomically_with, PushOutcome,
+    Registration, WalArchive, WalArchiveInfo, WalObject, WAL_ARCHIVE_VERSION, WAL_PREFIX,
 };

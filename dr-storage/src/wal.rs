@@ -642,15 +642,22 @@ mod tests {
         let PushOutcome::Conflict {
             existing,
             pushed_sha256,
-        } = a.push(7, seg, bytes::Bytes::from_static(b"other")).await.unwrap()
+        } = a
+            .push(7, seg, bytes::Bytes::from_static(b"other"))
+            .await
+            .unwrap()
         else {
             panic!()
         };
         assert_eq!(existing.plain_sha256, sha256_hex(&data));
         assert_eq!(pushed_sha256, sha256_hex(b"other"));
-        a.push(7, &format!("{seg}.partial"), bytes::Bytes::from_static(b"partial"))
-            .await
-            .unwrap();
+        a.push(
+            7,
+            &format!("{seg}.partial"),
+            bytes::Bytes::from_static(b"partial"),
+        )
+        .await
+        .unwrap();
         let (_, got) = a.fetch(7, seg, &key).await.unwrap();
         assert_eq!(got, data);
         assert!(matches!(
@@ -672,7 +679,11 @@ mod tests {
     async fn fetch_detects_corruption_and_writes_atomically() {
         let (a, key) = archive("corrupt").await;
         let seg = "000000010000000000000003";
-        let PushOutcome::Stored(o) = a.push(1, seg, bytes::Bytes::from_static(b"good")).await.unwrap() else {
+        let PushOutcome::Stored(o) = a
+            .push(1, seg, bytes::Bytes::from_static(b"good"))
+            .await
+            .unwrap()
+        else {
             panic!()
         };
         // Replace the stored object with another encoding under the same name.
@@ -692,9 +703,13 @@ mod tests {
             0,
             "no temporary file left"
         );
-        a.push(1, "00000002.history", bytes::Bytes::from_static(b"1\t0/3000000\tno reason\n"))
-            .await
-            .unwrap();
+        a.push(
+            1,
+            "00000002.history",
+            bytes::Bytes::from_static(b"1\t0/3000000\tno reason\n"),
+        )
+        .await
+        .unwrap();
         a.fetch_to_path(1, "00000002.history", &key, &dest)
             .await
             .unwrap();

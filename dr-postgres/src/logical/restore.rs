@@ -609,6 +609,12 @@ impl TemporaryOwner {
     }
 }
 
+/// A SQL string literal (`standard_conforming_strings` is on by default
+/// since PostgreSQL 9.1: only `'` needs doubling).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod owner_tests {
     use super::TemporaryOwner;
@@ -630,10 +636,4 @@ mod owner_tests {
         assert!(dead.is_gone());
         assert_eq!(TemporaryOwner::parse("a user comment"), None);
     }
-}
-
-/// A SQL string literal (`standard_conforming_strings` is on by default
-/// since PostgreSQL 9.1: only `'` needs doubling).
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

@@ -232,10 +232,20 @@ mod tests {
         .await
         .unwrap();
         let a = WalArchive::new(&repo, "db").unwrap();
-        a.push(7, "000000010000000000000021", b"x").await.unwrap();
-        a.push(7, "00000002.history", b"1\t0/21000000\tx\n")
-            .await
-            .unwrap();
+        a.push(
+            7,
+            "000000010000000000000021",
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await
+        .unwrap();
+        a.push(
+            7,
+            "00000002.history",
+            bytes::Bytes::from_static(b"1\t0/21000000\tx\n"),
+        )
+        .await
+        .unwrap();
         let mut sizes = BTreeMap::new();
         sizes.insert(7u64, 1u32 << 20);
         let (facts, newest) = retention_facts(&repo, "db", &sizes).await.unwrap();
