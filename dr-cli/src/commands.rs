@@ -155,7 +155,7 @@ impl Ctx<'_> {
 
     async fn sources(&self, a: &BackupArgs) -> Result<Vec<(String, Box<dyn BackupSource>)>> {
         if let Some(dsn) = &a.postgres {
-            let mut conn = ConnectionSettings::from_dsn(dsn).map_err(Usage::wrap)?;
+            let mut conn = dsn_arg(dsn, "--postgres")?;
             if let Some(f) = &a.password_file {
                 conn = conn.with_password_file(f).map_err(Usage::wrap)?;
             }
@@ -321,7 +321,7 @@ impl Ctx<'_> {
         match m.source.kind.as_str() {
             dr_postgres::KIND_LOGICAL => {
                 let server = match &a.scratch {
-                    Some(dsn) => ConnectionSettings::from_dsn(dsn).map_err(Usage::wrap)?,
+                    Some(dsn) => dsn_arg(dsn, "--scratch")?,
                     None => match self.config.sources.get(&m.source.name).map(|e| &e.config) {
                         Some(SourceConfig::Postgres(c)) => c.connection().map_err(Usage::wrap)?,
                         _ => {
@@ -379,7 +379,7 @@ impl Ctx<'_> {
                 let dsn = a.to.as_ref().ok_or_else(|| {
                     Usage::msg("restoring a PostgreSQL backup needs --to DSN (the target database)")
                 })?;
-                let mut conn = ConnectionSettings::from_dsn(dsn).map_err(Usage::wrap)?;
+                let mut conn = dsn_arg(dsn, "--to")?;
                 if let Some(f) = &a.password_file {
                     conn = conn.with_password_file(f).map_err(Usage::wrap)?;
                 }
@@ -590,4 +590,18 @@ pub async fn build_source(cfg: &SourceConfig) -> Result<Box<dyn BackupSource>> {
 fn logical(c: &PostgresSourceConfig) -> Result<PostgresLogical> {
     c.logical_source()
         .map_err(|e| anyhow!(dr_core::Error::from(e)))
+}
+
+/// Parses a DSN given on dr's command line. A password in it is accepted but
+/// warned about: other users can read a process's arguments (`ps`,
+/// `/proc/<pid>/cmdline`).
+fn dsn_arg(dsn: &str, flag: &str) -> Result<ConnectionSettings> {
+    let conn = ConnectionSettings::from_dsn(dsn).map_err(Usage::wrap)?;
+    if ConnectionSettings::dsn_has_password(dsn) {
+        eprintln!(
+            "warning: the {flag} connection string holds a password, which other users can read in the process \
+             list; use PGPASSWORD, ~/.pgpass or --password-file instead"
+        );
+    }
+    Ok(conn)
 }

@@ -181,6 +181,20 @@ fn backup_list_verify_restore_end_to_end() {
     ]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot decrypt"), "{}", stderr(&out));
+    // A password in a DSN on the command line works but is warned about,
+    // and is not echoed.
+    let with_pw = dsn.replace("postgres@", "postgres:s3cr3t-pw@");
+    let out = env.run(&["backup", "--repo", &env.repo(), "--postgres", &with_pw]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--postgres connection string holds a password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("s3cr3t-pw")
+            && !String::from_utf8_lossy(&out.stdout).contains("s3cr3t-pw")
+    );
     // The same wrong key on verify: a usage error (2), not a damaged backup (1).
     let out = env.run(&[
         "verify",
@@ -469,6 +483,17 @@ fn usage_errors_exit_2() {
     assert_eq!(code(&out), 2);
     let out = env.run(&["frobnicate"]);
     assert_eq!(code(&out), 2);
+    // Under --json a flag clap refuses is a JSON error on stdout too.
+    let out = env.run(&["--json", "list", "--no-such-flag"]);
+    assert_eq!(code(&out), 2);
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["exit_code"], 2);
+    assert!(
+        body["error"].as_str().unwrap().contains("--no-such-flag"),
+        "{body}"
+    );
+    // --help is not an error.
+    assert_eq!(code(&env.run(&["--help"])), 0);
     // A key file is never overwritten without --force.
     env.run(&["key", "generate", "--output", &env.key()]);
     let out = env.run(&["key", "generate", "--output", &env.key()]);

@@ -74,6 +74,7 @@ pub struct AgentMetrics {
     backup_runs: C,
     skipped: C,
     wal_last: G,
+    wal_gaps: G,
     verify_last_success: G,
     verify_last_failure: G,
     drill_rto: G,
@@ -109,6 +110,7 @@ impl AgentMetrics {
             backup_runs: C::default(),
             skipped: C::default(),
             wal_last: G::default(),
+            wal_gaps: G::default(),
             verify_last_success: G::default(),
             verify_last_failure: G::default(),
             drill_rto: G::default(),
@@ -153,6 +155,11 @@ impl AgentMetrics {
             "wal_archive_last_success_timestamp_seconds",
             "Unix time WAL was last archived",
             m.wal_last.clone(),
+        );
+        registry.register(
+            "wal_archive_gaps",
+            "Gaps in the archived WAL from the PITR window's anchor (or the oldest kept base backup) to the newest segment",
+            m.wal_gaps.clone(),
         );
         registry.register(
             "verify_last_success_timestamp_seconds",
@@ -280,6 +287,11 @@ impl AgentMetrics {
             if let Some(t) = s.last_wal_archived_at {
                 self.wal_last.get_or_create(&l).set(secs(t));
             }
+            if s.wal.is_some() {
+                self.wal_gaps
+                    .get_or_create(&l)
+                    .set(s.wal_gap_count() as f64);
+            }
             self.rpo.get_or_create(&l).set(s.rpo_seconds);
             self.rto.get_or_create(&l).set(s.rto_seconds);
         }
@@ -314,6 +326,39 @@ mod tests {
             wal: None,
             problems: vec![],
         }
+    }
+
+    #[test]
+    fn wal_gaps_are_exported_for_sources_with_an_archive() {
+        let m = AgentMetrics::new();
+        let mut gappy = status("app-db", None);
+        gappy.wal = Some(crate::status::WalStatus {
+            gaps: vec![crate::status::WalGap {
+                system_id: "7".into(),
+                timeline: 1,
+                after: Some("000000010000000000000003".into()),
+                first_missing: "000000010000000000000004".into(),
+                next: Some("000000010000000000000006".into()),
+                missing_segments: 2,
+            }],
+            ..Default::default()
+        });
+        let mut whole = status("billing", None);
+        whole.wal = Some(crate::status::WalStatus::default());
+        m.observe_status(&[gappy, whole, status("vault", None)]);
+        let text = m.encode();
+        assert!(
+            text.contains("wal_archive_gaps{source=\"app-db\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wal_archive_gaps{source=\"billing\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("wal_archive_gaps{source=\"vault\"}"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -85,6 +85,14 @@ impl ConnectionSettings {
         Ok(s)
     }
 
+    /// Whether the DSN itself carries a password (`postgresql://u:pw@h/db`
+    /// or `password=...`), as opposed to one from the environment or a
+    /// password file. `false` for a DSN that does not parse.
+    pub fn dsn_has_password(dsn: &str) -> bool {
+        dsn.parse::<tokio_postgres::Config>()
+            .is_ok_and(|c| c.get_password().is_some())
+    }
+
     /// Settings from `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`
     /// and the password file, with libpq's defaults (local socket, port 5432,
     /// the OS user).

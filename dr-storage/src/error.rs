@@ -88,7 +88,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A backup that is not in the repository.
-    #[error("no backup {id} for source {source_name}")]
+    #[error("{}", backup_not_found(id, source_name))]
     BackupNotFound {
         /// The source name, or `*` for any.
         source_name: String,
@@ -202,5 +202,24 @@ impl Error {
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, self)
+    }
+}
+
+/// "no backup in the repository", "no backup of source db",
+/// "no backup 2026... of source db": the words for [`Error::BackupNotFound`].
+fn backup_not_found(id: &str, source: &str) -> String {
+    let what = if id == "latest" {
+        "no backup".to_string()
+    } else {
+        format!("no backup {id}")
+    };
+    if source == "*" {
+        if id == "latest" {
+            format!("{what} in the repository")
+        } else {
+            what
+        }
+    } else {
+        format!("{what} of source {source}")
     }
 }

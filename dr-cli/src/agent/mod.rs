@@ -112,7 +112,14 @@ pub async fn from_config(
     let mut a = Agent::new(repo.clone(), metrics)
         .with_objectives(config.objectives.clone())
         .with_grace(agent.shutdown_grace)
-        .with_refresh(agent.refresh_interval);
+        .with_refresh(agent.refresh_interval)
+        .with_pitr_windows(
+            config
+                .sources
+                .iter()
+                .filter_map(|(n, e)| e.retention.pitr_window.map(|w| (n.clone(), w)))
+                .collect(),
+        );
     for (name, source, s) in backups {
         a = a.with_backup(name, source, s);
     }

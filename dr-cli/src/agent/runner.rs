@@ -16,7 +16,7 @@ use dr_core::objectives::ObjectivesConfig;
 use dr_core::retention::RetentionPolicy;
 use dr_core::schedule::{Clock, CronSchedule, Decision, LastRun, Scheduler, SystemClock};
 use dr_core::{job, BackupSource};
-use dr_storage::{Identities, Repository, WalArchive};
+use dr_storage::{Identities, Repository};
 use tokio::task::JoinSet;
 
 const PRUNE: &str = "prune";
@@ -53,6 +53,7 @@ pub struct Agent {
     prune: Option<(CronSchedule, BTreeMap<String, RetentionPolicy>)>,
     verify: Option<(CronSchedule, Option<Identities>)>,
     objectives: ObjectivesConfig,
+    pitr_windows: BTreeMap<String, Duration>,
     grace: Duration,
     refresh: Duration,
     tick: Duration,
@@ -90,6 +91,7 @@ impl Agent {
             prune: None,
             verify: None,
             objectives: ObjectivesConfig::default(),
+            pitr_windows: BTreeMap::new(),
             grace: Duration::from_secs(300),
             refresh: Duration::from_secs(60),
             tick: Duration::from_secs(1),
@@ -136,6 +138,13 @@ impl Agent {
     /// How long running jobs may finish after shutdown is asked for.
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// The PITR window of each source (`pitr_window` in its retention):
+    /// WAL continuity is checked from the window's anchor.
+    pub fn with_pitr_windows(mut self, windows: BTreeMap<String, Duration>) -> Self {
+        self.pitr_windows = windows;
         self
     }
 
@@ -207,6 +216,7 @@ impl Agent {
             &self.repo,
             &self.names(),
             &self.objectives,
+            &self.pitr_windows,
             &self.metrics,
             now,
         )
@@ -215,10 +225,11 @@ impl Agent {
         tracing::info!(jobs = ?scheduler.jobs().collect::<Vec<_>>(), next = ?scheduler.next_due(), "agent started");
 
         let refresher = {
-            let (repo, names, objectives, metrics, clock) = (
+            let (repo, names, objectives, windows, metrics, clock) = (
                 self.repo.clone(),
                 self.names(),
                 self.objectives.clone(),
+                self.pitr_windows.clone(),
                 self.metrics.clone(),
                 self.clock.clone(),
             );
@@ -226,7 +237,8 @@ impl Agent {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = refresh(&repo, &names, &objectives, &metrics, clock.now()).await
+                    if let Err(e) =
+                        refresh(&repo, &names, &objectives, &windows, &metrics, clock.now()).await
                     {
                         tracing::warn!(error = %format!("{e:#}"), "reading the repository status failed");
                     }
@@ -505,31 +517,20 @@ async fn verify_latest(
     )))
 }
 
-/// Reads the status of `names` from the repository, with the newest
-/// archived WAL of each, into `metrics`.
+/// Reads the status of `names` from the repository, with WAL continuity
+/// (from each source's PITR window in `windows`) and the newest archived WAL
+/// of each, into `metrics`. The agent holds no key for this, so timeline
+/// switches are inferred from the `.history` file names.
 async fn refresh(
     repo: &Repository,
     names: &[String],
     objectives: &ObjectivesConfig,
+    windows: &BTreeMap<String, Duration>,
     metrics: &AgentMetrics,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let mut wal = BTreeMap::new();
-    for name in names {
-        let archive = WalArchive::new(repo, name)?;
-        if let Some(sid) = archive.system_id().await? {
-            if let Some(t) = archive
-                .list(sid)
-                .await?
-                .iter()
-                .map(|o| o.last_modified)
-                .max()
-            {
-                wal.insert(name.clone(), t);
-            }
-        }
-    }
-    let statuses = dr_core::status::status(repo, names, objectives, &wal, now).await?;
+    let wal = dr_postgres::wal::continuity::wal_status(repo, None, windows, now).await?;
+    let statuses = dr_core::status::status_with_wal(repo, names, objectives, &wal, now).await?;
     metrics.observe_status(&statuses);
     Ok(())
 }

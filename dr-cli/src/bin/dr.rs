@@ -6,7 +6,29 @@ use clap::Parser;
 use dr_cli::{args::Cli, commands, exit, init_tracing};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; usage errors exit 2, and
+            // under --json also say so on stdout like every other failure.
+            let code = if e.use_stderr() {
+                exit::EXIT_USAGE
+            } else {
+                exit::EXIT_OK
+            };
+            if code != exit::EXIT_OK && std::env::args().any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let body = serde_json::json!({
+                    "error": first.trim_start_matches("error: "),
+                    "exit_code": code,
+                });
+                let _ = writeln!(std::io::stdout(), "{body}");
+            }
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     init_tracing(cli.verbose);
     let json = cli.json;
     let runtime = tokio::runtime::Builder::new_multi_thread()
