@@ -65,29 +65,50 @@ db_mib=$($PSQL -At -c "SELECT pg_database_size('postgres') / 1048576")
 now() { date +%s.%N; }
 secs() { echo "scale=2; ($2 - $1) / 1" | bc; }
 mib() { echo "scale=1; $1 / 1048576" | bc; }
+# The WAL backlog (pgbench's load) is archived before each timed backup, so
+# neither tool's stop-segment wait includes the other's backlog.
+drain() {
+  $PSQL -c "SELECT pg_switch_wal()" >/dev/null
+  for _ in $(seq 1 600); do
+    [ -z "$(ls $W/data/pg_wal/archive_status | grep '\.ready$' || true)" ] && return 0
+    sleep 0.2
+  done
+  echo "WAL archiving did not catch up" >&2; exit 3
+}
+dr_backup() { as_pg "$DR" backup bench --repo $W/repo --postgres "postgresql://postgres@127.0.0.1:$PORT/postgres" --physical >/dev/null; }
+pb_backup() { $PB backup --type=full >/dev/null; }
 declare -a dr_b dr_r pb_b pb_r
-for run in 1 2; do
-  t0=$(now)
-  as_pg "$DR" backup bench --repo $W/repo --postgres "postgresql://postgres@127.0.0.1:$PORT/postgres" --physical >/dev/null
-  t1=$(now)
-  $PB backup --type=full >/dev/null
-  t2=$(now)
-  dr_b+=("$(secs $t0 $t1)"); pb_b+=("$(secs $t1 $t2)")
-  rm -rf $W/r-dr $W/r-pb
-  t3=$(now)
-  as_pg "$DR" restore auto --source bench --repo $W/repo --identity $W/key.txt --pgdata $W/r-dr --target immediate >/dev/null
-  t4=$(now)
-  $PB restore --pg1-path=$W/r-pb --type=immediate >/dev/null
-  t5=$(now)
-  dr_r+=("$(secs $t3 $t4)"); pb_r+=("$(secs $t4 $t5)")
-  [ "$(du -sb $W/r-dr/base | cut -f1)" -gt 0 ]
+RUNS=${RUNS:-3}
+for run in $(seq 1 "$RUNS"); do
+  # Alternate which tool goes first (page cache).
+  if [ $((run % 2)) = 1 ]; then order="dr pb"; else order="pb dr"; fi
+  for tool in $order; do
+    drain
+    t0=$(now); ${tool}_backup; t1=$(now)
+    if [ $tool = dr ]; then dr_b+=("$(secs $t0 $t1)"); else pb_b+=("$(secs $t0 $t1)"); fi
+  done
+  for tool in $order; do
+    rm -rf $W/r-$tool; sync
+    t0=$(now)
+    if [ $tool = dr ]; then
+      as_pg "$DR" restore auto --source bench --repo $W/repo --identity $W/key.txt --pgdata $W/r-dr --target immediate >/dev/null
+    else
+      $PB restore --pg1-path=$W/r-pb --type=immediate >/dev/null
+    fi
+    t1=$(now)
+    if [ $tool = dr ]; then dr_r+=("$(secs $t0 $t1)"); else pb_r+=("$(secs $t0 $t1)"); fi
+  done
+  # Both restored the same cluster: the same files of the same sizes.
+  [ "$(du -s --apparent-size -B1M $W/r-dr/base | cut -f1)" = "$(du -s --apparent-size -B1M $W/r-pb/base | cut -f1)" ]
 done
-dr_size=$(du -sb $W/repo/backups | cut -f1)
+dr_size=$(du -sb $W/repo/backups | cut -f1); dr_n=$RUNS
 pb_size=$(du -sb $W/pgbr/backup | cut -f1)
 pb_n=$(ls -d $W/pgbr/backup/bench/*F | wc -l)
 
-echo "| pgbench scale $SCALE + $RANDOM_ROWS random-text rows (database $db_mib MiB), 2 full backups | dr | pgBackRest |"
-echo "|---|---:|---:|"
-echo "| full backup, s (run 1 / run 2) | ${dr_b[0]} / ${dr_b[1]} | ${pb_b[0]} / ${pb_b[1]} |"
-echo "| restore, files only, s (run 1 / run 2) | ${dr_r[0]} / ${dr_r[1]} | ${pb_r[0]} / ${pb_r[1]} |"
-echo "| stored MiB per full backup | $(mib $((dr_size / 2))) | $(mib $((pb_size / pb_n))) |"
+join() { local IFS=/; echo "$*"; }
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "| pgbench scale $SCALE + $RANDOM_ROWS random-text rows (database $db_mib MiB), $RUNS full backups each | dr | pgBackRest | dr / pgBackRest (medians) |"
+echo "|---|---:|---:|---:|"
+echo "| full backup, s (each run) | $(join "${dr_b[@]}") | $(join "${pb_b[@]}") | $(echo "scale=2; $(median "${dr_b[@]}") / $(median "${pb_b[@]}")" | bc)x |"
+echo "| restore, files only, s (each run) | $(join "${dr_r[@]}") | $(join "${pb_r[@]}") | $(echo "scale=2; $(median "${dr_r[@]}") / $(median "${pb_r[@]}")" | bc)x |"
+echo "| stored MiB per full backup | $(mib $((dr_size / dr_n))) | $(mib $((pb_size / pb_n))) | $(echo "scale=2; ($dr_size / $dr_n) / ($pb_size / $pb_n)" | bc)x |"

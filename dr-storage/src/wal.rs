@@ -490,9 +490,10 @@ impl WalArchive {
     }
 
     /// [`WalArchive::fetch`] into the file `dest`, atomically: the content is
-    /// checked, written to a temporary file in the same directory, synced,
-    /// and renamed over `dest`. On any error `dest` is untouched and the
-    /// temporary file removed.
+    /// streamed to a temporary file in the same directory while its digest
+    /// is checked, and renamed over `dest` only when it matches. On any error
+    /// `dest` is untouched and the temporary file removed. Not synced:
+    /// PostgreSQL syncs the restored files it keeps.
     ///
     /// # Errors
     /// As [`WalArchive::fetch`]; [`Error::Io`] naming the file.
@@ -508,7 +509,12 @@ impl WalArchive {
         let identities = identities.clone();
         let o = obj.clone();
         tokio::task::spawn_blocking(move || {
-            write_atomically_with(&dest, |f| {
+            // No fsync: PostgreSQL makes a restored file durable itself when
+            // it keeps it (durable_rename in KeepFileRestoredFromArchive,
+            // src/backend/access/transam/xlogarchive.c), and after a crash
+            // recovery asks the archive again. The rename still guarantees
+            // no partial file at `dest`.
+            write_atomically_with(&dest, false, |f| {
                 codec::decode_buffer_to(&stored, &identities, &o.plain_sha256, &o.object, f)
                     .map(drop)
             })
@@ -528,7 +534,7 @@ impl WalArchive {
 /// # Errors
 /// [`Error::Io`] naming the file.
 pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
-    write_atomically_with(dest, |f| {
+    write_atomically_with(dest, true, |f| {
         f.write_all(data).map_err(|source| Error::Io {
             what: dest.display().to_string(),
             source,
@@ -537,14 +543,15 @@ pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Creates a temporary file beside `dest`, lets `fill` write it, syncs it
-/// and renames it over `dest`, then syncs the directory. When `fill` or any
-/// step fails, the temporary file is removed and `dest` is untouched: never
-/// a partial file at `dest`.
+/// (when `sync`) and renames it over `dest`, then syncs the directory (when
+/// `sync`). When `fill` or any step fails, the temporary file is removed and
+/// `dest` is untouched: never a partial file at `dest`.
 ///
 /// # Errors
 /// The error of `fill`; [`Error::Io`] naming the file.
 pub fn write_atomically_with(
     dest: &Path,
+    sync: bool,
     fill: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<()> {
     let dir = match dest.parent() {
@@ -570,11 +577,15 @@ pub fn write_atomically_with(
             .open(&tmp)
             .map_err(|e| io(&tmp, e))?;
         fill(&mut f)?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
+        if sync {
+            f.sync_all().map_err(|e| io(&tmp, e))?;
+        }
         drop(f);
         std::fs::rename(&tmp, dest).map_err(|e| io(dest, e))?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
+        if sync {
+            if let Ok(d) = std::fs::File::open(&dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     })();

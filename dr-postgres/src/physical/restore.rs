@@ -631,6 +631,12 @@ pub async fn pitr_restore(
         }
         tracing::info!(tablespace = %t.name, oid = t.oid, dir = %t.dir.display(), "tablespace restored");
     }
+    // The data on disk before the files that make the directory look like
+    // a restore ready to start (recovery.signal): a crash in between leaves
+    // no signal rather than a signal over data still in the page cache.
+    let mut dirs = vec![pgdata.clone()];
+    dirs.extend(plan.tablespaces.iter().map(|t| t.dir.clone()));
+    sync_filesystems(&dirs).await?;
     // Files that must not survive into the restored cluster.
     for stale in ["postmaster.pid", "postmaster.opts"] {
         let _ = std::fs::remove_file(pgdata.join(stale));
@@ -649,6 +655,7 @@ pub async fn pitr_restore(
     if let Some(o) = owner {
         chown_tree(pgdata, o).map_err(io(pgdata))?;
     }
+    sync_filesystems(&dirs).await?;
     tracing::info!(pgdata = %pgdata.display(), backup_id = %plan.backup_id, target = %plan.target, "base backup restored");
     let mut report = PitrReport {
         pgdata: pgdata.clone(),
@@ -668,6 +675,26 @@ pub async fn pitr_restore(
     }
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Flushes the file systems holding `dirs` to disk (`syncfs(2)`, what
+/// PostgreSQL's `recovery_init_sync_method = syncfs` does; pg_basebackup and
+/// pgBackRest sync restored files too), so that a restore reported done
+/// survives a crash of the host.
+async fn sync_filesystems(dirs: &[PathBuf]) -> Result<(), WalError> {
+    let dirs = dirs.to_vec();
+    tokio::task::spawn_blocking(move || {
+        for d in &dirs {
+            let f = std::fs::File::open(d).map_err(io(d))?;
+            nix::unistd::syncfs(&f).map_err(|e| io(d)(std::io::Error::from(e)))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| WalError::Io {
+        path: PathBuf::from("(sync)"),
+        source: std::io::Error::other(e),
+    })?
 }
 
 /// Whether `dir` is absent or an empty directory.

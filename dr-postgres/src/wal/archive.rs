@@ -309,7 +309,7 @@ pub struct FetchReport {
 /// Restores one archived file to `dest` (`restore_command = 'dr wal-fetch
 /// %f %p'`): only the object called exactly `name` (never `X.partial` for
 /// `X`), decrypted, checked against the digest in its name, written through
-/// a synced temporary file and a rename.
+/// a temporary file and a rename (never a partial file at `dest`).
 ///
 /// # Errors
 /// [`WalError::NotArchived`] only after a successful listing without the
