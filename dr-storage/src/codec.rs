@@ -565,23 +565,44 @@ fn decode<R: Read>(
             let _ = r.send(Ok(()));
         }
         let mut zstd = zstd::stream::read::Decoder::new(reader).map_err(io_fail)?;
-        let mut plain = Tally::new();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = zstd.read(&mut buf).map_err(io_fail)?;
-            if n == 0 {
-                break;
-            }
-            plain.update(&buf[..n]);
-            if tx
-                .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                .is_err()
-            {
-                // The consumer stopped reading: nothing more to check.
-                return Ok(());
-            }
+        // The plaintext digest runs on its own thread over the same chunks
+        // (shared, not copied): on a restore it costs about as much as
+        // decompressing, and the consumer (tar extraction) is a third thread.
+        let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(8);
+        let hashed = std::thread::scope(|s| {
+            let hasher = s.spawn(move || {
+                let mut plain = Tally::new();
+                for chunk in hrx {
+                    plain.update(&chunk);
+                }
+                plain
+            });
+            let decoded = (|| -> Result<bool> {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = zstd.read(&mut buf).map_err(io_fail)?;
+                    if n == 0 {
+                        return Ok(true);
+                    }
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    // The hasher only stops when this side drops htx.
+                    let _ = htx.send(chunk.clone());
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        // The consumer stopped reading: nothing more to check.
+                        return Ok(false);
+                    }
+                }
+            })();
+            drop(htx);
+            let plain = hasher
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            decoded.map(|complete| complete.then_some(plain))
+        })?;
+        match hashed {
+            Some(plain) => plain,
+            None => return Ok(()),
         }
-        plain
     };
     // Anything after the end of the age stream is corruption too.
     io::copy(&mut stored, &mut io::sink()).map_err(io_fail)?;

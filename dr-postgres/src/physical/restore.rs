@@ -724,7 +724,10 @@ async fn unpack(
 ) -> Result<u64, WalError> {
     let at = dest.clone();
     tokio::task::spawn_blocking(move || -> Result<u64, WalError> {
-        let mut bridge = tokio_util::io::SyncIoBridge::new(reader);
+        // tar reads in small pieces (512-byte headers, 8 KiB copies); each
+        // read of the bridge is a trip through the runtime, so buffer it.
+        let mut bridge =
+            std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader));
         let mut counted = CountingRead {
             inner: &mut bridge,
             n: 0,
