@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use dr_core::verification::{VerificationRecord, VerifyLevel};
 use dr_core::{job, BackupSource, Restorer};
 use dr_postgres::{
     ConnectionSettings, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer,
@@ -281,6 +282,21 @@ impl Ctx<'_> {
             }
         }
         let ok = report.ok() && !matches!(extra, Some(Err(_)));
+        // Kept in the repository for `dr status`; failing to keep it does
+        // not change what the verification found.
+        let level = match (a.restore, ids.is_some()) {
+            (true, _) => VerifyLevel::Restored,
+            (false, true) => VerifyLevel::Decoded,
+            (false, false) => VerifyLevel::Stored,
+        };
+        let mut record = VerificationRecord::from_report(&report, level, chrono::Utc::now());
+        if let Some(Err(e)) = &extra {
+            record.ok = false;
+            record.problems.push(format!("raft snapshot archive: {e}"));
+        }
+        if let Err(e) = dr_core::verification::record_verification(&repo, &record).await {
+            eprintln!("warning: the verification result was not recorded in the repository: {e:#}");
+        }
         if self.cli.json {
             let mut v = serde_json::to_value(&report)?;
             if let Some(x) = &extra {

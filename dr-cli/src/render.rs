@@ -321,6 +321,21 @@ pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
                 None => out.push_str("; continuity not checked (no physical base backup)"),
             }
         }
+        match &s.last_verify {
+            Some(v) => out.push_str(&format!(
+                "\n{}: last verified {} ({:?}, backup {}): {}",
+                s.source,
+                v.verified_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                v.level,
+                v.backup_id,
+                match (v.ok, v.unproven) {
+                    (true, _) => "ok",
+                    (false, true) => "UNPROVEN (the scratch restore could not run)",
+                    (false, false) => "FAILED",
+                }
+            )),
+            None => out.push_str(&format!("\n{}: never verified", s.source)),
+        }
         for p in &s.problems {
             out.push_str(&format!("\n{}: {p}", s.source));
         }

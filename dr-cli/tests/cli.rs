@@ -310,6 +310,40 @@ fn damaged_repositories_fail_verification_naming_the_object() {
     ]);
     assert_eq!(code(&out), 0);
 
+    // dr status shows the last verification: the passing one just made.
+    let status = env.json(&["status", "--repo", &env.repo()]);
+    let v = &status["sources"][0]["last_verify"];
+    assert_eq!(v["ok"], true, "{status}");
+    assert_eq!(v["level"], "decoded", "{status}");
+    // A failed verification is a problem of the source: status exits 1 and
+    // names it, in JSON and in text.
+    let obj = &data[0];
+    let original = std::fs::read(obj).unwrap();
+    let mut bad = original.clone();
+    bad[10] ^= 1;
+    std::fs::write(obj, &bad).unwrap();
+    assert_eq!(
+        code(&env.run(&["verify", "latest", "--repo", &env.repo()])),
+        1
+    );
+    std::fs::write(obj, &original).unwrap();
+    let out = env.run(&["status", "--repo", &env.repo(), "--json"]);
+    assert_eq!(code(&out), 1);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s0 = &status["sources"][0];
+    assert_eq!(s0["last_verify"]["ok"], false, "{status}");
+    assert_eq!(s0["last_verify"]["level"], "stored", "{status}");
+    assert!(
+        s0["problems"].to_string().contains("the last verification"),
+        "{status}"
+    );
+    let text =
+        String::from_utf8_lossy(&env.run(&["status", "--repo", &env.repo()]).stdout).to_string();
+    assert!(
+        text.contains("last verified") && text.contains("FAILED"),
+        "{text}"
+    );
+
     // A repository of a newer format: exit 2 naming the version.
     let cfg = env.path("repo/dr-repo.json");
     let text = std::fs::read_to_string(&cfg)

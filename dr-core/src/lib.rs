@@ -54,6 +54,7 @@ pub mod schedule;
 mod serde_secs;
 mod source;
 pub mod status;
+pub mod verification;
 
 pub use error::{storage_error_kind, BoxError, Error, ErrorKind, Result};
 pub use memory::{InMemoryRestorer, InMemorySource};

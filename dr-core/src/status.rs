@@ -52,6 +52,10 @@ pub struct SourceStatus {
     pub wal: Option<WalStatus>,
     /// Problems found (gaps, stale backups), one line each.
     pub problems: Vec<String>,
+    /// The newest `dr verify` of this source's backups (stored in the
+    /// repository under `verifications/`).
+    #[serde(default)]
+    pub last_verify: Option<crate::verification::VerificationRecord>,
 }
 
 impl SourceStatus {
@@ -174,6 +178,7 @@ pub async fn status_with_wal(
     now: DateTime<Utc>,
 ) -> Result<Vec<SourceStatus>> {
     let (manifests, damaged) = repo.list_backups_checked(None).await?;
+    let mut verified = crate::verification::last_verifications(repo).await?;
     let mut names: Vec<String> = manifests.iter().map(|m| m.source.name.clone()).collect();
     names.extend(damaged.iter().map(|d| d.source.clone()));
     names.extend(wal_states.keys().cloned());
@@ -212,6 +217,15 @@ pub async fn status_with_wal(
             problems.extend(w.gaps.iter().map(ToString::to_string));
             problems.extend(w.problems.iter().cloned());
         }
+        let last_verify = verified.remove(&name);
+        if let Some(v) = last_verify.as_ref().filter(|v| !v.ok && !v.unproven) {
+            problems.push(format!(
+                "the last verification (of backup {} at {}) failed: {}",
+                v.backup_id,
+                v.verified_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                v.problems.join("; ")
+            ));
+        }
         out.push(SourceStatus {
             source: name.clone(),
             kind: last.map(|m| m.source.kind.clone()),
@@ -228,6 +242,7 @@ pub async fn status_with_wal(
             rpo_met,
             wal: wal_state,
             problems,
+            last_verify,
         });
     }
     Ok(out)
@@ -250,6 +265,12 @@ pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
     let rto = G::default();
     let met = G::default();
     let gaps = G::default();
+    let verified = G::default();
+    registry.register(
+        "verify_last_success_timestamp_seconds",
+        "Unix time a verification of a backup of the source last passed",
+        verified.clone(),
+    );
     registry.register(
         "backup_last_success_timestamp_seconds",
         "Unix time the newest good backup finished",
@@ -303,6 +324,11 @@ pub fn to_prometheus(statuses: &[SourceStatus]) -> String {
         met.get_or_create(&l).set(if s.rpo_met { 1.0 } else { 0.0 });
         if let Some(w) = &s.wal {
             gaps.get_or_create(&l).set(w.gaps.len() as f64);
+        }
+        if let Some(v) = s.last_verify.as_ref().filter(|v| v.ok) {
+            verified
+                .get_or_create(&l)
+                .set(v.verified_at.timestamp_millis() as f64 / 1000.0);
         }
     }
     let mut text = String::new();
