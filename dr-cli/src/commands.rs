@@ -382,7 +382,7 @@ impl Ctx<'_> {
             if self.cli.json {
                 self.print_json(&report)?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", render::pitr(&report));
             }
             return Ok(EXIT_OK);
         }

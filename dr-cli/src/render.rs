@@ -342,3 +342,61 @@ pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
     }
     out
 }
+
+/// A physical point-in-time restore: what was restored where, and the
+/// point recovery reached when the server was started.
+pub fn pitr(r: &dr_postgres::physical::PitrReport) -> String {
+    let mut out = format!(
+        "restored backup {} of {} into {} ({}, {:.1} s)\ntarget: {}, timeline {}",
+        r.plan.backup_id,
+        r.plan.source,
+        r.pgdata.display(),
+        bytes(r.bytes),
+        r.elapsed_secs,
+        r.plan.target,
+        r.plan.timeline
+    );
+    for t in &r.plan.tablespaces {
+        out.push_str(&format!(
+            "\ntablespace {} (oid {}): {} (was {})",
+            t.name,
+            t.oid,
+            t.dir.display(),
+            t.original.display()
+        ));
+    }
+    let archive_off = r
+        .plan
+        .settings
+        .iter()
+        .any(|(k, v)| k == "archive_mode" && v == "off");
+    out.push_str(if archive_off {
+        "\narchive_mode = off in the restored copy (pass --archive for a copy that becomes the new primary)"
+    } else {
+        "\narchive_mode and archive_command kept: the copy archives into the repository once promoted"
+    });
+    match (&r.reached, r.port) {
+        (Some(p), port) => out.push_str(&format!(
+            "\nserver started{}: reached LSN {} on timeline {}{}{}",
+            port.map(|p| format!(" on port {p}")).unwrap_or_default(),
+            p.lsn,
+            p.timeline,
+            p.last_replayed_commit
+                .map(|t| format!(
+                    ", last replayed commit {}",
+                    t.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+                ))
+                .unwrap_or_default(),
+            if p.in_recovery {
+                " (still in recovery: paused or shut down at the target)"
+            } else {
+                " (promoted)"
+            }
+        )),
+        (None, _) => out.push_str(&format!(
+            "\nnot started: start it with pg_ctl -D {} start (recovery runs then)",
+            r.pgdata.display()
+        )),
+    }
+    out
+}

@@ -96,9 +96,26 @@ pub struct PitrArgs {
     /// Port to write into the restored configuration.
     #[arg(long)]
     pub port: Option<u16>,
-    /// Write archive_mode = off (a copy that must never archive).
+    /// Keep the cluster's archive_mode and archive_command in the restored
+    /// copy. Without it the copy runs with archive_mode = off: a test or
+    /// verification restore that promotes must never push its new timeline
+    /// into the production archive (later restores would follow it). Pass
+    /// it when the restored cluster is to become the new primary.
     #[arg(long)]
+    pub archive: bool,
+    /// Deprecated: archive_mode = off is the default now.
+    #[arg(long, hide = true)]
     pub no_archive: bool,
+    /// Follow this timeline (`recovery_target_timeline`, a number; default:
+    /// the newest timeline in the archive). Use it to recover along an older
+    /// timeline when a newer one branched off it.
+    #[arg(long, value_name = "TLI")]
+    pub target_timeline: Option<u32>,
+    /// With `--target latest`: restore even though archived WAL has a gap
+    /// after the backup (recovery ends at the gap; without this flag the
+    /// gap is an error naming it).
+    #[arg(long)]
+    pub allow_wal_gap: bool,
     /// Restore a tablespace into DIR instead of its original directory
     /// (`OID-or-NAME=DIR`, DIR absolute and empty; repeatable).
     #[arg(long, value_name = "OID-or-NAME=DIR")]
@@ -284,7 +301,9 @@ pub async fn run_pitr_restore(
     opts.backup = (backup != "auto").then(|| backup.to_string());
     opts.start = a.start;
     opts.port = a.port;
-    opts.archive_mode_off = a.no_archive;
+    opts.archive_mode_off = !a.archive || a.no_archive;
+    opts.timeline = a.target_timeline;
+    opts.allow_wal_gap = a.allow_wal_gap;
     opts.tablespace_mapping = a
         .tablespace_mapping
         .iter()

@@ -633,4 +633,24 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
     assert_eq!(code, Some(1));
     assert!(text.contains(&format!("db: {expected}")), "{text}");
     assert!(text.contains("1 GAP"), "{text}");
+    // A restore to "latest" would stop at the gap and promote there: it is
+    // refused, naming the missing segment, before anything is written.
+    let pgdata = env.path("latest");
+    let out = env.dr(&[
+        "restore",
+        "auto",
+        "--source",
+        "db",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target",
+        "latest",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("WAL segment {} is not archived", seg(last_no - 2))),
+        "{err}"
+    );
+    assert!(!pgdata.exists());
 }

@@ -413,6 +413,8 @@ async fn archive_command_round_trip(url: &str) {
                 "--port",
                 &port.to_string(),
                 "--start",
+                // This copy is the new primary: it keeps archiving.
+                "--archive",
             ],
         ),
     );
@@ -861,7 +863,6 @@ fn frozen_store_stops_recovery_without_promoting() {
                 "before_the_end",
                 "--port",
                 &port.to_string(),
-                "--no-archive",
             ],
         ),
     );
@@ -1033,6 +1034,11 @@ fn frozen_store_stops_recovery_without_promoting() {
         "{text}"
     );
     assert!(pgdata.join("pg_wal/00000002.history").exists());
+    // A restore without --archive never archives its new timeline.
+    assert_eq!(
+        psql_port(&restored.bin, port, "SHOW archive_mode").unwrap(),
+        "off"
+    );
     drop(restored);
     drop(c);
 }

@@ -332,6 +332,40 @@ async fn pitr_to_time_lsn_and_name_under_load() {
     .await;
     assert_eq!(max_id, name_max);
 
+    // --target-action shutdown: success only when the server stopped AT the
+    // target; a target past the end of the archive is a failed recovery
+    // (the server also shuts down then), never reported as reached.
+    let mut opts = pitr_options(
+        &f,
+        parent.path().join("shut"),
+        RecoveryTarget::Name("before_the_end".into()),
+    );
+    opts.action = physical::TargetAction::Shutdown;
+    let plan = physical::plan_pitr(&f.repo, &f.key, "db", &opts)
+        .await
+        .unwrap();
+    physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .expect("shutdown at a reachable restore point");
+    let future: chrono::DateTime<chrono::FixedOffset> =
+        chrono::DateTime::parse_from_rfc3339("2100-01-01T00:00:00+00:00").unwrap();
+    let mut opts = pitr_options(
+        &f,
+        parent.path().join("past-end"),
+        RecoveryTarget::Time(future),
+    );
+    opts.action = physical::TargetAction::Shutdown;
+    let plan = physical::plan_pitr(&f.repo, &f.key, "db", &opts)
+        .await
+        .unwrap();
+    let err = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .expect_err("a target past the archive's end is not reached");
+    assert!(
+        err.to_string().contains("recovery") || format!("{err:?}").contains("recovery target"),
+        "{err:?}"
+    );
+
     // The same backup to the same target twice: no collision (archive_mode
     // off, nothing pushed), same result.
     let (again, _, _) = restore_and_count(&f, parent.path(), "t2", RecoveryTarget::Time(t)).await;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::source::{PhysicalMetadata, BASE_ARTIFACT, KIND_PHYSICAL, MANIFEST_ARTIFACT};
 use super::target::{RecoveryTarget, TargetAction};
 use crate::conn::ConnectionSettings;
-use crate::wal::{History, Lsn, WalError};
+use crate::wal::{segment_file_name, History, Lsn, WalError, WalFileKind, WalFileName};
 
 /// Options of a point-in-time restore.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ pub struct PitrOptions {
     pub user: String,
     /// Bound on the recovery when started.
     pub wait_timeout: Duration,
+    /// With the target `latest`: restore even when archived WAL has a gap
+    /// after the backup (recovery then ends at the gap).
+    pub allow_wal_gap: bool,
     /// Directory of the server programs (`pg_ctl`); default
     /// `/usr/lib/postgresql/<major>/bin`.
     pub bin_dir: Option<PathBuf>,
@@ -143,6 +146,7 @@ impl PitrOptions {
             owner: None,
             user: "postgres".into(),
             wait_timeout: Duration::from_secs(900),
+            allow_wal_gap: false,
             bin_dir: None,
             tablespace_mapping: Vec::new(),
             tablespace_root: None,
@@ -338,6 +342,30 @@ pub async fn plan_pitr(
             rejected.join("; ")
         }));
     };
+    if matches!(opts.target, RecoveryTarget::Latest) && !opts.allow_wal_gap {
+        // PostgreSQL ends recovery without a target wherever the archive
+        // runs out: a hole would be a silent early promotion.
+        let names: Vec<String> = archive
+            .list(system_id)
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let size = match meta.wal_segment_size {
+            0 => crate::wal::retention::DEFAULT_SEGMENT_SIZE,
+            n => n,
+        };
+        if let Some((missing, after, next)) =
+            first_gap(&names, &history, meta.timeline, meta.start_lsn, size)
+        {
+            return Err(WalError::WalGap {
+                source_name: source.to_string(),
+                missing,
+                after,
+                next,
+            });
+        }
+    }
     let settings = recovery_settings(opts, &archive, timeline);
     let tablespaces = place_tablespaces(&manifest.backup_id, &meta, opts)?;
     Ok(PitrPlan {
@@ -351,6 +379,67 @@ pub async fn plan_pitr(
         tablespaces,
         manifest,
     })
+}
+
+/// The first archived-WAL hole on the path recovery follows from the
+/// backup's start to the newest archived segment of `history`'s timeline:
+/// `(missing, last before it, next archived)` as file names. On each
+/// ancestor timeline the segments up to the one before its switch point are
+/// needed (the switch segment is read from the child timeline).
+fn first_gap(
+    names: &[String],
+    history: &History,
+    start_timeline: u32,
+    start_lsn: Lsn,
+    size: u32,
+) -> Option<(String, String, String)> {
+    let present: std::collections::BTreeSet<(u32, u64)> = names
+        .iter()
+        .filter_map(|n| WalFileName::parse(n).ok())
+        .filter(|n| n.kind == WalFileKind::Segment)
+        .map(|n| (n.timeline, n.segment_no(size)))
+        .collect();
+    // (timeline, last segment needed on it or None for "to the end").
+    let mut path: Vec<(u32, Option<u64>)> = history
+        .entries
+        .iter()
+        .filter(|e| e.timeline >= start_timeline)
+        .map(|e| {
+            (
+                e.timeline,
+                Some(e.switch_point.segment_no(size).saturating_sub(1)),
+            )
+        })
+        .collect();
+    path.push((history.timeline, None));
+    let mut seg = start_lsn.segment_no(size);
+    let mut last_seen: Option<(u32, u64)> = None;
+    for (tl, end) in path {
+        let end = match end {
+            Some(e) => e,
+            None => match present.range((tl, seg)..=(tl, u64::MAX)).next_back() {
+                Some(&(_, newest)) => newest,
+                None => return None,
+            },
+        };
+        while seg <= end {
+            if present.contains(&(tl, seg)) {
+                last_seen = Some((tl, seg));
+            } else {
+                let next = present
+                    .range((tl, seg)..=(tl, u64::MAX))
+                    .next()
+                    .map(|&(t, s)| segment_file_name(t, s, size))
+                    .unwrap_or_else(|| "none".into());
+                let after = last_seen
+                    .map(|(t, s)| segment_file_name(t, s, size))
+                    .unwrap_or_else(|| "none (the backup's first segment)".into());
+                return Some((segment_file_name(tl, seg, size), after, next));
+            }
+            seg += 1;
+        }
+    }
+    None
 }
 
 /// Where each tablespace of the backup goes: its mapping, else
@@ -849,11 +938,18 @@ async fn start_and_wait(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Only the postmaster's "shutdown at recovery target" (exit status 3
+        // of the startup process, src/backend/postmaster/postmaster.c) means
+        // the target was reached; "database system is shut down" also ends a
+        // recovery that failed ("recovery ended before configured recovery
+        // target was reached").
         let tail = log_tail(&opts.pgdata);
         if !tail.contains("shutdown at recovery target")
-            && !tail.contains("database system is shut down")
+            || tail.contains("recovery ended before configured recovery target was reached")
         {
-            return Err(failed(format!("{out}\n{tail}")));
+            return Err(failed(format!(
+                "the server shut down without reaching the recovery target\n{out}\n{tail}"
+            )));
         }
         let control = crate::wal::read_control(&opts.pgdata)?;
         return Ok(RecoveryPoint {
@@ -957,4 +1053,46 @@ pub async fn stop_server(opts: &PitrOptions, server_major: u32) -> Result<(), Wa
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    const MIB16: u32 = 16 * 1024 * 1024;
+
+    fn names(list: &[(u32, u64)]) -> Vec<String> {
+        list.iter()
+            .map(|&(t, s)| segment_file_name(t, s, MIB16))
+            .collect()
+    }
+
+    #[test]
+    fn a_hole_on_the_path_to_the_end_is_named() {
+        let h = History::first();
+        let start = Lsn(2 * u64::from(MIB16) + 40);
+        let all = names(&[(1, 1), (1, 2), (1, 3), (1, 5), (1, 6)]);
+        let (missing, after, next) = first_gap(&all, &h, 1, start, MIB16).unwrap();
+        assert_eq!(missing, "000000010000000000000004");
+        assert_eq!(after, "000000010000000000000003");
+        assert_eq!(next, "000000010000000000000005");
+        // Complete from the backup's start on: no gap (segment 1 is older).
+        let ok = names(&[(1, 2), (1, 3), (1, 4)]);
+        assert_eq!(first_gap(&ok, &h, 1, start, MIB16), None);
+    }
+
+    #[test]
+    fn a_timeline_switch_is_followed_not_taken_for_a_gap() {
+        // Timeline 2 branched off 1 inside segment 6.
+        let h = History::parse(2, "1\t0/6000100\tno recovery target specified\n").unwrap();
+        let start = Lsn(3 * u64::from(MIB16));
+        let tl = names(&[(1, 3), (1, 4), (1, 5), (2, 6), (2, 7), (1, 6), (1, 7)]);
+        assert_eq!(first_gap(&tl, &h, 1, start, MIB16), None);
+        // Timeline 1's segment 5 missing is a gap; its segment 7 (after
+        // the switch) does not matter.
+        let hole = names(&[(1, 3), (1, 4), (2, 6), (2, 7)]);
+        let (missing, _, next) = first_gap(&hole, &h, 1, start, MIB16).unwrap();
+        assert_eq!(missing, "000000010000000000000005");
+        assert_eq!(next, "none");
+    }
 }

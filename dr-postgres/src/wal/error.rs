@@ -109,6 +109,23 @@ pub enum WalError {
         /// The bound.
         waited: Duration,
     },
+    /// Archived WAL has a hole on the path from the backup to the end of
+    /// the archive: recovery to "latest" would silently stop there.
+    #[error(
+        "WAL segment {missing} is not archived (the last one before it is {after}, the next archived is {next}): \
+         recovery to latest of {source_name:?} would stop at the gap and promote there; recover to a target \
+         before it (--target-lsn / --target-time) or pass --allow-wal-gap to recover as far as the archive goes"
+    )]
+    WalGap {
+        /// The source name.
+        source_name: String,
+        /// The first missing segment.
+        missing: String,
+        /// The last archived segment before it.
+        after: String,
+        /// The next archived segment on the path.
+        next: String,
+    },
     /// No base backup can reach the recovery target.
     #[error("no physical backup of {source_name:?} can reach {target}: {reason}")]
     NoBackupForTarget {
@@ -254,6 +271,10 @@ impl From<WalError> for dr_core::Error {
             WalError::TablespaceNotEmpty { ref dir, .. } => dr_core::Error::Conflict {
                 what: dir.display().to_string(),
                 reason: e.to_string(),
+            },
+            WalError::WalGap { .. } => dr_core::Error::Failed {
+                what: "the WAL archive".into(),
+                source: Box::new(e),
             },
             WalError::NotArchived { .. }
             | WalError::NoArchive { .. }
