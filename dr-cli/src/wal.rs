@@ -16,6 +16,7 @@ use dr_storage::{Repository, RepositorySettings, WalArchive};
 
 use crate::args::RepoArgs;
 use crate::config::DrConfig;
+use crate::exit::Usage;
 
 /// `dr wal-push [--source NAME] %p` (archive_command).
 #[derive(Debug, Args)]
@@ -289,15 +290,30 @@ pub async fn run_pitr_restore(
     backup: &str,
     a: &PitrArgs,
 ) -> Result<physical::PitrReport> {
-    let (repo, s) = open(config, repo_args).await?;
-    let ids = repo.unlock(&s.key_source()?)?;
+    // Flags first: a bad one is a usage error before anything is opened.
+    let recovery_target = target(a).map_err(Usage::wrap)?;
+    let action = a
+        .target_action
+        .parse::<TargetAction>()
+        .map_err(Usage::wrap)?;
     let pgdata = a
         .pgdata
         .clone()
-        .context("--pgdata DIR is required for a physical restore")?;
+        .ok_or_else(|| Usage::msg("--pgdata DIR is required for a physical restore"))?;
+    // pg_ctl and the server need an absolute data directory.
+    let pgdata =
+        std::path::absolute(&pgdata).with_context(|| format!("--pgdata {}", pgdata.display()))?;
+    let (repo, s) = open(config, repo_args).await?;
+    let keys = s.key_source().map_err(Usage::wrap)?;
+    let ids = repo.unlock(&keys).map_err(Usage::wrap)?;
     let fetch_args = fetch_args(&s)?;
-    let mut opts = PitrOptions::new(pgdata, target(a)?, std::env::current_exe()?, fetch_args);
-    opts.action = a.target_action.parse::<TargetAction>()?;
+    let mut opts = PitrOptions::new(
+        pgdata,
+        recovery_target,
+        std::env::current_exe()?,
+        fetch_args,
+    );
+    opts.action = action;
     opts.backup = (backup != "auto").then(|| backup.to_string());
     opts.start = a.start;
     opts.port = a.port;

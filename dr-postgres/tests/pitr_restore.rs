@@ -399,6 +399,38 @@ async fn pitr_to_time_lsn_and_name_under_load() {
         .await
         .unwrap_err();
     assert!(matches!(err, WalError::TargetNotEmpty { .. }), "{err}");
+
+    // A damaged base backup fails the restore, and what it had unpacked is
+    // removed: no half-restored data directory (with a backup_label) stays.
+    let manifest = f
+        .repo
+        .find_backup(Some("db"), &plan.backup_id)
+        .await
+        .unwrap();
+    let base = manifest
+        .artifacts
+        .iter()
+        .find(|a| a.name == "base.tar")
+        .unwrap();
+    let store = f.repo.store().clone();
+    let object = dr_storage::object_store::path::Path::from(base.object.as_str());
+    let original = store.get(&object).await.unwrap().bytes().await.unwrap();
+    let mut bad = original.to_vec();
+    let at = bad.len() * 3 / 4;
+    bad[at] ^= 0x40;
+    store.put(&object, bad.into()).await.unwrap();
+    let broken = parent.path().join("broken");
+    let opts = pitr_options(&f, broken.clone(), RecoveryTarget::Immediate);
+    let err = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .unwrap_err();
+    store.put(&object, original.into()).await.unwrap();
+    assert!(format!("{err:?}").contains("orrupt"), "{err:?}");
+    assert!(
+        !broken.exists(),
+        "the failed restore left {}",
+        broken.display()
+    );
 }
 
 /// A base backup while archive_command fails is marked failed within the

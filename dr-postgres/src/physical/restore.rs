@@ -658,94 +658,134 @@ pub async fn pitr_restore(
             });
         }
     }
-    // Opening the artifact checks the key before anything is written.
-    let reader = repo
-        .open_artifact(&plan.manifest, BASE_ARTIFACT, identities)
-        .await?;
-    create_private_dir(pgdata)?;
     let owner = opts.owner.or_else(default_owner);
-    // With tablespaces, dr makes the pg_tblspc links itself (pointing to
-    // the mapped directories); the server would otherwise recreate the
-    // original ones from tablespace_map (PostgreSQL 15 docs §26.3.3).
-    let links = !plan.tablespaces.is_empty();
-    let mut bytes = unpack(reader, pgdata.clone(), move |path| {
-        links
-            && (path == Path::new("tablespace_map")
-                || path.parent() == Some(Path::new("pg_tblspc")))
-    })
-    .await?;
-    if plan
-        .manifest
-        .artifacts
-        .iter()
-        .any(|a| a.name == MANIFEST_ARTIFACT)
-    {
-        use tokio::io::AsyncReadExt;
-        let mut reader = repo
-            .open_artifact(&plan.manifest, MANIFEST_ARTIFACT, identities)
-            .await?;
-        let path = pgdata.join(MANIFEST_ARTIFACT);
-        let mut file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
-        let mut buf = Vec::new();
-        // Stream it: a manifest lists every file and can be large.
-        loop {
-            buf.clear();
-            let n = (&mut reader)
-                .take(1 << 20)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(|e| dr_storage::Error::from_io(e, "reading the backup manifest"))?;
-            if n == 0 {
-                break;
-            }
-            tokio::io::AsyncWriteExt::write_all(&mut file, &buf)
-                .await
-                .map_err(io(&path))?;
-            bytes += n as u64;
-        }
-    }
-    for t in &plan.tablespaces {
+    // Which directories existed (empty) before: on a failure while the
+    // files are written, what this restore wrote is removed again, so no
+    // half-restored data directory is left behind.
+    let mut written: Vec<(PathBuf, bool)> = vec![(pgdata.clone(), pgdata.exists())];
+    written.extend(
+        plan.tablespaces
+            .iter()
+            .map(|t| (t.dir.clone(), t.dir.exists())),
+    );
+    let files: Result<u64, WalError> = async {
+        // Opening the artifact checks the key before anything is written.
         let reader = repo
-            .open_artifact(&plan.manifest, &t.artifact, identities)
+            .open_artifact(&plan.manifest, BASE_ARTIFACT, identities)
             .await?;
-        create_private_dir(&t.dir)?;
-        // The link first: whoever cleans up an interrupted restore finds
-        // the tablespace's directory through it.
-        let link = pgdata.join("pg_tblspc").join(t.oid.to_string());
-        std::fs::create_dir_all(pgdata.join("pg_tblspc")).map_err(io(pgdata))?;
-        std::os::unix::fs::symlink(&t.dir, &link).map_err(io(&link))?;
-        bytes += unpack(reader, t.dir.clone(), |_| false).await?;
-        if let Some(o) = owner {
-            chown_tree(&t.dir, o).map_err(io(&t.dir))?;
+        create_private_dir(pgdata)?;
+        // With tablespaces, dr makes the pg_tblspc links itself (pointing to
+        // the mapped directories); the server would otherwise recreate the
+        // original ones from tablespace_map (PostgreSQL 15 docs §26.3.3).
+        let links = !plan.tablespaces.is_empty();
+        let mut bytes = unpack(reader, pgdata.clone(), move |path| {
+            links
+                && (path == Path::new("tablespace_map")
+                    || path.parent() == Some(Path::new("pg_tblspc")))
+        })
+        .await?;
+        if plan
+            .manifest
+            .artifacts
+            .iter()
+            .any(|a| a.name == MANIFEST_ARTIFACT)
+        {
+            use tokio::io::AsyncReadExt;
+            let mut reader = repo
+                .open_artifact(&plan.manifest, MANIFEST_ARTIFACT, identities)
+                .await?;
+            let path = pgdata.join(MANIFEST_ARTIFACT);
+            let mut file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
+            let mut buf = Vec::new();
+            // Stream it: a manifest lists every file and can be large.
+            loop {
+                buf.clear();
+                let n = (&mut reader)
+                    .take(1 << 20)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| dr_storage::Error::from_io(e, "reading the backup manifest"))?;
+                if n == 0 {
+                    break;
+                }
+                tokio::io::AsyncWriteExt::write_all(&mut file, &buf)
+                    .await
+                    .map_err(io(&path))?;
+                bytes += n as u64;
+            }
         }
-        tracing::info!(tablespace = %t.name, oid = t.oid, dir = %t.dir.display(), "tablespace restored");
+        for t in &plan.tablespaces {
+            let reader = repo
+                .open_artifact(&plan.manifest, &t.artifact, identities)
+                .await?;
+            create_private_dir(&t.dir)?;
+            // The link first: whoever cleans up an interrupted restore finds
+            // the tablespace's directory through it.
+            let link = pgdata.join("pg_tblspc").join(t.oid.to_string());
+            std::fs::create_dir_all(pgdata.join("pg_tblspc")).map_err(io(pgdata))?;
+            std::os::unix::fs::symlink(&t.dir, &link).map_err(io(&link))?;
+            bytes += unpack(reader, t.dir.clone(), |_| false).await?;
+            if let Some(o) = owner {
+                chown_tree(&t.dir, o).map_err(io(&t.dir))?;
+            }
+            tracing::info!(tablespace = %t.name, oid = t.oid, dir = %t.dir.display(), "tablespace restored");
+        }
+        // The data on disk before the files that make the directory look like
+        // a restore ready to start (recovery.signal): a crash in between leaves
+        // no signal rather than a signal over data still in the page cache.
+        let mut dirs = vec![pgdata.clone()];
+        dirs.extend(plan.tablespaces.iter().map(|t| t.dir.clone()));
+        sync_filesystems(&dirs).await?;
+        // Files that must not survive into the restored cluster.
+        for stale in ["postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(pgdata.join(stale));
+        }
+        std::fs::write(pgdata.join("recovery.signal"), b"").map_err(io(pgdata))?;
+        let auto = pgdata.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&format!(
+            "\n# written by dr: point-in-time restore of backup {} to {}\n",
+            plan.backup_id, plan.target
+        ));
+        for (k, v) in &plan.settings {
+            text.push_str(&format!("{k} = {}\n", conf_quote(v)));
+        }
+        std::fs::write(&auto, text).map_err(io(&auto))?;
+        if let Some(o) = owner {
+            chown_tree(pgdata, o).map_err(io(pgdata))?;
+        }
+        sync_filesystems(&dirs).await?;
+        tracing::info!(pgdata = %pgdata.display(), backup_id = %plan.backup_id, target = %plan.target, "base backup restored");
+        Ok(bytes)
     }
-    // The data on disk before the files that make the directory look like
-    // a restore ready to start (recovery.signal): a crash in between leaves
-    // no signal rather than a signal over data still in the page cache.
-    let mut dirs = vec![pgdata.clone()];
-    dirs.extend(plan.tablespaces.iter().map(|t| t.dir.clone()));
-    sync_filesystems(&dirs).await?;
-    // Files that must not survive into the restored cluster.
-    for stale in ["postmaster.pid", "postmaster.opts"] {
-        let _ = std::fs::remove_file(pgdata.join(stale));
-    }
-    std::fs::write(pgdata.join("recovery.signal"), b"").map_err(io(pgdata))?;
-    let auto = pgdata.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&format!(
-        "\n# written by dr: point-in-time restore of backup {} to {}\n",
-        plan.backup_id, plan.target
-    ));
-    for (k, v) in &plan.settings {
-        text.push_str(&format!("{k} = {}\n", conf_quote(v)));
-    }
-    std::fs::write(&auto, text).map_err(io(&auto))?;
-    if let Some(o) = owner {
-        chown_tree(pgdata, o).map_err(io(pgdata))?;
-    }
-    sync_filesystems(&dirs).await?;
-    tracing::info!(pgdata = %pgdata.display(), backup_id = %plan.backup_id, target = %plan.target, "base backup restored");
+    .await;
+    let bytes = match files {
+        Ok(b) => b,
+        Err(e) => {
+            for (dir, existed) in &written {
+                let cleaned = if *existed {
+                    std::fs::read_dir(dir).and_then(|entries| {
+                        entries.flatten().try_for_each(|e| {
+                            let p = e.path();
+                            if p.is_dir() && !p.is_symlink() {
+                                std::fs::remove_dir_all(&p)
+                            } else {
+                                std::fs::remove_file(&p)
+                            }
+                        })
+                    })
+                } else {
+                    std::fs::remove_dir_all(dir)
+                };
+                if let Err(c) = cleaned {
+                    if c.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(dir = %dir.display(), error = %c, "a failed restore could not remove what it wrote");
+                    }
+                }
+            }
+            return Err(e);
+        }
+    };
     let mut report = PitrReport {
         pgdata: pgdata.clone(),
         plan: plan.clone(),
@@ -971,21 +1011,50 @@ async fn start_and_wait(
         sock.display(),
         opts.user
     ))?;
-    let client = conn.connect().await?;
+    // A server that stops during recovery (the target is past the end of
+    // the archive, a WAL file cannot be fetched) closes the connection: its
+    // log says why, the closed connection does not.
+    let died = |e: String| {
+        let tail = log_tail(&opts.pgdata);
+        if tail.contains("recovery ended before configured recovery target was reached") {
+            failed(format!(
+                "recovery ended before the target was reached (the archive holds no WAL up to it)\n{tail}"
+            ))
+        } else {
+            failed(format!("the server stopped during recovery ({e})\n{tail}"))
+        }
+    };
+    let client = match conn.connect().await {
+        Ok(c) => c,
+        Err(_) if !opts.pgdata.join("postmaster.pid").exists() => {
+            return Err(died("it was not running".into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let deadline = Instant::now() + opts.wait_timeout;
     loop {
-        let row = client
+        let row = match client
             .query_one(
                 "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() \
                  ELSE 'not paused' END",
                 &[],
             )
             .await
-            .map_err(|e| WalError::Postgres(crate::Error::Query {
-                what: "waiting for recovery".into(),
-                target: conn.target(),
-                source: e,
-            }))?;
+        {
+            Ok(row) => row,
+            Err(e) if e.is_closed() || client.is_closed() => {
+                // Give the postmaster a moment to write its last lines.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Err(died(e.to_string()));
+            }
+            Err(e) => {
+                return Err(WalError::Postgres(crate::Error::Query {
+                    what: "waiting for recovery".into(),
+                    target: conn.target(),
+                    source: e,
+                }))
+            }
+        };
         let in_recovery: bool = row.get(0);
         let pause: String = row.get(1);
         if !in_recovery || (opts.action == TargetAction::Pause && pause == "paused") {
