@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dr_postgres::physical::{
-    self, PhysicalMetadata, PhysicalOptions, PitrOptions, PostgresPhysical, RecoveryTarget,
+    self, PhysicalMetadata, PhysicalOptions, PostgresPhysical, RecoveryTarget,
 };
 use dr_postgres::testing::{self, ClusterOptions, TestCluster};
 use dr_postgres::wal::WalError;
@@ -143,33 +143,6 @@ impl Load {
             t.join().unwrap();
         }
     }
-}
-
-fn pitr_options(f: &Fixture, pgdata: PathBuf, target: RecoveryTarget) -> PitrOptions {
-    let mut o = PitrOptions::new(
-        pgdata,
-        target,
-        f.helper.clone(),
-        vec![
-            "--repo".into(),
-            f.url.clone(),
-            "--identity".into(),
-            f.key_file.display().to_string(),
-        ],
-    );
-    o.start = true;
-    o.archive_mode_off = true;
-    o.port = Some(free_port());
-    o.wait_timeout = Duration::from_secs(120);
-    o
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn restore_dir(parent: &Path, name: &str) -> PathBuf {

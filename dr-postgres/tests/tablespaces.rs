@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dr_core::Restorer;
 use dr_postgres::physical::{
-    self, BackupMethod, PhysicalMetadata, PhysicalOptions, PhysicalScratchRestorer, PitrOptions,
+    self, BackupMethod, PhysicalMetadata, PhysicalOptions, PhysicalScratchRestorer,
     PostgresPhysical, RecoveryTarget, TablespaceMapping,
 };
 use dr_postgres::testing::{self, ClusterOptions, TestCluster};
@@ -122,33 +122,6 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     }
     out.sort();
     out
-}
-
-fn pitr_options(f: &Fixture, pgdata: PathBuf, target: RecoveryTarget) -> PitrOptions {
-    let mut o = PitrOptions::new(
-        pgdata,
-        target,
-        f.helper.clone(),
-        vec![
-            "--repo".into(),
-            f.url.clone(),
-            "--identity".into(),
-            f.key_file.display().to_string(),
-        ],
-    );
-    o.start = true;
-    o.archive_mode_off = true;
-    o.port = Some(free_port());
-    o.wait_timeout = Duration::from_secs(120);
-    o
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]

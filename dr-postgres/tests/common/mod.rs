@@ -155,3 +155,38 @@ pub fn chmod_tree(p: &Path) {
         }
     }
 }
+
+/// Options for a PITR restore of the fixture's repository into `pgdata`:
+/// started on a free port, `archive_mode = off`, `restore_command` through
+/// the helper.
+pub fn pitr_options(
+    f: &Fixture,
+    pgdata: PathBuf,
+    target: dr_postgres::physical::RecoveryTarget,
+) -> dr_postgres::physical::PitrOptions {
+    let mut o = dr_postgres::physical::PitrOptions::new(
+        pgdata,
+        target,
+        f.helper.clone(),
+        vec![
+            "--repo".into(),
+            f.url.clone(),
+            "--identity".into(),
+            f.key_file.display().to_string(),
+        ],
+    );
+    o.start = true;
+    o.archive_mode_off = true;
+    o.port = Some(free_port());
+    o.wait_timeout = Duration::from_secs(120);
+    o
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
