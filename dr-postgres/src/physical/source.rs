@@ -322,24 +322,50 @@ impl PostgresPhysical {
             .map_err(&q)?;
         let segment: String = row.get(0);
         let facts_sysid = self.facts(client).await?.system_id;
-        self.wait_archived(archive, facts_sysid, &segment).await?;
+        self.wait_archived(client, archive, facts_sysid, &segment)
+            .await?;
         Ok(segment)
     }
 
     /// Waits, bounded by `archive_timeout`, until `segment` of `system_id`
-    /// is in `archive`.
+    /// is in `archive`. Ends early when the server's archiver reports
+    /// repeated failures on that segment (`pg_stat_archiver`; the archiver
+    /// tries three times in a row before it pauses, PostgreSQL 15
+    /// `src/backend/postmaster/pgarch.c`): waiting longer would not help.
     ///
     /// # Errors
-    /// [`WalError::ArchiveStalled`]; [`WalError::SystemIdMismatch`] when the
-    /// archive belongs to another cluster.
+    /// [`WalError::ArchiveStalled`]; [`WalError::ArchiveFailing`];
+    /// [`WalError::SystemIdMismatch`] when the archive belongs to another
+    /// cluster.
     pub async fn wait_archived(
         &self,
+        client: &tokio_postgres::Client,
         archive: &WalArchive,
         system_id: u64,
         segment: &str,
     ) -> Result<(), WalError> {
         let started = Instant::now();
+        let archiver = || async {
+            client
+                .query_one(
+                    "SELECT failed_count, coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+                    &[],
+                )
+                .await
+                .ok()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+        };
+        let baseline = archiver().await.map_or(0, |(n, _)| n);
         loop {
+            if let Some((failed, last_failed)) = archiver().await {
+                if last_failed == segment && failed - baseline >= 3 {
+                    return Err(WalError::ArchiveFailing {
+                        source_name: archive.source().to_string(),
+                        segment: segment.to_string(),
+                        failures: failed - baseline,
+                    });
+                }
+            }
             match archive.system_id().await {
                 Ok(Some(id)) if id != system_id => {
                     return Err(WalError::SystemIdMismatch {
@@ -433,7 +459,7 @@ impl PostgresPhysical {
         let stop_segment = stop_lsn.segment_name(stop_timeline, facts.seg_size);
         // The backup is good only once the WAL up to its stop point is in
         // the repository.
-        self.wait_archived(&archive, facts.system_id, &stop_segment)
+        self.wait_archived(&client, &archive, facts.system_id, &stop_segment)
             .await?;
         let history_file = format!(
             "{}.{:08X}.backup",

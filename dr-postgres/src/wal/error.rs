@@ -96,6 +96,20 @@ pub enum WalError {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// PostgreSQL's archiver keeps failing on the WAL a backup needs.
+    #[error(
+        "WAL archiving is broken: archive_command failed {failures} times on {segment} (pg_stat_archiver) while \
+         the backup of source {source_name:?} waited for it; the server log has archive_command's error (the \
+         backup is not listed)"
+    )]
+    ArchiveFailing {
+        /// The source name.
+        source_name: String,
+        /// The segment that fails to archive.
+        segment: String,
+        /// Failures counted while waiting.
+        failures: i64,
+    },
     /// The WAL a backup needs did not reach the archive in time.
     #[error(
         "WAL archiving is broken: {segment} did not reach the archive of source {source_name:?} within {waited:?}; \
@@ -288,10 +302,12 @@ impl From<WalError> for dr_core::Error {
             WalError::Timeout { what, after } | WalError::AttemptTimedOut { what, after } => {
                 dr_core::Error::Timeout { what, after }
             }
-            WalError::ArchiveStalled { .. } => dr_core::Error::Failed {
-                what: "WAL archiving".into(),
-                source: Box::new(e),
-            },
+            WalError::ArchiveStalled { .. } | WalError::ArchiveFailing { .. } => {
+                dr_core::Error::Failed {
+                    what: "WAL archiving".into(),
+                    source: Box::new(e),
+                }
+            }
             WalError::RetriesExhausted { .. } => dr_core::Error::Unavailable {
                 what: "WAL archive".into(),
                 source: Box::new(e),
