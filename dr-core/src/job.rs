@@ -247,14 +247,15 @@ pub async fn verify(
                         Ok(c) => report.checks = Some(c),
                         Err(e) => {
                             report.scratch_unavailable = e.kind() != ErrorKind::VerificationFailed;
-                            report.restore_error = Some(format!("check after restore: {e}"));
+                            report.restore_error =
+                                Some(format!("check after restore: {}", chain(&e)));
                         }
                     }
                 }
                 Err(e) => {
                     report.scratch_unavailable = !matches!(e.kind(), ErrorKind::VerificationFailed)
                         && !matches!(e, Error::Storage(_));
-                    report.restore_error = Some(format!("scratch restore: {e}"));
+                    report.restore_error = Some(format!("scratch restore: {}", chain(&e)));
                 }
             }
             match scratch.discard().await {
@@ -268,4 +269,20 @@ pub async fn verify(
     }
     report.duration = started.elapsed();
     Ok(report)
+}
+
+/// `e` and its causes, `: `-separated (a failed scratch restore's report
+/// says why, not only that the PostgreSQL step failed).
+fn chain(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
 }

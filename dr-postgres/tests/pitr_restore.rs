@@ -398,7 +398,15 @@ async fn pitr_to_time_lsn_and_name_under_load() {
         .await
         .unwrap_err();
     store.put(&object, original.into()).await.unwrap();
-    assert!(format!("{err:?}").contains("orrupt"), "{err:?}");
+    // Named as damage (exit 1 in the CLI), not as a local I/O failure.
+    assert!(
+        matches!(err, WalError::Storage(dr_storage::Error::Corrupt { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        dr_core::Error::from(err).kind(),
+        dr_core::ErrorKind::VerificationFailed
+    );
     assert!(
         !broken.exists(),
         "the failed restore left {}",

@@ -843,6 +843,39 @@ fn create_private_dir(dir: &Path) -> Result<(), WalError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))
 }
 
+/// The codec's verdict inside an I/O error, however deeply tar wrapped it:
+/// [`dr_storage::Error::Corrupt`] or [`dr_storage::Error::Decrypt`].
+fn codec_error(e: &std::io::Error) -> Option<dr_storage::Error> {
+    fn find(e: &(dyn std::error::Error + 'static)) -> Option<dr_storage::Error> {
+        match e.downcast_ref::<dr_storage::Error>() {
+            Some(dr_storage::Error::Corrupt { object, reason }) => {
+                return Some(dr_storage::Error::Corrupt {
+                    object: object.clone(),
+                    reason: reason.clone(),
+                })
+            }
+            Some(dr_storage::Error::Decrypt { object, reason }) => {
+                return Some(dr_storage::Error::Decrypt {
+                    object: object.clone(),
+                    reason: reason.clone(),
+                })
+            }
+            _ => {}
+        }
+        // io::Error::source skips the error it wraps: look inside first.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = find(inner) {
+                return Some(found);
+            }
+        }
+        e.source().and_then(find)
+    }
+    find(e)
+}
+
 /// Unpacks a tar artifact into `dest`, leaving out the entries `skip`
 /// selects, and reads it to the end so that the codec checks the digests.
 /// Returns the plaintext bytes read.
@@ -861,8 +894,12 @@ async fn unpack(
             inner: &mut bridge,
             n: 0,
         };
-        let unpack_err = |e: std::io::Error| {
-            dr_storage::Error::from_io(e, format!("unpacking into {}", dest.display()))
+        // tar wraps the reader's errors in its own; a corrupt or
+        // undecryptable artifact must still come out as such (exit 1), not
+        // as a local I/O failure.
+        let unpack_err = |e: std::io::Error| match codec_error(&e) {
+            Some(found) => found,
+            None => dr_storage::Error::from_io(e, format!("unpacking into {}", dest.display())),
         };
         let mut archive = tar::Archive::new(&mut counted);
         archive.set_preserve_permissions(true);
@@ -1001,9 +1038,11 @@ async fn start_and_wait(
     }
     if !ok {
         return Err(failed(format!(
-            "pg_ctl start: {}\nserver log:\n{}",
+            "pg_ctl start: {}\nserver log:\n{}\nThe restored data directory is left in place: fix the cause (a port \
+             in use: --port) and start it with `pg_ctl -D {} start`, or remove it to restore again.",
             out.trim(),
-            log_tail(&opts.pgdata)
+            log_tail(&opts.pgdata),
+            opts.pgdata.display()
         )));
     }
     let conn = ConnectionSettings::from_dsn(&format!(
