@@ -128,44 +128,12 @@ fn archiving_cluster(prefix: &str, url: &str, source: &str) -> TestCluster {
     TestCluster::start_with(o)
 }
 
-fn switch_wal(c: &TestCluster) -> String {
-    c.psql(
-        "postgres",
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
-    )
-}
-
-fn system_id(c: &TestCluster) -> u64 {
-    c.psql(
-        "postgres",
-        "SELECT system_identifier FROM pg_control_system()",
-    )
-    .parse()
-    .unwrap()
-}
-
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
     while !f() {
         assert!(started.elapsed() < within, "{what}: not within {within:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Waits until the cluster reports `segment` archived (pg_stat_archiver).
-fn wait_archived(c: &TestCluster, segment: &str) {
-    wait_until(
-        &format!("{segment} archived"),
-        Duration::from_secs(60),
-        || {
-            c.psql(
-                "postgres",
-                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-            )
-            .as_str()
-                >= segment
-        },
-    );
 }
 
 /// `psql` over TCP to a server on 127.0.0.1:`port`.
@@ -323,9 +291,9 @@ async fn archive_command_round_trip(url: &str) {
             "postgres",
             &format!("UPDATE pgbench_accounts SET abalance = abalance + {i} WHERE aid % 7 = 0"),
         );
-        last = switch_wal(&a);
+        last = a.switch_wal();
     }
-    wait_archived(&a, &last);
+    a.wait_archived(&last, Duration::from_secs(60));
 
     // A physical base backup: PostgreSQL archives its .backup file.
     let out = ok(
@@ -345,7 +313,7 @@ async fn archive_command_round_trip(url: &str) {
             ],
         ),
     );
-    let sysid = system_id(&a);
+    let sysid = a.system_id();
     let archive = open_archive(url, None, "db").await;
     assert_eq!(archive.system_id().await.unwrap(), Some(sysid));
     let rt = tokio::runtime::Handle::current();
@@ -521,7 +489,7 @@ fn exit_codes_and_files_left_behind() {
         "postgres",
         "CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g",
     );
-    let s1 = switch_wal(&a);
+    let s1 = a.switch_wal();
     assert_eq!(s1, "000000010000000000000001");
     let s1_path = dir.join("a").join(&s1);
     std::fs::create_dir(dir.join("a")).unwrap();
@@ -530,7 +498,7 @@ fn exit_codes_and_files_left_behind() {
         "postgres",
         "INSERT INTO t SELECT g FROM generate_series(1, 1000) g",
     );
-    let s2 = switch_wal(&a);
+    let s2 = a.switch_wal();
     assert_eq!(s2, "000000010000000000000002");
     let s2_content = std::fs::read(a.data_dir().join("pg_wal").join(&s2)).unwrap();
     let push = |file: &Path| {
@@ -604,8 +572,8 @@ fn exit_codes_and_files_left_behind() {
     assert!((1..=125).contains(&c), "exit {c}: {err}");
     assert!(
         err.contains("system identifier")
-            && err.contains(&system_id(&a).to_string())
-            && err.contains(&system_id(&b).to_string()),
+            && err.contains(&a.system_id().to_string())
+            && err.contains(&b.system_id().to_string()),
         "{err}"
     );
 
@@ -838,8 +806,8 @@ fn frozen_store_stops_recovery_without_promoting() {
         "postgres",
         "INSERT INTO truth SELECT generate_series(1501, 1600)",
     );
-    let last = switch_wal(&c);
-    wait_archived(&c, &last);
+    let last = c.switch_wal();
+    c.wait_archived(&last, Duration::from_secs(60));
 
     let pgdata = dir.join("p");
     let port = free_port();

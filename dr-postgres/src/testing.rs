@@ -255,6 +255,54 @@ impl TestCluster {
         ConnectionSettings::from_dsn(&self.dsn(db)).expect("valid dsn")
     }
 
+    /// Switches to a new WAL segment (after writing a record, so that there
+    /// is one to switch from) and returns the name of the segment closed.
+    ///
+    /// # Panics
+    /// When psql fails.
+    pub fn switch_wal(&self) -> String {
+        self.psql(
+            "postgres",
+            "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
+        )
+    }
+
+    /// Waits until `segment` is archived (`pg_stat_archiver`), at most
+    /// `limit`.
+    ///
+    /// # Panics
+    /// When it is not archived in time.
+    pub fn wait_archived(&self, segment: &str, limit: std::time::Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let last = self.psql(
+                "postgres",
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            );
+            if last.as_str() >= segment {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{segment} not archived within {limit:?}; last {last}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// The cluster's system identifier (`pg_control_system()`).
+    ///
+    /// # Panics
+    /// When psql fails.
+    pub fn system_id(&self) -> u64 {
+        self.psql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()",
+        )
+        .parse()
+        .expect("system_identifier is a number")
+    }
+
     /// Runs SQL with `psql` (ON_ERROR_STOP) in database `db`; returns stdout.
     ///
     /// # Panics

@@ -3,7 +3,7 @@
 //! `DR_TEST_S3_URL` is set) or a local directory.
 //!
 //! PostgreSQL runs `archive_command` itself. It calls this test binary
-//! through a small shell script (the `helper_entry` test below, selected by
+//! through a small shell script (the `common::helper_entry` test, selected by
 //! `DR_HELPER_ARGS`), which runs exactly the library calls `dr wal-push` and
 //! `dr wal-fetch` make and exits with their exit codes.
 
@@ -19,67 +19,6 @@ use dr_postgres::physical::{
 use dr_postgres::testing::{self, ClusterOptions, TestCluster};
 use dr_postgres::wal::WalError;
 use dr_storage::WalArchive;
-
-/// Entry point when PostgreSQL runs the helper: `wal-push --repo URL --source S FILE`
-/// or `wal-fetch --repo URL --identity F --source S NAME DEST`.
-#[test]
-fn helper_entry() {
-    let Ok(args) = std::env::var("DR_HELPER_ARGS") else {
-        return;
-    };
-    let words: Vec<String> = args.split_whitespace().map(str::to_string).collect();
-    let code = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(run_helper(&words));
-    std::process::exit(code);
-}
-
-impl Fixture {
-    fn archive_command(&self, source: &str) -> String {
-        format!(
-            "archive_command = '{} wal-push --repo {} --source {source} %p'",
-            self.helper.display(),
-            self.url
-        )
-    }
-
-    fn archiving_cluster(&self, source: &str) -> TestCluster {
-        let mut o = ClusterOptions::default();
-        o.conf = vec![
-            "wal_level = replica".into(),
-            "archive_mode = on".into(),
-            self.archive_command(source),
-            "max_wal_senders = 4".into(),
-        ];
-        TestCluster::start_with(o)
-    }
-}
-
-/// Waits until the cluster has archived `segment` (pg_stat_archiver).
-fn wait_archived(c: &TestCluster, segment: &str) {
-    let started = Instant::now();
-    loop {
-        let last = c.psql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= segment {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{segment} not archived; last {last}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn switch_wal(c: &TestCluster) -> String {
-    c.psql(
-        "postgres",
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
-    )
-}
 
 /// Ground truth: a table of (id, committed_at) written continuously, one row
 /// per transaction, while pgbench writes too.
@@ -251,8 +190,8 @@ async fn pitr_to_time_lsn_and_name_under_load() {
     let name_max: i64 = out.lines().next().unwrap().trim().parse().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     load.stop();
-    let seg = switch_wal(&c);
-    wait_archived(&c, &seg);
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
 
     let parent = tempfile::Builder::new()
         .prefix("drr")

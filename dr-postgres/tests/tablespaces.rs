@@ -16,37 +16,8 @@ use dr_postgres::physical::{
     self, BackupMethod, PhysicalMetadata, PhysicalOptions, PhysicalScratchRestorer,
     PostgresPhysical, RecoveryTarget, TablespaceMapping,
 };
-use dr_postgres::testing::{self, ClusterOptions, TestCluster};
+use dr_postgres::testing::{self, TestCluster};
 use dr_postgres::wal::WalError;
-
-/// Entry point when PostgreSQL runs the helper (`archive_command`,
-/// `restore_command`).
-#[test]
-fn helper_entry() {
-    let Ok(args) = std::env::var("DR_HELPER_ARGS") else {
-        return;
-    };
-    let words: Vec<String> = args.split_whitespace().map(str::to_string).collect();
-    let code = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(run_helper(&words));
-    std::process::exit(code);
-}
-
-fn archiving_cluster(f: &Fixture, source: &str) -> TestCluster {
-    let mut o = ClusterOptions::default();
-    o.conf = vec![
-        "wal_level = replica".into(),
-        "archive_mode = on".into(),
-        format!(
-            "archive_command = '{} wal-push --repo {} --source {source} %p'",
-            f.helper.display(),
-            f.url
-        ),
-        "max_wal_senders = 4".into(),
-    ];
-    TestCluster::start_with(o)
-}
 
 /// A directory under /tmp the `postgres` user owns (short paths: sockets).
 fn owned_dir(c: &TestCluster, prefix: &str) -> tempfile::TempDir {
@@ -60,24 +31,6 @@ fn owned_dir(c: &TestCluster, prefix: &str) -> tempfile::TempDir {
         std::os::unix::fs::chown(d.path(), Some(uid), Some(gid)).unwrap();
     }
     d
-}
-
-fn wait_archived(c: &TestCluster, segment: &str) {
-    let started = Instant::now();
-    loop {
-        let last = c.psql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= segment {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{segment} not archived; last {last}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const CHECKSUM: &str =
@@ -130,7 +83,7 @@ async fn tablespaces_backup_pitr_mapping_and_verify() {
         return;
     }
     let f = fixture().await;
-    let c = archiving_cluster(&f, "db");
+    let c = f.archiving_cluster("db");
     let spaces = owned_dir(&c, "drts");
     let (loc1, loc2) = (spaces.path().join("one"), spaces.path().join("two"));
     for l in [&loc1, &loc2] {
@@ -229,11 +182,8 @@ async fn tablespaces_backup_pitr_mapping_and_verify() {
         "postgres",
         "INSERT INTO t1 SELECT g, 'too-late' FROM generate_series(23001, 24000) g; DELETE FROM t2",
     );
-    let seg = c.psql(
-        "postgres",
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
-    );
-    wait_archived(&c, &seg);
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
     assert_ne!(truth, checksums(&c.settings("postgres")).await);
 
     let parent = owned_dir(&c, "drr");
@@ -392,7 +342,7 @@ async fn bench_replication_client_vs_pg_basebackup() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let f = fixture().await;
-    let c = archiving_cluster(&f, "db");
+    let c = f.archiving_cluster("db");
     c.pgbench_init("postgres", scale);
     let size = c.psql(
         "postgres",

@@ -3,7 +3,7 @@
 //! local directory.
 //!
 //! PostgreSQL runs `archive_command` itself. It calls this test binary
-//! through a small shell script (the `helper_entry` test below, selected by
+//! through a small shell script (the `common::helper_entry` test, selected by
 //! `DR_HELPER_ARGS`), which runs exactly the library calls `dr wal-push` and
 //! `dr wal-fetch` make and exits with their exit codes.
 
@@ -14,81 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dr_postgres::testing::{self, ClusterOptions, TestCluster};
+use dr_postgres::testing;
 use dr_postgres::wal::{
     self, FetchOptions, PushOptions, RetryPolicy, WalError, EXIT_ABORT_RECOVERY,
 };
 use dr_storage::{Identities, InitOptions, Location, Repository, StoreOptions, WalArchive};
-
-/// Entry point when PostgreSQL runs the helper: `wal-push --repo URL --source S FILE`
-/// or `wal-fetch --repo URL --identity F --source S NAME DEST`.
-#[test]
-fn helper_entry() {
-    let Ok(args) = std::env::var("DR_HELPER_ARGS") else {
-        return;
-    };
-    let words: Vec<String> = args.split_whitespace().map(str::to_string).collect();
-    let code = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(run_helper(&words));
-    std::process::exit(code);
-}
-
-impl Fixture {
-    fn archive_command(&self, source: &str) -> String {
-        format!(
-            "archive_command = '{} wal-push --repo {} --source {source} %p'",
-            self.helper.display(),
-            self.url
-        )
-    }
-
-    fn archiving_cluster(&self, source: &str) -> TestCluster {
-        let mut o = ClusterOptions::default();
-        o.conf = vec![
-            "wal_level = replica".into(),
-            "archive_mode = on".into(),
-            self.archive_command(source),
-            "max_wal_senders = 4".into(),
-        ];
-        TestCluster::start_with(o)
-    }
-}
-
-/// Waits until the cluster has archived `segment` (pg_stat_archiver).
-fn wait_archived(c: &TestCluster, segment: &str) {
-    let started = Instant::now();
-    loop {
-        let last = c.psql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= segment {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{segment} not archived; last {last}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn switch_wal(c: &TestCluster) -> String {
-    c.psql(
-        "postgres",
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
-    )
-}
-
-fn system_id(c: &TestCluster) -> u64 {
-    c.psql(
-        "postgres",
-        "SELECT system_identifier FROM pg_control_system()",
-    )
-    .parse()
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn archiving_rules_on_real_clusters() {
@@ -101,10 +31,10 @@ async fn archiving_rules_on_real_clusters() {
         "postgres",
         "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 50000) g",
     );
-    let seg = switch_wal(&a);
-    wait_archived(&a, &seg);
+    let seg = a.switch_wal();
+    a.wait_archived(&seg, Duration::from_secs(60));
     let archive = WalArchive::new(&f.repo, "db").unwrap();
-    let sysid = system_id(&a);
+    let sysid = a.system_id();
     // archive.json names cluster A, and every archived segment is there.
     assert_eq!(archive.system_id().await.unwrap(), Some(sysid));
     let stored = archive.list(sysid).await.unwrap();
@@ -214,9 +144,9 @@ async fn archiving_rules_on_real_clusters() {
     // Rule 3: a second cluster archiving into the same source is refused by
     // its archive_command, which PostgreSQL counts as failures.
     let b = f.archiving_cluster("db");
-    assert_ne!(system_id(&b), sysid);
+    assert_ne!(b.system_id(), sysid);
     b.psql("postgres", "CREATE TABLE t AS SELECT 1");
-    switch_wal(&b);
+    b.switch_wal();
     let started = Instant::now();
     while b.psql("postgres", "SELECT failed_count FROM pg_stat_archiver") == "0" {
         assert!(

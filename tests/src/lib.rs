@@ -10,7 +10,7 @@
 //! [`dr_postgres::wal_fetch`]) and exits with their exit codes.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dr_postgres::testing::{ClusterOptions, TestCluster};
 use dr_postgres::wal::{self, FetchOptions, PushOptions, RetryPolicy};
@@ -204,37 +204,6 @@ impl Fixture {
             "max_wal_senders = 4".into(),
         ];
         TestCluster::start_with(o)
-    }
-}
-
-/// Switches to a new WAL segment (after writing a record, so that there is
-/// one to switch from) and returns the name of the segment closed.
-pub fn switch_wal(c: &TestCluster) -> String {
-    c.psql(
-        "postgres",
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
-    )
-}
-
-/// Waits until `segment` is archived (`pg_stat_archiver`), at most `limit`.
-///
-/// # Panics
-/// When it is not archived in time.
-pub fn wait_archived(c: &TestCluster, segment: &str, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let last = c.psql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= segment {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{segment} not archived within {limit:?}; last {last}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

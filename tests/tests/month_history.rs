@@ -46,7 +46,7 @@ use dr_postgres::wal::continuity::wal_status;
 use dr_postgres::wal::retention::all_retention_facts;
 use dr_postgres::PostgresLogical;
 use dr_storage::Manifest;
-use dr_tests::{free_port, switch_wal, wait_archived, Fixture};
+use dr_tests::{free_port, Fixture};
 
 const DAYS: i64 = 31;
 /// The day after whose backup the cluster switches to timeline 2.
@@ -181,8 +181,8 @@ async fn a_month_of_history_is_pruned_exactly_and_every_kept_backup_restores() {
             "postgres",
             &format!("INSERT INTO truth SELECT {k}, g, 'before' FROM generate_series(1, 100) g"),
         );
-        let seg = switch_wal(&c);
-        wait_archived(&c, &seg, Duration::from_secs(60));
+        let seg = c.switch_wal();
+        c.wait_archived(&seg, Duration::from_secs(60));
         let rows_at_backup = count(&c);
         let source = PostgresPhysical::new(c.settings("postgres"), PhysicalOptions::default());
         let m = dr_core::job::backup(&f.repo, &source, "db").await.unwrap();
@@ -203,8 +203,8 @@ async fn a_month_of_history_is_pruned_exactly_and_every_kept_backup_restores() {
             &format!("SELECT pg_create_restore_point('rp_{k}')"),
         );
         let rows_at_restore_point = count(&c);
-        let seg = switch_wal(&c);
-        wait_archived(&c, &seg, Duration::from_secs(60));
+        let seg = c.switch_wal();
+        c.wait_archived(&seg, Duration::from_secs(60));
         days.push(Day {
             physical: m,
             rows_at_backup,

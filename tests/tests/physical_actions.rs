@@ -13,7 +13,7 @@ use dr_postgres::physical::{
     PitrRestoreState, PostgresPhysical,
 };
 use dr_postgres::testing;
-use dr_tests::{switch_wal, wait_archived, Fixture};
+use dr_tests::Fixture;
 
 #[test]
 fn helper_entry() {
@@ -74,8 +74,8 @@ async fn pitr_action_reruns_and_rolls_back_and_scratch_verify() {
     );
     std::thread::sleep(Duration::from_millis(1100));
     c.psql("postgres", "INSERT INTO t SELECT generate_series(151, 170)");
-    let seg = switch_wal(&c);
-    wait_archived(&c, &seg, Duration::from_secs(60));
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
 
     // ---- postgres.pitr_restore ----
     let mut env = PitrActionEnv::new(

@@ -11,7 +11,7 @@ use dr_core::retention::RetentionPolicy;
 use dr_postgres::physical::{PhysicalOptions, PhysicalScratchRestorer, PostgresPhysical};
 use dr_postgres::testing;
 use dr_postgres::wal::retention::all_retention_facts;
-use dr_tests::{switch_wal, wait_archived, Fixture};
+use dr_tests::Fixture;
 
 #[test]
 fn helper_entry() {
@@ -36,14 +36,14 @@ async fn prune_keeps_the_pitr_window_and_the_kept_backup_restores() {
             "postgres",
             &format!("INSERT INTO t SELECT generate_series(1, 1000) + {round} * 1000"),
         );
-        let seg = switch_wal(&c);
-        wait_archived(&c, &seg, Duration::from_secs(60));
+        let seg = c.switch_wal();
+        c.wait_archived(&seg, Duration::from_secs(60));
         let source = PostgresPhysical::new(c.settings("postgres"), PhysicalOptions::default());
         manifests.push(dr_core::job::backup(&f.repo, &source, "db").await.unwrap());
         std::thread::sleep(Duration::from_millis(1200));
     }
-    let seg = switch_wal(&c);
-    wait_archived(&c, &seg, Duration::from_secs(60));
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
 
     let (wal, last) = all_retention_facts(&f.repo).await.unwrap();
     assert!(last.contains_key("db"), "the newest archived time is known");

@@ -28,7 +28,7 @@ use dr_core::plan::{
 };
 use dr_postgres::physical::{self, PhysicalOptions, PitrActionEnv, PostgresPhysical};
 use dr_postgres::testing;
-use dr_tests::{switch_wal, wait_archived, Fixture};
+use dr_tests::Fixture;
 
 #[test]
 fn helper_entry() {
@@ -183,8 +183,8 @@ async fn data_corruption_plan_restores_before_the_bad_update() {
     )
     .unwrap();
     assert_ne!(prod.psql("app", FINGERPRINT), truth, "the corruption took");
-    let seg = switch_wal(&prod);
-    wait_archived(&prod, &seg, Duration::from_secs(60));
+    let seg = prod.switch_wal();
+    prod.wait_archived(&seg, Duration::from_secs(60));
 
     // The application's environment file.
     let env_file = f.dir().join("app.env");

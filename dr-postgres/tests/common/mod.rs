@@ -129,7 +129,7 @@ pub async fn fixture() -> Fixture {
     std::fs::write(
         &helper,
         format!(
-            "#!/bin/sh\nDR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --nocapture --test-threads=1 -q\n",
+            "#!/bin/sh\nDR_HELPER_ARGS=\"$*\" exec '{}' common::helper_entry --exact --nocapture --test-threads=1 -q\n",
             exe.display()
         ),
     )
@@ -189,4 +189,43 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Entry point when PostgreSQL runs the helper (`archive_command`,
+/// `restore_command`): `wal-push --repo URL --source S FILE` or
+/// `wal-fetch --repo URL --identity F --source S NAME DEST`. A no-op test
+/// otherwise.
+#[test]
+fn helper_entry() {
+    let Ok(args) = std::env::var("DR_HELPER_ARGS") else {
+        return;
+    };
+    let words: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    let code = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_helper(&words));
+    std::process::exit(code);
+}
+
+impl Fixture {
+    /// `archive_command` pushing into this repository as `source`.
+    pub fn archive_command(&self, source: &str) -> String {
+        format!(
+            "archive_command = '{} wal-push --repo {} --source {source} %p'",
+            self.helper.display(),
+            self.url
+        )
+    }
+
+    /// A cluster archiving into this repository as `source`.
+    pub fn archiving_cluster(&self, source: &str) -> dr_postgres::testing::TestCluster {
+        let mut o = dr_postgres::testing::ClusterOptions::default();
+        o.conf = vec![
+            "wal_level = replica".into(),
+            "archive_mode = on".into(),
+            self.archive_command(source),
+            "max_wal_senders = 4".into(),
+        ];
+        dr_postgres::testing::TestCluster::start_with(o)
+    }
 }
