@@ -343,25 +343,9 @@ fn a_damaged_manifest_hides_only_its_own_backup_and_status_says_so() {
 /// Closes the current WAL segment (after writing a record) and waits until
 /// the server archived it.
 fn switch_and_wait(pg: &TestCluster) -> String {
-    let seg = pg.psql(
-        "postgres",
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 't', 'x')) m",
-    );
-    let started = std::time::Instant::now();
-    loop {
-        let last = pg.psql(
-            "postgres",
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        );
-        if last.as_str() >= seg.as_str() {
-            return seg;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "{seg} not archived; last {last}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let seg = pg.switch_wal();
+    pg.wait_archived(&seg, std::time::Duration::from_secs(60));
+    seg
 }
 
 fn chmod_tree(p: &std::path::Path) {
@@ -581,6 +565,7 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
         std::os::unix::fs::chown(data.join("recovery.signal"), Some(uid), Some(gid)).unwrap();
     }
     pg.start_server();
+    pg.wait_promoted(std::time::Duration::from_secs(60));
     let mut last = String::new();
     for _ in 0..4 {
         last = switch_and_wait(&pg);

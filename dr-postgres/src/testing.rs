@@ -290,6 +290,24 @@ impl TestCluster {
         }
     }
 
+    /// Waits until the server has left recovery (`pg_is_in_recovery()` is
+    /// false), at most `limit`. A server started with `recovery.signal`
+    /// accepts connections while it still replays (hot standby); WAL can be
+    /// written only after it has promoted.
+    ///
+    /// # Panics
+    /// When it is still in recovery after `limit`, or psql fails.
+    pub fn wait_promoted(&self, limit: std::time::Duration) {
+        let started = std::time::Instant::now();
+        while self.psql("postgres", "SELECT pg_is_in_recovery()") != "f" {
+            assert!(
+                started.elapsed() < limit,
+                "the server is still in recovery after {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// The cluster's system identifier (`pg_control_system()`).
     ///
     /// # Panics
