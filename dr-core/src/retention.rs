@@ -3,7 +3,9 @@
 //! The policy is evaluated per source and, within a source, per chain: one
 //! chain per PostgreSQL system identifier, so after a `pg_upgrade` (a new
 //! system identifier) the old chain keeps its own retention. Backups are
-//! ordered by their recorded start time and LSN, never by name.
+//! ordered by their recorded start time and LSN, never by name (the id only
+//! breaks a tie between two backups with the same time and LSN, so that the
+//! plan is the same on every run).
 //!
 //! Rules, each kept by [`plan_retention`] and checked by property tests:
 //! - failed or unfinished backups are never counted as good, never anchor a
@@ -519,8 +521,13 @@ mod tests {
             let plan = plan_retention(&pols, &backups, &wal, now);
             let kept: Vec<&BackupFacts> = plan.backups.iter().filter(|d| d.keep()).map(|d| &d.backup).collect();
 
-            // The newest good backup of the source is never deleted.
-            let newest = backups.iter().filter(|b| b.good).max_by_key(|b| b.started_at).unwrap();
+            // The newest good backup of the source is never deleted. Equal
+            // start times are ordered by start LSN, then id, as the plan does.
+            let newest = backups
+                .iter()
+                .filter(|b| b.good)
+                .max_by_key(|b| (b.started_at, b.wal_range.map(|r| r.0), b.id.clone()))
+                .unwrap();
             prop_assert!(kept.iter().any(|b| b.id == newest.id));
             // Failed backups are never kept by a rule (without any rule,
             // nothing is pruned at all).
