@@ -311,7 +311,9 @@ impl PostgresPhysical {
             _ => {}
         }
         // Write a record so that the switch really switches, then wait for
-        // the completed segment in the repository.
+        // the completed segment in the repository. The archiver's failure
+        // count is read first: it may fail on the segment at once.
+        let baseline = archiver_failures(client).await;
         let row = client
             .query_one(
                 "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT pg_logical_emit_message(false, 'dr', \
@@ -322,15 +324,17 @@ impl PostgresPhysical {
             .map_err(&q)?;
         let segment: String = row.get(0);
         let facts_sysid = self.facts(client).await?.system_id;
-        self.wait_archived(client, archive, facts_sysid, &segment)
+        self.wait_archived(client, archive, facts_sysid, &segment, baseline)
             .await?;
         Ok(segment)
     }
 
     /// Waits, bounded by `archive_timeout`, until `segment` of `system_id`
-    /// is in `archive`. Ends early when the server's archiver reports
-    /// repeated failures on that segment (`pg_stat_archiver`; the archiver
-    /// tries three times in a row before it pauses, PostgreSQL 15
+    /// is in `archive`. Ends early when the server's archiver reports three
+    /// failures since `baseline` (its `failed_count` read before `segment`
+    /// was written) and is still failing on `segment` or a file before it
+    /// (`pg_stat_archiver`; the archiver archives in order and tries three
+    /// times in a row before it pauses for a minute, PostgreSQL 15
     /// `src/backend/postmaster/pgarch.c`): waiting longer would not help.
     ///
     /// # Errors
@@ -343,26 +347,16 @@ impl PostgresPhysical {
         archive: &WalArchive,
         system_id: u64,
         segment: &str,
+        baseline: i64,
     ) -> Result<(), WalError> {
         let started = Instant::now();
-        let archiver = || async {
-            client
-                .query_one(
-                    "SELECT failed_count, coalesce(last_failed_wal, '') FROM pg_stat_archiver",
-                    &[],
-                )
-                .await
-                .ok()
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
-        };
-        let baseline = archiver().await.map_or(0, |(n, _)| n);
         loop {
-            if let Some((failed, last_failed)) = archiver().await {
-                if last_failed == segment && failed - baseline >= 3 {
+            if let Some(a) = archiver_state(client).await {
+                if a.failing && a.failed - baseline >= 3 && blocks(&a.last_failed_wal, segment) {
                     return Err(WalError::ArchiveFailing {
                         source_name: archive.source().to_string(),
-                        segment: segment.to_string(),
-                        failures: failed - baseline,
+                        segment: a.last_failed_wal,
+                        failures: a.failed - baseline,
                     });
                 }
             }
@@ -427,6 +421,7 @@ impl PostgresPhysical {
             writer.id().replace(['-', ':', 'T', 'Z'], "").to_lowercase()
         );
         let method = self.method(facts.version_num);
+        let baseline = archiver_failures(&client).await;
         // The server waits for the stop segment to be archived before it
         // ends the stream (BASE_BACKUP's WAIT). Watch that wait and bound it.
         let watch = self.watch_archive_wait(&app);
@@ -459,7 +454,7 @@ impl PostgresPhysical {
         let stop_segment = stop_lsn.segment_name(stop_timeline, facts.seg_size);
         // The backup is good only once the WAL up to its stop point is in
         // the repository.
-        self.wait_archived(&client, &archive, facts.system_id, &stop_segment)
+        self.wait_archived(&client, &archive, facts.system_id, &stop_segment, baseline)
             .await?;
         let history_file = format!(
             "{}.{:08X}.backup",
@@ -957,9 +952,64 @@ impl dr_core::BackupSource for PostgresPhysical {
     }
 }
 
+/// What `pg_stat_archiver` says about the archiver's failures.
+struct ArchiverState {
+    /// `failed_count`: failures since the statistics were reset.
+    failed: i64,
+    /// `last_failed_wal`, empty when none.
+    last_failed_wal: String,
+    /// The last failure is newer than the last success: still failing.
+    failing: bool,
+}
+
+async fn archiver_state(client: &tokio_postgres::Client) -> Option<ArchiverState> {
+    let row = client
+        .query_one(
+            "SELECT failed_count, coalesce(last_failed_wal, ''), \
+             last_failed_time IS NOT NULL AND (last_archived_time IS NULL OR last_failed_time > last_archived_time) \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .ok()?;
+    Some(ArchiverState {
+        failed: row.get(0),
+        last_failed_wal: row.get(1),
+        failing: row.get(2),
+    })
+}
+
+/// The archiver's failure count now (0 when it cannot be read): the baseline
+/// of [`PostgresPhysical::wait_archived`].
+async fn archiver_failures(client: &tokio_postgres::Client) -> i64 {
+    archiver_state(client).await.map_or(0, |a| a.failed)
+}
+
+/// Whether a failure on `failing` keeps `segment` from being archived: it is
+/// `segment` or a segment before it, or a non-segment file (`.history`,
+/// `.backup`), which the archiver sends in turn too.
+fn blocks(failing: &str, segment: &str) -> bool {
+    if failing.is_empty() {
+        return false;
+    }
+    let is_segment = failing.len() == 24 && failing.bytes().all(|b| b.is_ascii_hexdigit());
+    !is_segment || failing <= segment
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_archiver_failure_blocks_the_segment_only_from_before_it() {
+        let seg = "000000010000000000000005";
+        assert!(blocks(seg, seg));
+        assert!(blocks("000000010000000000000004", seg));
+        assert!(blocks("00000002.history", seg));
+        assert!(blocks("000000010000000000000002.00000028.backup", seg));
+        assert!(!blocks("000000010000000000000006", seg));
+        assert!(!blocks("", seg));
+    }
 
     #[test]
     fn parses_wal_ranges_and_sizes() {
