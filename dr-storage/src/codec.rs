@@ -31,6 +31,12 @@ use crate::progress::Progress;
 /// Size of the chunks passed between the async side and the codec thread.
 const CHUNK: usize = 256 * 1024;
 
+/// Size of the plaintext chunks a decoder hands on, in bytes. zstd returns at
+/// most one block (128 KiB) per read; the decoder fills a whole chunk first,
+/// so that each hand-off (a thread wake-up for the digest and one for the
+/// consumer) carries a megabyte.
+const DECODE_CHUNK: usize = 1024 * 1024;
+
 /// zstd multi-threaded job size (bytes).
 const ZSTD_JOB_SIZE: u32 = 2 * 1024 * 1024;
 
@@ -439,16 +445,15 @@ impl ArtifactReader {
         info: &ArtifactInfo,
         identities: &Identities,
     ) -> Result<Self> {
-        let stream = open_stored(&store, &info.object).await?;
+        let stored = open_stored(&store, &info.object).await?;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
         let info_for_check = info.clone();
         let info = info.clone();
         let identities = identities.clone();
-        let bridge = SyncIoBridge::new(stream);
         let decoder = tokio::task::spawn_blocking(move || {
             let mut ready = Some(ready_tx);
-            let outcome = decode(bridge, &info, &identities, &tx, &mut ready);
+            let outcome = decode(stored.into_blocking(), &info, &identities, &tx, &mut ready);
             if let Err(e) = outcome {
                 match ready.take() {
                     Some(r) => {
@@ -502,21 +507,75 @@ impl AsyncRead for ArtifactReader {
 
 type StoredStream = StreamReader<futures::stream::BoxStream<'static, io::Result<Bytes>>, Bytes>;
 
-/// Opens the stored bytes of `object` as an async reader.
-pub(crate) async fn open_stored(
-    store: &Arc<dyn ObjectStore>,
-    object: &str,
-) -> Result<StoredStream> {
+/// The stored bytes of one object, opened for reading.
+pub(crate) enum Stored {
+    /// A file of a local repository, read directly: `object_store` streams a
+    /// local file in 8 KiB reads, each its own blocking task, which made a
+    /// restore from a local repository wait on its input.
+    File {
+        file: io::Take<std::fs::File>,
+        object: String,
+    },
+    /// Any other store's byte stream.
+    Stream(StoredStream),
+}
+
+impl Stored {
+    /// A blocking reader over the bytes (call from a blocking thread).
+    pub(crate) fn into_blocking(self) -> Box<dyn Read + Send> {
+        match self {
+            Stored::File { file, object } => Box::new(LocalRead { file, object }),
+            Stored::Stream(s) => Box::new(SyncIoBridge::new(s)),
+        }
+    }
+}
+
+/// Reads of a local object, with errors naming it like the store's own.
+struct LocalRead {
+    file: io::Take<std::fs::File>,
+    object: String,
+}
+
+impl Read for LocalRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf).map_err(|e| {
+            Error::Io {
+                what: format!("reading {}", self.object),
+                source: e,
+            }
+            .into_io()
+        })
+    }
+}
+
+/// Opens the stored bytes of `object`.
+pub(crate) async fn open_stored(store: &Arc<dyn ObjectStore>, object: &str) -> Result<Stored> {
     let got = store
         .get(&Path::from(object))
         .await
         .map_err(|e| Error::store(object, e))?;
-    let obj = object.to_string();
-    let stream = got
-        .into_stream()
-        .map(move |r| r.map_err(|e| Error::store(obj.clone(), e).into_io()))
-        .boxed();
-    Ok(StreamReader::new(stream))
+    let range = got.range.clone();
+    match got.payload {
+        object_store::GetResultPayload::File(mut file, _) => {
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(range.start))
+                .map_err(|e| Error::Io {
+                    what: format!("reading {object}"),
+                    source: e,
+                })?;
+            Ok(Stored::File {
+                file: file.take(range.end - range.start),
+                object: object.to_string(),
+            })
+        }
+        object_store::GetResultPayload::Stream(stream) => {
+            let obj = object.to_string();
+            let stream = stream
+                .map(move |r| r.map_err(|e| Error::store(obj.clone(), e).into_io()))
+                .boxed();
+            Ok(Stored::Stream(StreamReader::new(stream)))
+        }
+    }
 }
 
 fn decode<R: Read>(
@@ -578,9 +637,15 @@ fn decode<R: Read>(
                 plain
             });
             let decoded = (|| -> Result<bool> {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = vec![0u8; DECODE_CHUNK];
                 loop {
-                    let n = zstd.read(&mut buf).map_err(io_fail)?;
+                    let mut n = 0;
+                    while n < buf.len() {
+                        match zstd.read(&mut buf[n..]).map_err(io_fail)? {
+                            0 => break,
+                            got => n += got,
+                        }
+                    }
                     if n == 0 {
                         return Ok(true);
                     }
@@ -629,21 +694,27 @@ fn decode<R: Read>(
 /// [`Error::NotFound`] when the object is missing, [`Error::Corrupt`] naming
 /// the object when size or digest differ.
 pub(crate) async fn check_stored(store: &Arc<dyn ObjectStore>, info: &ArtifactInfo) -> Result<()> {
-    use tokio::io::AsyncReadExt;
-    let mut reader = open_stored(store, &info.object).await?;
-    let mut tally = Tally::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::from_io(e, format!("reading {}", info.object)))?;
-        if n == 0 {
-            break;
+    let stored = open_stored(store, &info.object).await?;
+    let object = info.object.clone();
+    let (size, sha) = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
+        let mut reader = stored.into_blocking();
+        let mut tally = Tally::new();
+        let mut buf = vec![0u8; DECODE_CHUNK];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| Error::from_io(e, format!("reading {object}")))?;
+            if n == 0 {
+                return Ok(tally.finish());
+            }
+            tally.update(&buf[..n]);
         }
-        tally.update(&buf[..n]);
-    }
-    let (size, sha) = tally.finish();
+    })
+    .await
+    .map_err(|e| Error::Io {
+        what: format!("checking {}", info.object),
+        source: io::Error::other(e),
+    })??;
     if size != info.stored_size || sha != info.stored_sha256 {
         return Err(Error::Corrupt {
             object: info.object.clone(),

@@ -11,6 +11,7 @@
 //!   `recovery.signal` and the recovery settings, optionally start and wait.
 
 mod action;
+mod extract;
 mod restore;
 mod source;
 mod target;

@@ -876,8 +876,9 @@ fn codec_error(e: &std::io::Error) -> Option<dr_storage::Error> {
     find(e)
 }
 
-/// Unpacks a tar artifact into `dest`, leaving out the entries `skip`
-/// selects, and reads it to the end so that the codec checks the digests.
+/// Unpacks a tar artifact into `dest` ([`super::extract`]), leaving out the
+/// entries `skip` selects, and reads it to the end so that the codec checks
+/// the digests.
 /// Returns the plaintext bytes read.
 async fn unpack(
     reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
@@ -901,17 +902,10 @@ async fn unpack(
             Some(found) => found,
             None => dr_storage::Error::from_io(e, format!("unpacking into {}", dest.display())),
         };
-        let mut archive = tar::Archive::new(&mut counted);
-        archive.set_preserve_permissions(true);
-        archive.set_overwrite(false);
-        for entry in archive.entries().map_err(unpack_err)? {
-            let mut entry = entry.map_err(unpack_err)?;
-            let path = entry.path().map_err(unpack_err)?.into_owned();
-            if skip(&path) {
-                continue;
-            }
-            entry.unpack_in(&dest).map_err(unpack_err)?;
-        }
+        // Two writers: with the decoder, its digest and the parser that is
+        // one thread more than a small host's cores, so a writer blocked in
+        // the kernel never idles the pipeline.
+        super::extract::extract(&mut counted, &dest, 2, skip).map_err(unpack_err)?;
         std::io::copy(&mut counted, &mut std::io::sink())
             .map_err(|e| dr_storage::Error::from_io(e, "reading the end of the base backup"))?;
         Ok(counted.n)
