@@ -149,17 +149,45 @@ pub enum Error {
     },
 }
 
+/// Whether an I/O error in `e`'s source chain is one that retrying cannot
+/// fix.
+fn permanent_io(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if matches!(
+                io.kind(),
+                io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::ReadOnlyFilesystem
+                    | io::ErrorKind::NotADirectory
+                    | io::ErrorKind::IsADirectory
+            ) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// `Result` with the storage [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Whether retrying the same call may succeed (network faults, throttling).
+    ///
+    /// A store's generic error is retryable unless it comes from a local file
+    /// system refusing for good (permission denied, read-only file system,
+    /// a path component that is not a directory): waiting does not change
+    /// file modes, and `dr wal-push` should say so at once instead of after
+    /// its retry budget.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Store { source, .. } => matches!(
-                source,
-                object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-            ),
+            Error::Store { source, .. } => match source {
+                object_store::Error::Generic { .. } => !permanent_io(source),
+                object_store::Error::JoinError { .. } => true,
+                _ => false,
+            },
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::TimedOut
@@ -221,5 +249,45 @@ fn backup_not_found(id: &str, source: &str) -> String {
         }
     } else {
         format!("{what} of source {source}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(source: Box<dyn std::error::Error + Send + Sync>) -> Error {
+        Error::store(
+            "wal/db/archive.json",
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source,
+            },
+        )
+    }
+
+    #[test]
+    fn a_refusal_of_the_file_system_is_not_retried() {
+        // As a store wraps it: its own error with the io::Error as source.
+        #[derive(Debug, thiserror::Error)]
+        #[error("Unable to create dir: {source}")]
+        struct Wrapped {
+            #[source]
+            source: io::Error,
+        }
+        for kind in [
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::ReadOnlyFilesystem,
+            io::ErrorKind::NotADirectory,
+        ] {
+            let e = generic(Box::new(Wrapped {
+                source: io::Error::from(kind),
+            }));
+            assert!(!e.is_retryable(), "{kind:?}");
+        }
+        let flaky = generic(Box::new(io::Error::from(io::ErrorKind::TimedOut)));
+        assert!(flaky.is_retryable());
+        let other = generic("connection closed".into());
+        assert!(other.is_retryable());
     }
 }
