@@ -639,3 +639,60 @@ fn status_names_wal_gaps_and_follows_a_timeline_switch() {
     );
     assert!(!pgdata.exists());
 }
+
+/// SIGTERM while `dr verify --restore` runs its scratch cluster: the
+/// verification stops, the scratch server is stopped and its directory
+/// removed, and the exit status says it failed (3), not that the backup is
+/// good (0) or damaged (1).
+#[test]
+fn an_interrupted_scratch_verify_leaves_nothing_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    if !should_run() {
+        return;
+    }
+    let (env, _pg, dr, _, _) = physical_env("");
+    env.ok(&["backup", "db"]);
+    let scratch = env.path("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let child = std::process::Command::new(&dr)
+        .current_dir(env.dir.path())
+        .env_remove("DR_REPO")
+        .env("DR_CONFIG", env.path("dr.toml"))
+        .env("TMPDIR", &scratch)
+        .args(["verify", "latest", "--restore"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled once the scratch restore has written its data directory.
+    let started = std::time::Instant::now();
+    let restoring = || {
+        std::fs::read_dir(&scratch)
+            .unwrap()
+            .flatten()
+            .any(|d| d.path().join("data/PG_VERSION").exists())
+    };
+    while !restoring() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no scratch data directory appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
