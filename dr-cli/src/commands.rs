@@ -514,10 +514,11 @@ impl Ctx<'_> {
         } else {
             println!("{}", render::prune_plan(&plan));
             println!(
-                "pruned: {} backup(s), {} WAL object(s), {} orphan(s); {} freed",
+                "pruned: {} backup(s), {} WAL object(s), {} orphan(s), {} verification record(s); {} freed",
                 report.backups_deleted.len(),
                 report.wal_deleted,
                 report.orphans_deleted,
+                report.verifications_deleted,
                 render::bytes(report.bytes_freed)
             );
         }

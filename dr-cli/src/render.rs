@@ -231,9 +231,10 @@ pub fn prune_plan(p: &dr_core::prune::PrunePlan) -> String {
         ));
     }
     out.push_str(&format!(
-        "\norphans: {} to delete, {} younger than the grace period\n{} to free",
+        "\norphans: {} to delete, {} younger than the grace period\nverification records of pruned backups: {} to delete\n{} to free",
         p.orphans.len(),
         p.orphans_in_grace,
+        p.verifications.len(),
         bytes(p.bytes_freed())
     ));
     out

@@ -96,9 +96,24 @@ fn prune_keeps_exactly_what_the_policy_says() {
     std::fs::create_dir_all(&young).unwrap();
     std::fs::write(young.join("database.pgdump.zst.age"), b"running").unwrap();
 
+    // Verification records: of two backups that go and of the newest.
+    for id in [&ids[0], &ids[1], &ids[3]] {
+        env.ok(&["verify", id]);
+    }
+    let records = || -> Vec<String> {
+        let mut r: Vec<String> = std::fs::read_dir(env.path("repo/verifications/db"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(records().len(), 3);
+
     // The dry run says what would happen and changes nothing.
     let plan: serde_json::Value =
         serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
+    assert_eq!(plan["verifications"].as_array().unwrap().len(), 2, "{plan}");
     let decisions = plan["retention"]["backups"].as_array().unwrap();
     let deleted: Vec<&str> = decisions
         .iter()
@@ -157,6 +172,10 @@ fn prune_keeps_exactly_what_the_policy_says() {
         young.join("database.pgdump.zst.age").exists(),
         "a running backup's objects are left alone"
     );
+    // Only the record of the kept backup is left.
+    let left_records = records();
+    assert_eq!(left_records.len(), 1, "{left_records:?}");
+    assert!(left_records[0].ends_with(&format!("-{}.json", ids[3])));
     // Idempotent, and what is left still verifies.
     let again: serde_json::Value =
         serde_json::from_str(&env.ok(&["prune", "--dry-run", "--json"])).unwrap();
