@@ -135,6 +135,19 @@ pub struct WalStatus {
     pub problems: Vec<String>,
 }
 
+/// Whether the newest archived WAL can be replayed from the newest base
+/// backup, whose first WAL segment is `newest_start` (the manifest's
+/// `start_segment`; `None` when the newest backup is not a physical one):
+/// true when no gap lies at or after that segment. WAL names of one
+/// recovery path order as segment names do (timeline, then position).
+/// Without a physical backup, any gap makes the WAL no recovery point.
+pub fn wal_reachable(gaps: &[WalGap], newest_start: Option<&str>) -> bool {
+    match newest_start {
+        Some(start) => !gaps.iter().any(|g| g.first_missing.as_str() >= start),
+        None => gaps.is_empty(),
+    }
+}
+
 /// Computes the status of every source in the repository plus every
 /// `configured` source (which shows as violating its RPO when it has no
 /// backup). `wal_last` gives the time WAL was last archived per source.
@@ -192,7 +205,13 @@ pub async fn status_with_wal(
         let obj = objectives.for_source(&name);
         let wal_state = wal_states.get(&name).cloned();
         let wal = wal_state.as_ref().and_then(|w| w.last_archived_at);
-        let newest_point = [last.map(|m| m.finished_at), wal]
+        // Archived WAL is a recovery point only when recovery can replay it
+        // from the newest base backup.
+        let newest_start = last.and_then(|m| m.metadata.get("start_segment")?.as_str());
+        let wal_reachable = wal_state
+            .as_ref()
+            .is_none_or(|w| wal_reachable(&w.gaps, newest_start));
+        let newest_point = [last.map(|m| m.finished_at), wal.filter(|_| wal_reachable)]
             .into_iter()
             .flatten()
             .max();
@@ -214,6 +233,17 @@ pub async fn status_with_wal(
             _ => {}
         }
         if let Some(w) = &wal_state {
+            if !wal_reachable && wal.is_some() {
+                problems.push(match newest_start {
+                    Some(start) => format!(
+                        "the archived WAL after a gap cannot be replayed from the newest base backup \
+                         (it starts at {start}): its end is the newest recovery point"
+                    ),
+                    None => "archived WAL with a gap and no base backup to replay it from is no \
+                             recovery point"
+                        .to_string(),
+                });
+            }
             problems.extend(w.gaps.iter().map(ToString::to_string));
             problems.extend(w.problems.iter().cloned());
         }
@@ -353,6 +383,19 @@ mod tests {
     }
 
     #[test]
+    fn wal_behind_a_gap_after_the_newest_backup_is_no_recovery_point() {
+        let g = [gap(Some("000000010000000000000007"), None, 1)]; // 08 missing
+                                                                  // The newest backup starts after the gap: its WAL replays.
+        assert!(wal_reachable(&g, Some("000000010000000000000009")));
+        assert!(wal_reachable(&g, Some("000000020000000000000001")));
+        // It starts before or at the gap: replay stops there.
+        assert!(!wal_reachable(&g, Some("000000010000000000000005")));
+        assert!(!wal_reachable(&g, Some("000000010000000000000008")));
+        assert!(!wal_reachable(&g, None));
+        assert!(wal_reachable(&[], None));
+    }
+
+    #[test]
     fn gaps_are_named() {
         assert_eq!(
             gap(
@@ -406,10 +449,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.len(), 2);
-        // Fresh WAL meets the RPO, but the gap is a problem.
-        assert!(s[0].rpo_met && !s[0].ok(), "{s:?}");
+        // Fresh WAL behind a gap, with no base backup to replay it from, is
+        // no recovery point: the RPO is not met, and the gap is named.
+        assert!(!s[0].rpo_met && !s[0].ok(), "{s:?}");
         assert_eq!(s[0].wal_gap_count(), 1);
-        assert!(s[0].problems[0].starts_with("WAL gap on timeline 1 after"));
+        assert!(
+            s[0].problems
+                .iter()
+                .any(|p| p.starts_with("WAL gap on timeline 1 after")),
+            "{s:?}"
+        );
         assert!(s[1].ok(), "{s:?}");
         let text = to_prometheus(&s);
         assert!(text.contains("wal_archive_gaps{source=\"db\"} 1"), "{text}");
