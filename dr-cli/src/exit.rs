@@ -78,6 +78,25 @@ pub fn code(e: &anyhow::Error) -> i32 {
     EXIT_FAILED
 }
 
+/// The error and its causes, `: `-separated as anyhow's `{:#}` prints them,
+/// leaving out a cause whose text the message already holds: some errors
+/// (object_store's among them) print their source inside their own text,
+/// which made one permission error read three times.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Whether the error is a write to a closed pipe.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -86,4 +105,39 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
             || c.downcast_ref::<serde_json::Error>()
                 .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source inside its own text.
+    #[derive(Debug)]
+    struct Echoing {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Echoing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Unable to create dir /r/wal: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Echoing {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = anyhow::Error::new(Echoing { source: io }).context("wal-push");
+        assert_eq!(
+            message(&e),
+            "wal-push: Unable to create dir /r/wal: permission denied"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(message(&plain), "outer: inner");
+    }
 }

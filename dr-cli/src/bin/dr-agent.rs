@@ -21,7 +21,7 @@ fn main() {
     let code = match outcome {
         Ok(_) => exit::EXIT_OK,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {}", exit::message(&e));
             exit::code(&e)
         }
     };

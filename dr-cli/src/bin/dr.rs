@@ -42,10 +42,10 @@ fn main() {
         Err(e) => {
             let code = exit::code(&e);
             if json {
-                let body = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code });
+                let body = serde_json::json!({ "error": exit::message(&e), "exit_code": code });
                 let _ = writeln!(std::io::stdout(), "{body}");
             }
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {}", exit::message(&e));
             code
         }
     };
