@@ -268,9 +268,11 @@ fn parse<R: Read>(
             }
         }
     }
-    // Deepest first, so that a directory made read-only does not stop the
-    // mode of one below it from being set.
-    for (dir, mode) in modes.iter().rev() {
+    // Deepest first, so that a directory its owner may not search does not
+    // stop the mode of one below it from being set; by depth, not by the
+    // archive's order, where a directory's entry may follow its contents.
+    modes.sort_by_key(|(dir, _)| std::cmp::Reverse(dir.components().count()));
+    for (dir, mode) in &modes {
         std::fs::set_permissions(dir, Permissions::from_mode(*mode))
             .map_err(|e| at(dir, "setting the mode of", e))?;
     }
@@ -500,6 +502,72 @@ mod tests {
             std::fs::read(dest.path().join("PG_VERSION")).unwrap(),
             b"keep"
         );
+    }
+
+    #[test]
+    fn long_names_hard_links_and_late_directory_entries() {
+        let long_dir = "d".repeat(120);
+        let long_file = format!("{long_dir}/{}", "f".repeat(150));
+        let pax_name = format!("pax/{}", "p".repeat(200));
+        let tar = archive(|b| {
+            // GNU long name entries (the builder writes them for long paths).
+            file(b, &long_file, &pattern(PIECE), 0o600, 1_700_000_001);
+            // A pax extended header naming the next entry.
+            b.append_pax_extensions([("path", pax_name.as_bytes())])
+                .unwrap();
+            file(b, "pax/short", b"pax data", 0o600, 1_700_000_002);
+            // Files first, their directory's entry (and mode) after them.
+            file(b, "late/a", b"a", 0o600, 1_700_000_003);
+            file(b, "./late/b", b"", 0o600, 1_700_000_004);
+            dir(b, "late", 0o750);
+            // A hard link to a file written just before.
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            h.set_mode(0o600);
+            b.append_link(&mut h, "late/hard", "late/a").unwrap();
+        });
+        let dest = tempfile::tempdir().unwrap();
+        extract(&tar[..], dest.path(), 2, |_| false).unwrap();
+        let long = dest.path().join(&long_file);
+        assert_eq!(std::fs::read(&long).unwrap(), pattern(PIECE));
+        assert_eq!(std::fs::metadata(&long).unwrap().mtime(), 1_700_000_001);
+        assert_eq!(
+            std::fs::read(dest.path().join(&pax_name)).unwrap(),
+            b"pax data"
+        );
+        assert!(!dest.path().join("pax/short").exists());
+        let late = std::fs::metadata(dest.path().join("late")).unwrap();
+        assert_eq!(late.mode() & 0o7777, 0o750);
+        assert_eq!(std::fs::read(dest.path().join("late/a")).unwrap(), b"a");
+        let b_meta = std::fs::metadata(dest.path().join("late/b")).unwrap();
+        assert_eq!((b_meta.len(), b_meta.mtime()), (0, 1_700_000_004));
+        let hard = std::fs::metadata(dest.path().join("late/hard")).unwrap();
+        assert_eq!(hard.nlink(), 2);
+        assert_eq!(std::fs::read(dest.path().join("late/hard")).unwrap(), b"a");
+    }
+
+    /// Directory modes go deepest first whatever the archive's order: a
+    /// parent whose entry comes after its subdirectory's and that its owner
+    /// may not search (as a user other than root) must not stop the
+    /// subdirectory's mode from being set.
+    #[test]
+    fn directory_modes_are_set_deepest_first_in_any_entry_order() {
+        let tar = archive(|b| {
+            dir(b, "a/b", 0o750);
+            file(b, "a/b/f", b"f", 0o600, 0);
+            dir(b, "a", 0o600);
+        });
+        let dest = tempfile::tempdir().unwrap();
+        let extracted = extract(&tar[..], dest.path(), 2, |_| false);
+        let a = dest.path().join("a");
+        let a_mode = std::fs::metadata(&a).unwrap().mode() & 0o7777;
+        // Searchable again, so that the check below and the clean-up work.
+        std::fs::set_permissions(&a, Permissions::from_mode(0o700)).unwrap();
+        extracted.unwrap();
+        assert_eq!(a_mode, 0o600);
+        let b_mode = std::fs::metadata(a.join("b")).unwrap().mode() & 0o7777;
+        assert_eq!(b_mode, 0o750);
     }
 
     #[test]
