@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use dr_postgres::physical::{self, PitrOptions, RecoveryTarget, TargetAction};
 use dr_postgres::wal::{self, FetchOptions, PushOptions, RetryPolicy};
@@ -329,7 +329,29 @@ pub async fn run_pitr_restore(
     let plan = physical::plan_pitr(&repo, &ids, source, &opts)
         .await
         .map_err(dr_core::Error::from)?;
-    Ok(physical::pitr_restore(&repo, &ids, &plan, &opts)
-        .await
-        .map_err(dr_core::Error::from)?)
+    // SIGINT or SIGTERM while the files are written: the restore stops and
+    // removes what it wrote (the data directory is left as it was found); a
+    // second signal quits at once.
+    let restore = physical::pitr_restore(&repo, &ids, &plan, &opts);
+    tokio::pin!(restore);
+    let first = crate::agent::shutdown_signal()?;
+    let done = tokio::select! {
+        r = &mut restore => r,
+        () = first => {
+            eprintln!(
+                "interrupted: stopping the restore and removing what it wrote into {} (again to quit at once)",
+                opts.pgdata.display()
+            );
+            opts.cancel.cancel();
+            let second = crate::agent::shutdown_signal()?;
+            tokio::select! {
+                r = &mut restore => r,
+                () = second => bail!(
+                    "interrupted twice: {} may hold a partial restore; remove it before restoring again",
+                    opts.pgdata.display()
+                ),
+            }
+        }
+    };
+    Ok(done.map_err(dr_core::Error::from)?)
 }

@@ -715,3 +715,61 @@ fn an_interrupted_scratch_verify_leaves_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// SIGINT while `dr restore` writes the files of a physical backup: the
+/// restore stops, removes the data directory it created and exits 3; a
+/// second restore into the same path then succeeds.
+#[test]
+fn an_interrupted_restore_removes_what_it_wrote() {
+    if !should_run() {
+        return;
+    }
+    let (env, pg, dr, _, _) = physical_env("");
+    pg.psql(
+        "postgres",
+        "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g + 1)::text) AS body \
+         FROM generate_series(1, 600000) g",
+    );
+    env.ok(&["backup", "db"]);
+    let pgdata = env.path("restored");
+    let args = [
+        "restore",
+        "auto",
+        "--source",
+        "db",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target",
+        "immediate",
+    ];
+    let child = std::process::Command::new(&dr)
+        .current_dir(env.dir.path())
+        .env_remove("DR_REPO")
+        .env("DR_CONFIG", env.path("dr.toml"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !pgdata.join("base").exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the restore wrote nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!pgdata.exists(), "{} left behind", pgdata.display());
+    // Nothing is in the way of the next attempt.
+    env.ok(&args);
+    assert!(pgdata.join("recovery.signal").exists());
+}

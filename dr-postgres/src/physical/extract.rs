@@ -119,6 +119,7 @@ pub(crate) fn extract<R: Read>(
     dest: &Path,
     writers: usize,
     skip: impl Fn(&Path) -> bool,
+    cancelled: impl Fn() -> bool,
 ) -> io::Result<()> {
     let (work_tx, work_rx) = sync_channel::<Piece>(PIECES_IN_FLIGHT);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(PIECES_IN_FLIGHT);
@@ -129,7 +130,7 @@ pub(crate) fn extract<R: Read>(
     }
     let work_rx = Arc::new(Mutex::new(work_rx));
     let failed: Mutex<Option<io::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
+    let parsed = std::thread::scope(|s| {
         for _ in 0..writers.max(1) {
             let work_rx = Arc::clone(&work_rx);
             let free_tx = free_tx.clone();
@@ -137,14 +138,26 @@ pub(crate) fn extract<R: Read>(
             s.spawn(move || write_pieces(&work_rx, &free_tx, failed));
         }
         drop(free_tx);
-        let parsed = parse(input, dest, &skip, &work_tx, &free_rx, &failed);
+        let parsed = parse(input, dest, &skip, &cancelled, &work_tx, &free_rx, &failed);
         drop(work_tx);
         parsed
-    })?;
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
+    });
+    let written = failed.into_inner().unwrap_or_else(|p| p.into_inner());
+    match (parsed, written) {
+        // The parse's own error (a codec's verdict on the input) first.
+        (Err(e), _) if !is_stopped(&e) => Err(e),
+        (_, Some(e)) => Err(e),
+        (parsed, None) => parsed,
     }
+}
+
+/// The parse stopped early: a writer failed or the caller cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("the extraction was stopped")]
+struct Stopped;
+
+fn is_stopped(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
 }
 
 /// A writer thread: writes pieces until the parser hangs up. After the first
@@ -184,19 +197,23 @@ fn parse<R: Read>(
     input: R,
     dest: &Path,
     skip: &dyn Fn(&Path) -> bool,
+    cancelled: &dyn Fn() -> bool,
     work: &std::sync::mpsc::SyncSender<Piece>,
     free: &Receiver<Vec<u8>>,
     failed: &Mutex<Option<io::Error>>,
 ) -> io::Result<()> {
-    let writers_failed = || failed.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    // Stop early when a writer failed (its error is the one reported) or
+    // the caller cancelled.
+    let stop = || cancelled() || failed.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    let stopped = || io::Error::new(io::ErrorKind::Interrupted, Stopped);
     let mut dirs = Dirs::new(dest);
     let mut modes: Vec<(PathBuf, u32)> = Vec::new();
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(false);
     for entry in archive.entries()? {
-        if writers_failed() {
-            return Ok(()); // the writer's error is the one reported
+        if stop() {
+            return Err(stopped());
         }
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
@@ -238,6 +255,9 @@ fn parse<R: Read>(
                 });
                 let mut offset = 0u64;
                 while offset < size {
+                    if stop() {
+                        return Err(stopped());
+                    }
                     let len = (size - offset).min(PIECE as u64) as usize;
                     let mut buf = free
                         .recv()
@@ -416,7 +436,7 @@ mod tests {
                 .unwrap();
         });
         let dest = tempfile::tempdir().unwrap();
-        extract(&tar[..], dest.path(), 2, |_| false).unwrap();
+        extract(&tar[..], dest.path(), 2, |_| false, || false).unwrap();
         for (i, n) in sizes.iter().enumerate() {
             let p = dest.path().join(format!("base/1/{i}"));
             assert_eq!(
@@ -445,9 +465,13 @@ mod tests {
             file(b, "PG_VERSION", b"15\n", 0o600, 0);
         });
         let dest = tempfile::tempdir().unwrap();
-        extract(&tar[..], dest.path(), 1, |p| {
-            p == Path::new("tablespace_map")
-        })
+        extract(
+            &tar[..],
+            dest.path(),
+            1,
+            |p| p == Path::new("tablespace_map"),
+            || false,
+        )
         .unwrap();
         assert!(!dest.path().join("tablespace_map").exists());
         assert!(dest.path().join("PG_VERSION").exists());
@@ -468,7 +492,7 @@ mod tests {
         let outer = tempfile::tempdir().unwrap();
         let dest = outer.path().join("d");
         std::fs::create_dir(&dest).unwrap();
-        let err = extract(&tar[..], &dest, 2, |_| false).unwrap_err();
+        let err = extract(&tar[..], &dest, 2, |_| false, || false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("../escape"), "{err}");
         assert!(!outer.path().join("escape").exists());
@@ -486,7 +510,7 @@ mod tests {
             file(b, "pg_wal/000000010000000000000001", b"wal", 0o600, 0);
         });
         let dest = tempfile::tempdir().unwrap();
-        let err = extract(&tar[..], dest.path(), 2, |_| false).unwrap_err();
+        let err = extract(&tar[..], dest.path(), 2, |_| false, || false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
     }
@@ -496,7 +520,7 @@ mod tests {
         let tar = archive(|b| file(b, "PG_VERSION", b"15\n", 0o600, 0));
         let dest = tempfile::tempdir().unwrap();
         std::fs::write(dest.path().join("PG_VERSION"), b"keep").unwrap();
-        let err = extract(&tar[..], dest.path(), 2, |_| false).unwrap_err();
+        let err = extract(&tar[..], dest.path(), 2, |_| false, || false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
         assert_eq!(
             std::fs::read(dest.path().join("PG_VERSION")).unwrap(),
@@ -528,7 +552,7 @@ mod tests {
             b.append_link(&mut h, "late/hard", "late/a").unwrap();
         });
         let dest = tempfile::tempdir().unwrap();
-        extract(&tar[..], dest.path(), 2, |_| false).unwrap();
+        extract(&tar[..], dest.path(), 2, |_| false, || false).unwrap();
         let long = dest.path().join(&long_file);
         assert_eq!(std::fs::read(&long).unwrap(), pattern(PIECE));
         assert_eq!(std::fs::metadata(&long).unwrap().mtime(), 1_700_000_001);
@@ -559,7 +583,7 @@ mod tests {
             dir(b, "a", 0o600);
         });
         let dest = tempfile::tempdir().unwrap();
-        let extracted = extract(&tar[..], dest.path(), 2, |_| false);
+        let extracted = extract(&tar[..], dest.path(), 2, |_| false, || false);
         let a = dest.path().join("a");
         let a_mode = std::fs::metadata(&a).unwrap().mode() & 0o7777;
         // Searchable again, so that the check below and the clean-up work.
@@ -574,7 +598,29 @@ mod tests {
     fn a_truncated_archive_is_an_error() {
         let tar = archive(|b| file(b, "big", &pattern(3 * PIECE), 0o600, 0));
         let dest = tempfile::tempdir().unwrap();
-        let err = extract(&tar[..2 * PIECE], dest.path(), 2, |_| false).unwrap_err();
+        let err = extract(&tar[..2 * PIECE], dest.path(), 2, |_| false, || false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    }
+
+    #[test]
+    fn a_cancelled_extraction_stops_between_pieces() {
+        let tar = archive(|b| {
+            file(b, "small", b"x", 0o600, 0);
+            file(b, "big", &pattern(20 * PIECE), 0o600, 0);
+        });
+        let dest = tempfile::tempdir().unwrap();
+        let pieces = std::sync::atomic::AtomicUsize::new(0);
+        let err = extract(
+            &tar[..],
+            dest.path(),
+            2,
+            |_| false,
+            || pieces.fetch_add(1, Ordering::SeqCst) > 3,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted, "{err}");
+        assert!(is_stopped(&err));
+        let big = std::fs::metadata(dest.path().join("big")).unwrap().len();
+        assert!(big < 20 * PIECE as u64, "{big} bytes written");
     }
 }

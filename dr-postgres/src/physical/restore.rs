@@ -63,6 +63,11 @@ pub struct PitrOptions {
     /// `<tablespace_root>/<oid>` instead of its original directory
     /// (scratch restores, which must never write to production paths).
     pub tablespace_root: Option<PathBuf>,
+    /// Cancelled (by a signal handler, say), the restore stops writing
+    /// files, removes what it wrote and returns
+    /// [`dr_storage::Error::Aborted`]. Once the files are in place (the
+    /// server starting or recovering) it no longer stops the restore.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// `OID-or-NAME=DIR`: restore a tablespace into `DIR` instead of its
@@ -150,6 +155,7 @@ impl PitrOptions {
             bin_dir: None,
             tablespace_mapping: Vec::new(),
             tablespace_root: None,
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -678,11 +684,16 @@ pub async fn pitr_restore(
         // the mapped directories); the server would otherwise recreate the
         // original ones from tablespace_map (PostgreSQL 15 docs §26.3.3).
         let links = !plan.tablespaces.is_empty();
-        let mut bytes = unpack(reader, pgdata.clone(), move |path| {
-            links
-                && (path == Path::new("tablespace_map")
-                    || path.parent() == Some(Path::new("pg_tblspc")))
-        })
+        let mut bytes = unpack(
+            reader,
+            pgdata.clone(),
+            move |path| {
+                links
+                    && (path == Path::new("tablespace_map")
+                        || path.parent() == Some(Path::new("pg_tblspc")))
+            },
+            opts.cancel.clone(),
+        )
         .await?;
         if plan
             .manifest
@@ -695,7 +706,14 @@ pub async fn pitr_restore(
                 .open_artifact(&plan.manifest, MANIFEST_ARTIFACT, identities)
                 .await?;
             let path = pgdata.join(MANIFEST_ARTIFACT);
-            let mut file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
+            // 0600, as the server's own files (pg_basebackup writes it so).
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .await
+                .map_err(io(&path))?;
             let mut buf = Vec::new();
             // Stream it: a manifest lists every file and can be large.
             loop {
@@ -715,6 +733,7 @@ pub async fn pitr_restore(
             }
         }
         for t in &plan.tablespaces {
+            interrupted(&opts.cancel, pgdata)?;
             let reader = repo
                 .open_artifact(&plan.manifest, &t.artifact, identities)
                 .await?;
@@ -724,7 +743,7 @@ pub async fn pitr_restore(
             let link = pgdata.join("pg_tblspc").join(t.oid.to_string());
             std::fs::create_dir_all(pgdata.join("pg_tblspc")).map_err(io(pgdata))?;
             std::os::unix::fs::symlink(&t.dir, &link).map_err(io(&link))?;
-            bytes += unpack(reader, t.dir.clone(), |_| false).await?;
+            bytes += unpack(reader, t.dir.clone(), |_| false, opts.cancel.clone()).await?;
             if let Some(o) = owner {
                 chown_tree(&t.dir, o).map_err(io(&t.dir))?;
             }
@@ -733,6 +752,7 @@ pub async fn pitr_restore(
         // The data on disk before the files that make the directory look like
         // a restore ready to start (recovery.signal): a crash in between leaves
         // no signal rather than a signal over data still in the page cache.
+        interrupted(&opts.cancel, pgdata)?;
         let mut dirs = vec![pgdata.clone()];
         dirs.extend(plan.tablespaces.iter().map(|t| t.dir.clone()));
         sync_filesystems(&dirs).await?;
@@ -740,7 +760,17 @@ pub async fn pitr_restore(
         for stale in ["postmaster.pid", "postmaster.opts"] {
             let _ = std::fs::remove_file(pgdata.join(stale));
         }
-        std::fs::write(pgdata.join("recovery.signal"), b"").map_err(io(pgdata))?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let signal = pgdata.join("recovery.signal");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&signal)
+                .map_err(io(&signal))?;
+        }
         let auto = pgdata.join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
         text.push_str(&format!(
@@ -884,6 +914,7 @@ async fn unpack(
     reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     dest: PathBuf,
     skip: impl Fn(&Path) -> bool + Send + 'static,
+    cancel: tokio_util::sync::CancellationToken,
 ) -> Result<u64, WalError> {
     let at = dest.clone();
     tokio::task::spawn_blocking(move || -> Result<u64, WalError> {
@@ -905,7 +936,12 @@ async fn unpack(
         // Two writers: with the decoder, its digest and the parser that is
         // one thread more than a small host's cores, so a writer blocked in
         // the kernel never idles the pipeline.
-        super::extract::extract(&mut counted, &dest, 2, skip).map_err(unpack_err)?;
+        let extracted =
+            super::extract::extract(&mut counted, &dest, 2, skip, || cancel.is_cancelled());
+        if cancel.is_cancelled() {
+            interrupted(&cancel, &dest)?;
+        }
+        extracted.map_err(unpack_err)?;
         std::io::copy(&mut counted, &mut std::io::sink())
             .map_err(|e| dr_storage::Error::from_io(e, "reading the end of the base backup"))?;
         Ok(counted.n)
@@ -915,6 +951,17 @@ async fn unpack(
         path: at,
         source: std::io::Error::other(e),
     })?
+}
+
+/// [`dr_storage::Error::Aborted`] once `cancel` is cancelled.
+fn interrupted(cancel: &tokio_util::sync::CancellationToken, dest: &Path) -> Result<(), WalError> {
+    if cancel.is_cancelled() {
+        return Err(dr_storage::Error::Aborted {
+            what: format!("the restore into {} (interrupted)", dest.display()),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 struct CountingRead<R> {
