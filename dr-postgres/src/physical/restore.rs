@@ -491,6 +491,10 @@ fn place_tablespaces(
         }
     }
     let mut out: Vec<TablespacePlacement> = Vec::new();
+    // Compared with symbolic links resolved: a mapping to a link into the
+    // data directory overlaps it as much as the path itself.
+    let pgdata = resolved(&opts.pgdata);
+    let mut taken: Vec<PathBuf> = Vec::new();
     for t in &meta.tablespaces {
         // An oid match wins over a name match (a tablespace may be named
         // like another's oid).
@@ -508,7 +512,8 @@ fn place_tablespaces(
             (None, Some(root)) => root.join(t.oid.to_string()),
             (None, None) => PathBuf::from(&t.location),
         };
-        if dir.starts_with(&opts.pgdata) || opts.pgdata.starts_with(&dir) {
+        let real = resolved(&dir);
+        if real.starts_with(&pgdata) || pgdata.starts_with(&real) {
             return Err(bad(
                 format!("{}={}", t.name, dir.display()),
                 format!(
@@ -518,9 +523,10 @@ fn place_tablespaces(
                 ),
             ));
         }
-        if let Some(other) = out
+        if let Some(other) = taken
             .iter()
-            .find(|o| o.dir.starts_with(&dir) || dir.starts_with(&o.dir))
+            .position(|o| o.starts_with(&real) || real.starts_with(o))
+            .map(|i| &out[i])
         {
             return Err(bad(
                 format!("{}={}", t.name, dir.display()),
@@ -532,6 +538,7 @@ fn place_tablespaces(
                 ),
             ));
         }
+        taken.push(real);
         out.push(TablespacePlacement {
             oid: t.oid,
             name: t.name.clone(),
@@ -545,6 +552,29 @@ fn place_tablespaces(
 
 /// Quotes a word for `/bin/sh` (PostgreSQL runs `restore_command` through
 /// the shell).
+/// `p` with the symbolic links of its existing part resolved and the rest
+/// appended as given (`p` itself when nothing of it resolves).
+fn resolved(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut out) = existing.canonicalize() {
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
 fn sh_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
@@ -1214,6 +1244,21 @@ mod gap_tests {
         list.iter()
             .map(|&(t, s)| segment_file_name(t, s, MIB16))
             .collect()
+    }
+
+    #[test]
+    fn paths_are_compared_with_links_resolved() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&data, &link).unwrap();
+        let real = data.canonicalize().unwrap();
+        // A link into the data directory, and a path not yet made below it.
+        assert_eq!(resolved(&link.join("ts")), real.join("ts"));
+        assert!(resolved(&link.join("a/b")).starts_with(&real));
+        // Nothing of it exists: as given.
+        assert_eq!(resolved(Path::new("nope/x")), PathBuf::from("nope/x"));
     }
 
     #[test]
