@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release -q -p dr-cli -p dr-examples
-exec target/release/dr-demo
+exec "${CARGO_TARGET_DIR:-target}/release/dr-demo"
