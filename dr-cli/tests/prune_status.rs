@@ -674,40 +674,21 @@ fn an_interrupted_scratch_verify_leaves_nothing_behind() {
     let scratch = env.path("scratch");
     std::fs::create_dir(&scratch).unwrap();
     std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let child = std::process::Command::new(&dr)
-        .current_dir(env.dir.path())
-        .env_remove("DR_REPO")
-        .env("DR_CONFIG", env.path("dr.toml"))
-        .env("TMPDIR", &scratch)
-        .args(["verify", "latest", "--restore"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Signalled once the scratch restore has written its data directory.
-    let started = std::time::Instant::now();
     let restoring = || {
         std::fs::read_dir(&scratch)
             .unwrap()
             .flatten()
             .any(|d| d.path().join("data/PG_VERSION").exists())
     };
-    while !restoring() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "no scratch data directory appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
+    interrupt(
+        &env,
+        &dr,
+        &["verify", "latest", "--restore"],
+        &[("TMPDIR", scratch.as_path())],
+        restoring,
+        "-TERM",
+    );
     let left: Vec<_> = std::fs::read_dir(&scratch)
         .unwrap()
         .flatten()
@@ -742,34 +723,56 @@ fn an_interrupted_restore_removes_what_it_wrote() {
         "--target",
         "immediate",
     ];
-    let child = std::process::Command::new(&dr)
+    interrupt(
+        &env,
+        &dr,
+        &args,
+        &[],
+        || pgdata.join("base").exists(),
+        "-INT",
+    );
+    assert!(!pgdata.exists(), "{} left behind", pgdata.display());
+    // Nothing is in the way of the next attempt.
+    env.ok(&args);
+    assert!(pgdata.join("recovery.signal").exists());
+}
+
+/// Runs `dr args` (with `envs`), sends it `signal` as soon as `ready()`
+/// holds, and checks that it stopped as interrupted: exit 3, "interrupted"
+/// on stderr.
+fn interrupt(
+    env: &Env,
+    dr: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &std::path::Path)],
+    ready: impl Fn() -> bool,
+    signal: &str,
+) {
+    let child = std::process::Command::new(dr)
         .current_dir(env.dir.path())
         .env_remove("DR_REPO")
         .env("DR_CONFIG", env.path("dr.toml"))
+        .envs(envs.iter().copied())
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while !pgdata.join("base").exists() {
+    while !ready() {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(60),
-            "the restore wrote nothing"
+            "dr {args:?} never got ready to be interrupted"
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
-    assert!(!pgdata.exists(), "{} left behind", pgdata.display());
-    // Nothing is in the way of the next attempt.
-    env.ok(&args);
-    assert!(pgdata.join("recovery.signal").exists());
+    assert_eq!(out.status.code(), Some(3), "dr {args:?}: {err}");
+    assert!(err.contains("interrupted"), "dr {args:?}: {err}");
 }
