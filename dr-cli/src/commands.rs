@@ -265,13 +265,12 @@ impl Ctx<'_> {
         } else {
             None
         };
+        // SIGINT or SIGTERM during a scratch restore: stopped, and the
+        // scratch target removed.
         let report = match scratch.as_deref() {
             Some(restorer) => {
-                verify_or_clean_up_on_signal(
-                    job::verify(&repo, &m, ids.as_ref(), Some(restorer)),
-                    restorer,
-                )
-                .await?
+                let stop = crate::agent::shutdown_signal()?;
+                job::verify_until(&repo, &m, ids.as_ref(), restorer, stop).await
             }
             None => job::verify(&repo, &m, ids.as_ref(), None).await,
         };
@@ -630,43 +629,4 @@ fn dsn_arg(dsn: &str, flag: &str) -> Result<ConnectionSettings> {
         );
     }
     Ok(conn)
-}
-
-/// Runs a verification with a scratch restore; on SIGTERM or SIGINT the
-/// verification is dropped where it stands and the scratch target is
-/// discarded (the scratch server stopped, its directory or database
-/// removed), so an interrupted `dr verify --restore` leaves nothing behind.
-///
-/// # Errors
-/// The signal handlers cannot be installed; interrupted (with what was
-/// cleaned up, or what could not be).
-async fn verify_or_clean_up_on_signal<T>(
-    verification: impl std::future::Future<Output = T>,
-    restorer: &dyn Restorer,
-) -> Result<T> {
-    let stop = crate::agent::shutdown_signal()?;
-    let finished = {
-        tokio::pin!(verification);
-        tokio::select! {
-            r = &mut verification => Some(r),
-            () = stop => None,
-        }
-    };
-    if let Some(r) = finished {
-        return Ok(r);
-    }
-    // A restore may still be writing from a blocking thread for a moment:
-    // try a few times.
-    let mut last = None;
-    for _ in 0..5 {
-        match restorer.discard().await {
-            Ok(()) => {
-                bail!("interrupted: the scratch restore was stopped and {restorer} removed")
-            }
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
-    let e = last.expect("five attempts");
-    bail!("interrupted: the scratch restore was stopped but {restorer} could not be removed: {e}")
 }

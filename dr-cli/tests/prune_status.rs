@@ -695,6 +695,16 @@ fn an_interrupted_scratch_verify_leaves_nothing_behind() {
         .map(|d| d.path())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // And no scratch server still running from the removed directory.
+    let needle = scratch.to_str().unwrap().as_bytes();
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .filter(|c| c.windows(needle.len()).any(|w| w == needle))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect();
+    assert!(running.is_empty(), "still running: {running:?}");
 }
 
 /// SIGINT while `dr restore` writes the files of a physical backup: the

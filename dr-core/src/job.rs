@@ -271,6 +271,56 @@ pub async fn verify(
     Ok(report)
 }
 
+/// [`verify`] with a `scratch` restore that ends early when `stop` completes
+/// first (a shutdown signal, a deadline): the verification is dropped where
+/// it stands and the scratch target discarded (the scratch server stopped,
+/// its directory or database removed), so an interrupted verification
+/// leaves nothing behind. The discard is tried up to five times, 300 ms
+/// apart: a restore may still be writing from a blocking thread for a
+/// moment after it is dropped.
+///
+/// # Errors
+/// As [`verify`]; when stopped, [`Error::Failed`] saying so and whether the
+/// scratch target was removed (or why not).
+pub async fn verify_until(
+    repository: &Repository,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+    scratch: &dyn Restorer,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<VerifyReport> {
+    let finished = {
+        let verification = verify(repository, manifest, identities, Some(scratch));
+        tokio::pin!(verification);
+        tokio::select! {
+            r = &mut verification => Some(r),
+            () = stop => None,
+        }
+    };
+    if let Some(r) = finished {
+        return r;
+    }
+    let what = format!("verification of backup {}", manifest.backup_id);
+    let mut last = None;
+    for _ in 0..5 {
+        match scratch.discard().await {
+            Ok(()) => {
+                return Err(Error::failed(
+                    what,
+                    format!("interrupted; the scratch restore was stopped and {scratch} removed"),
+                ))
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let e = last.expect("five attempts");
+    Err(Error::failed(
+        what,
+        format!("interrupted; {scratch} could not be removed: {}", chain(&e)),
+    ))
+}
+
 /// `e` and its causes, `: `-separated (a failed scratch restore's report
 /// says why, not only that the PostgreSQL step failed).
 fn chain(e: &Error) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dr_storage::object_store::path::Path;
 use dr_storage::{LeaseOptions, Manifest, Repository};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -33,7 +33,8 @@ pub struct PrunePlan {
     pub orphans: Vec<Orphan>,
     /// Orphans younger than the grace period (a backup may be running).
     pub orphans_in_grace: usize,
-    /// Verification records to delete ([`stale_verifications`]).
+    /// Verification records to delete
+    /// ([`crate::verification::stale_records`]).
     #[serde(default)]
     pub verifications: Vec<String>,
 }
@@ -201,53 +202,15 @@ pub async fn plan_prune(
         .filter(|d| d.keep())
         .map(|d| (d.backup.source.as_str(), d.backup.id.as_str()))
         .collect();
-    let records: Vec<String> = repo
-        .store()
-        .list(Some(&Path::from(crate::verification::VERIFICATION_PREFIX)))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .map_err(|e| dr_storage::Error::store(crate::verification::VERIFICATION_PREFIX, e))?;
-    let verifications = stale_verifications(&records, |source, id| kept.contains(&(source, id)));
+    let records = crate::verification::list_records(repo).await?;
+    let verifications =
+        crate::verification::stale_records(&records, |source, id| kept.contains(&(source, id)));
     Ok(PrunePlan {
         retention,
         orphans,
         orphans_in_grace: in_grace,
         verifications,
     })
-}
-
-/// The verification records (`verifications/<source>/<millis>-<backup
-/// id>.json`) that prune deletes: those of backups that are not kept
-/// (`kept(source, id)` false), except the newest record of each source,
-/// which `dr status` reports as the source's last verification. Objects
-/// that are not records are left alone.
-pub fn stale_verifications(objects: &[String], kept: impl Fn(&str, &str) -> bool) -> Vec<String> {
-    let mut newest: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut parsed = Vec::new();
-    for o in objects {
-        let mut parts = o.splitn(3, '/');
-        let (Some(_), Some(source), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let Some((stamp, id)) = file.strip_suffix(".json").and_then(|f| f.split_once('-')) else {
-            continue;
-        };
-        if stamp.len() != 13 || !stamp.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        // Millisecond stamps of equal width: the name orders them.
-        let e = newest.entry(source).or_insert(file);
-        if *e < file {
-            *e = file;
-        }
-        parsed.push((o, source, file, id));
-    }
-    parsed
-        .into_iter()
-        .filter(|(_, source, file, id)| newest.get(source) != Some(file) && !kept(source, id))
-        .map(|(o, ..)| o.clone())
-        .collect()
 }
 
 /// What [`prune`] did.
@@ -299,31 +262,19 @@ pub async fn prune(
         }
         for w in &plan.retention.wal {
             for object in &w.deleted {
-                match repo.store().delete(&Path::from(object.as_str())).await {
-                    Ok(()) | Err(dr_storage::object_store::Error::NotFound { .. }) => {
-                        report.wal_deleted += 1
-                    }
-                    Err(e) => return Err(dr_storage::Error::store(object.clone(), e).into()),
-                }
+                delete_if_present(repo, object).await?;
+                report.wal_deleted += 1;
             }
             report.bytes_freed += w.bytes_freed;
         }
         for object in &plan.verifications {
-            match repo.store().delete(&Path::from(object.as_str())).await {
-                Ok(()) | Err(dr_storage::object_store::Error::NotFound { .. }) => {
-                    report.verifications_deleted += 1
-                }
-                Err(e) => return Err(dr_storage::Error::store(object.clone(), e).into()),
-            }
+            delete_if_present(repo, object).await?;
+            report.verifications_deleted += 1;
         }
         for o in &plan.orphans {
-            match repo.store().delete(&Path::from(o.object.as_str())).await {
-                Ok(()) | Err(dr_storage::object_store::Error::NotFound { .. }) => {
-                    report.orphans_deleted += 1;
-                    report.bytes_freed += o.size;
-                }
-                Err(e) => return Err(dr_storage::Error::store(o.object.clone(), e).into()),
-            }
+            delete_if_present(repo, &o.object).await?;
+            report.orphans_deleted += 1;
+            report.bytes_freed += o.size;
         }
         Ok(report)
     }
@@ -332,27 +283,11 @@ pub async fn prune(
     result
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_of_pruned_backups_go_except_each_sources_newest() {
-        let objects: Vec<String> = [
-            "verifications/db/1764000000000-20261124T000000Z-aaaaaa.json", // pruned backup
-            "verifications/db/1764100000000-20261125T000000Z-bbbbbb.json", // kept backup
-            "verifications/db/1764200000000-20261124T000000Z-aaaaaa.json", // newest of db
-            "verifications/vault/1764000000000-old.json",                  // newest of vault
-            "verifications/db/notes.txt",                                  // not a record
-        ]
-        .map(String::from)
-        .to_vec();
-        let kept = |source: &str, id: &str| source == "db" && id == "20261125T000000Z-bbbbbb";
-        assert_eq!(
-            stale_verifications(&objects, kept),
-            vec!["verifications/db/1764000000000-20261124T000000Z-aaaaaa.json".to_string()]
-        );
-        // Nothing listed: nothing to delete.
-        assert!(stale_verifications(&[], kept).is_empty());
+/// Deletes `object`; one already gone counts as deleted (prune runs again
+/// after an interruption).
+async fn delete_if_present(repo: &Repository, object: &str) -> Result<()> {
+    match repo.store().delete(&Path::from(object)).await {
+        Ok(()) | Err(dr_storage::object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(dr_storage::Error::store(object, e).into()),
     }
 }

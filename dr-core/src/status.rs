@@ -237,7 +237,7 @@ pub async fn status_with_wal(
                 problems.push(match newest_start {
                     Some(start) => format!(
                         "the archived WAL after a gap cannot be replayed from the newest base backup \
-                         (it starts at {start}): its end is the newest recovery point"
+                         (it starts at {start}): the end of that backup is the newest recovery point"
                     ),
                     None => "archived WAL with a gap and no base backup to replay it from is no \
                              recovery point"
@@ -384,8 +384,9 @@ mod tests {
 
     #[test]
     fn wal_behind_a_gap_after_the_newest_backup_is_no_recovery_point() {
-        let g = [gap(Some("000000010000000000000007"), None, 1)]; // 08 missing
-                                                                  // The newest backup starts after the gap: its WAL replays.
+        // Segment 08 is missing.
+        let g = [gap(Some("000000010000000000000007"), None, 1)];
+        // The newest backup starts after the gap: its WAL replays.
         assert!(wal_reachable(&g, Some("000000010000000000000009")));
         assert!(wal_reachable(&g, Some("000000020000000000000001")));
         // It starts before or at the gap: replay stops there.

@@ -99,6 +99,91 @@ pub async fn record_verification(
     Ok(())
 }
 
+/// A verification record's object, by name: `verifications/<source>/<unix
+/// millis, 13 digits>-<backup id>.json` ([`VerificationRecord::path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordObject {
+    /// The object's path.
+    pub path: String,
+    /// The source.
+    pub source: String,
+    /// The backup verified.
+    pub backup_id: String,
+    /// The file name, which orders a source's records by time.
+    file: String,
+}
+
+impl RecordObject {
+    /// Parses an object path; `None` for anything that is not a record.
+    pub fn parse(path: &str) -> Option<Self> {
+        let mut parts = path.splitn(3, '/');
+        let (Some(VERIFICATION_PREFIX), Some(source), Some(file)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let (stamp, id) = file.strip_suffix(".json")?.split_once('-')?;
+        if stamp.len() != 13 || !stamp.bytes().all(|b| b.is_ascii_digit()) || id.is_empty() {
+            return None;
+        }
+        Some(RecordObject {
+            path: path.to_string(),
+            source: source.to_string(),
+            backup_id: id.to_string(),
+            file: file.to_string(),
+        })
+    }
+}
+
+/// Every verification record's object in the repository, by name (nothing
+/// is read).
+///
+/// # Errors
+/// The store cannot be listed.
+pub async fn list_records(repository: &Repository) -> Result<Vec<RecordObject>> {
+    let prefix = ObjectPath::from(VERIFICATION_PREFIX);
+    let objects: Vec<_> = repository
+        .store()
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| dr_storage::Error::store(VERIFICATION_PREFIX, e))?;
+    Ok(objects
+        .iter()
+        .filter_map(|o| RecordObject::parse(o.location.as_ref()))
+        .collect())
+}
+
+/// The newest record of each source (by name: the millisecond stamps have
+/// equal width).
+fn newest_per_source(records: &[RecordObject]) -> BTreeMap<&str, &RecordObject> {
+    let mut newest: BTreeMap<&str, &RecordObject> = BTreeMap::new();
+    for r in records {
+        let e = newest.entry(r.source.as_str()).or_insert(r);
+        if e.file < r.file {
+            *e = r;
+        }
+    }
+    newest
+}
+
+/// The records that prune deletes: those of backups that are not kept
+/// (`kept(source, backup_id)` false), except the newest record of each
+/// source, which `dr status` reports as the source's last verification.
+pub fn stale_records(records: &[RecordObject], kept: impl Fn(&str, &str) -> bool) -> Vec<String> {
+    let newest = newest_per_source(records);
+    records
+        .iter()
+        .filter(|r| {
+            newest
+                .get(r.source.as_str())
+                .is_none_or(|n| n.path != r.path)
+        })
+        .filter(|r| !kept(&r.source, &r.backup_id))
+        .map(|r| r.path.clone())
+        .collect()
+}
+
 /// The newest verification record of each source. Unreadable records are
 /// skipped with a warning.
 ///
@@ -107,29 +192,12 @@ pub async fn record_verification(
 pub async fn last_verifications(
     repository: &Repository,
 ) -> Result<BTreeMap<String, VerificationRecord>> {
-    let prefix = ObjectPath::from(VERIFICATION_PREFIX);
-    let objects: Vec<_> = repository
-        .store()
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| dr_storage::Error::store(VERIFICATION_PREFIX, e))?;
-    // Newest per source by name (the millisecond stamp sorts), then read
-    // only those.
-    let mut newest: BTreeMap<String, ObjectPath> = BTreeMap::new();
-    for o in objects {
-        let mut parts = o.location.parts();
-        let (Some(_), Some(source), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let source = source.as_ref().to_string();
-        let later = newest
-            .get(&source)
-            .is_none_or(|p| p.filename().unwrap_or_default() < file.as_ref());
-        if later {
-            newest.insert(source, o.location.clone());
-        }
-    }
+    let records = list_records(repository).await?;
+    // Newest per source by name, then read only those.
+    let newest: Vec<(String, ObjectPath)> = newest_per_source(&records)
+        .into_iter()
+        .map(|(source, r)| (source.to_string(), ObjectPath::from(r.path.as_str())))
+        .collect();
     let mut out = BTreeMap::new();
     for (source, path) in newest {
         let read = async {
@@ -160,6 +228,39 @@ pub async fn last_verifications(
 mod tests {
     use super::*;
     use dr_storage::{Identities, InitOptions, Location, StoreOptions};
+
+    #[test]
+    fn records_of_pruned_backups_go_except_each_sources_newest() {
+        let records: Vec<RecordObject> = [
+            "verifications/db/1764000000000-20261124T000000Z-aaaaaa.json", // pruned backup
+            "verifications/db/1764100000000-20261125T000000Z-bbbbbb.json", // kept backup
+            "verifications/db/1764200000000-20261124T000000Z-aaaaaa.json", // newest of db
+            "verifications/vault/1764000000000-old.json",                  // newest of vault
+            "verifications/db/notes.txt",                                  // not a record
+            "backups/db/1764000000000-x.json",                             // not a record
+        ]
+        .iter()
+        .filter_map(|p| RecordObject::parse(p))
+        .collect();
+        assert_eq!(records.len(), 4);
+        assert_eq!(records[0].backup_id, "20261124T000000Z-aaaaaa");
+        let kept = |source: &str, id: &str| source == "db" && id == "20261125T000000Z-bbbbbb";
+        assert_eq!(
+            stale_records(&records, kept),
+            vec!["verifications/db/1764000000000-20261124T000000Z-aaaaaa.json".to_string()]
+        );
+        assert!(stale_records(&[], kept).is_empty());
+    }
+
+    #[test]
+    fn a_record_path_parses_back() {
+        let r = record("db", "20261125T000000Z-bbbbbb", 1_764_000_000, true);
+        let parsed = RecordObject::parse(&r.path()).unwrap();
+        assert_eq!(
+            (parsed.source.as_str(), parsed.backup_id.as_str()),
+            ("db", "20261125T000000Z-bbbbbb")
+        );
+    }
 
     fn record(source: &str, id: &str, secs: i64, ok: bool) -> VerificationRecord {
         VerificationRecord {

@@ -16,9 +16,10 @@
 //! Paths are checked before anything is written: an entry must name a path
 //! below the target directory (`..`, absolute paths and parents that are
 //! symbolic links are errors, not skipped entries), and a regular file is
-//! created only if it does not exist yet. Directories, symbolic links and
-//! other entry types go through `tar`'s own `unpack_in`; directory modes are
-//! applied at the end, so a read-only directory cannot block its own files.
+//! created only if it does not exist yet. Directories are made here, their
+//! modes applied at the end (deepest first), so a read-only directory cannot
+//! block its own files; symbolic links, hard links and other entry types go
+//! through `tar`'s own `unpack_in`.
 //! Memory is bounded: [`PIECES_IN_FLIGHT`] pieces of [`PIECE`] bytes.
 
 use std::collections::HashSet;
@@ -128,14 +129,14 @@ pub(crate) fn extract<R: Read>(
             .send(vec![0u8; PIECE])
             .expect("the channel holds every piece");
     }
-    let work_rx = Arc::new(Mutex::new(work_rx));
+    // std's receiver has one owner: the writers take turns through a mutex.
+    let work_rx = Mutex::new(work_rx);
     let failed: Mutex<Option<io::Error>> = Mutex::new(None);
     let parsed = std::thread::scope(|s| {
         for _ in 0..writers.max(1) {
-            let work_rx = Arc::clone(&work_rx);
             let free_tx = free_tx.clone();
-            let failed = &failed;
-            s.spawn(move || write_pieces(&work_rx, &free_tx, failed));
+            let (work_rx, failed) = (&work_rx, &failed);
+            s.spawn(move || write_pieces(work_rx, &free_tx, failed));
         }
         drop(free_tx);
         let parsed = parse(input, dest, &skip, &cancelled, &work_tx, &free_rx, &failed);

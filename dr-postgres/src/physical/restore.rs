@@ -550,8 +550,6 @@ fn place_tablespaces(
     Ok(out)
 }
 
-/// Quotes a word for `/bin/sh` (PostgreSQL runs `restore_command` through
-/// the shell).
 /// `p` with the symbolic links of its existing part resolved and the rest
 /// appended as given (`p` itself when nothing of it resolves).
 fn resolved(p: &Path) -> PathBuf {
@@ -575,6 +573,8 @@ fn resolved(p: &Path) -> PathBuf {
     }
 }
 
+/// Quotes a word for `/bin/sh` (PostgreSQL runs `restore_command` through
+/// the shell).
 fn sh_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
@@ -963,14 +963,12 @@ async fn unpack(
             Some(found) => found,
             None => dr_storage::Error::from_io(e, format!("unpacking into {}", dest.display())),
         };
-        // Two writers: with the decoder, its digest and the parser that is
-        // one thread more than a small host's cores, so a writer blocked in
-        // the kernel never idles the pipeline.
+        // Two writers: a piece is written while the next is decoded, and a
+        // writer waiting in the kernel leaves the other one working.
         let extracted =
             super::extract::extract(&mut counted, &dest, 2, skip, || cancel.is_cancelled());
-        if cancel.is_cancelled() {
-            interrupted(&cancel, &dest)?;
-        }
+        // Cancelled, the extraction's own error is only "stopped".
+        interrupted(&cancel, &dest)?;
         extracted.map_err(unpack_err)?;
         std::io::copy(&mut counted, &mut std::io::sink())
             .map_err(|e| dr_storage::Error::from_io(e, "reading the end of the base backup"))?;

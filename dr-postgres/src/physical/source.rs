@@ -16,7 +16,7 @@ use crate::basebackup::{BackupEvent, BaseBackupOptions, ReplicationConnection, R
 use crate::conn::ConnectionSettings;
 use crate::error::Error;
 use crate::tools::{self, tail};
-use crate::wal::{Lsn, WalError};
+use crate::wal::{Lsn, WalError, WalFileKind, WalFileName};
 
 /// The manifest kind of physical backups.
 pub const KIND_PHYSICAL: &str = "postgres-physical";
@@ -356,6 +356,7 @@ impl PostgresPhysical {
                     return Err(WalError::ArchiveFailing {
                         source_name: archive.source().to_string(),
                         segment: a.last_failed_wal,
+                        awaited: segment.to_string(),
                         failures: a.failed - baseline,
                     });
                 }
@@ -989,11 +990,11 @@ async fn archiver_failures(client: &tokio_postgres::Client) -> i64 {
 /// `segment` or a segment before it, or a non-segment file (`.history`,
 /// `.backup`), which the archiver sends in turn too.
 fn blocks(failing: &str, segment: &str) -> bool {
-    if failing.is_empty() {
-        return false;
+    match WalFileName::parse(failing) {
+        Ok(f) if f.kind == WalFileKind::Segment => failing <= segment,
+        Ok(_) => true,
+        Err(_) => false,
     }
-    let is_segment = failing.len() == 24 && failing.bytes().all(|b| b.is_ascii_hexdigit());
-    !is_segment || failing <= segment
 }
 
 #[cfg(test)]

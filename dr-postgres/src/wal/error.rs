@@ -99,14 +99,17 @@ pub enum WalError {
     /// PostgreSQL's archiver keeps failing on the WAL a backup needs.
     #[error(
         "WAL archiving is broken: archive_command failed {failures} times on {segment} (pg_stat_archiver) while \
-         the backup of source {source_name:?} waited for it; the server log has archive_command's error (the \
-         backup is not listed)"
+         the backup of source {source_name:?} waited for {awaited}; the server log has archive_command's error \
+         (the backup is not listed)"
     )]
     ArchiveFailing {
         /// The source name.
         source_name: String,
-        /// The segment that fails to archive.
+        /// The file that fails to archive: the awaited segment or one the
+        /// archiver must send before it.
         segment: String,
+        /// The segment the backup waited for.
+        awaited: String,
         /// Failures counted while waiting.
         failures: i64,
     },
