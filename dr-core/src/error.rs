@@ -139,6 +139,29 @@ impl Error {
     }
 }
 
+/// An error and its causes, `": "`-separated as anyhow's `{:#}` prints them
+/// (`restore of backup b1: verification of table t failed: 3 rows, expected
+/// 4`), leaving out a cause whose text the message already holds: some errors
+/// (object_store's among them) print their source inside their own text,
+/// which would make one permission error read three times.
+///
+/// Front ends print errors with it, and reports and journals record it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// The class of a repository error: corrupt data is a failed verification;
 /// bad locations, wrong or malformed keys, names, and missing or too-new
 /// repositories are usage
@@ -156,5 +179,47 @@ pub fn storage_error_kind(e: &dr_storage::Error) -> ErrorKind {
         | S::AlreadyInitialized { .. }
         | S::UnsupportedFormat { .. } => ErrorKind::Usage,
         _ => ErrorKind::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source inside its own text, as object_store's do.
+    #[derive(Debug)]
+    struct Echoing {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Echoing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Unable to create dir /r/wal: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Echoing {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = Error::Failed {
+            what: "wal-push".into(),
+            source: Box::new(Echoing { source: io }),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "wal-push failed: Unable to create dir /r/wal: permission denied"
+        );
+        let plain = Error::failed("outer", "inner");
+        assert_eq!(error_chain(&plain), "outer failed: inner");
+        let alone = Error::NotFound {
+            what: "backup b1".into(),
+        };
+        assert_eq!(error_chain(&alone), "backup b1 not found");
     }
 }

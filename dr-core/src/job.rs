@@ -6,7 +6,7 @@ use dr_storage::{Identities, Manifest, Repository};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{error_chain, Error, ErrorKind, Result};
 use crate::source::{BackupReader, BackupSource, CheckReport, RestoreReport, Restorer};
 
 /// Backs up `source` into `repository` under the source name `name`.
@@ -110,7 +110,7 @@ pub struct VerifyReport {
     #[serde(default)]
     pub scratch_unavailable: bool,
     /// Wall time of the whole verification.
-    #[serde(with = "crate::serde_secs")]
+    #[serde(with = "crate::serde_duration::secs")]
     pub duration: Duration,
 }
 
@@ -248,14 +248,14 @@ pub async fn verify(
                         Err(e) => {
                             report.scratch_unavailable = e.kind() != ErrorKind::VerificationFailed;
                             report.restore_error =
-                                Some(format!("check after restore: {}", chain(&e)));
+                                Some(format!("check after restore: {}", error_chain(&e)));
                         }
                     }
                 }
                 Err(e) => {
                     report.scratch_unavailable = !matches!(e.kind(), ErrorKind::VerificationFailed)
                         && !matches!(e, Error::Storage(_));
-                    report.restore_error = Some(format!("scratch restore: {}", chain(&e)));
+                    report.restore_error = Some(format!("scratch restore: {}", error_chain(&e)));
                 }
             }
             match scratch.discard().await {
@@ -317,22 +317,9 @@ pub async fn verify_until(
     let e = last.expect("five attempts");
     Err(Error::failed(
         what,
-        format!("interrupted; {scratch} could not be removed: {}", chain(&e)),
+        format!(
+            "interrupted; {scratch} could not be removed: {}",
+            error_chain(&e)
+        ),
     ))
-}
-
-/// `e` and its causes, `: `-separated (a failed scratch restore's report
-/// says why, not only that the PostgreSQL step failed).
-fn chain(e: &Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cause = c.source();
-    }
-    text
 }

@@ -7,11 +7,20 @@
 //!   [`job::restore`], [`job::verify`] (digests of every object, optionally a
 //!   scratch restore and the source's own check).
 //! - The error model: [`Error`] with [`ErrorKind`] for front ends and
-//!   [`Error::is_retryable`] for retries.
+//!   [`Error::is_retryable`] for retries; [`error_chain`] prints an error with
+//!   its causes.
+//! - [`dns`]: the [`dns::DnsProvider`] trait, its record model and
+//!   [`dns::InMemoryDnsProvider`]; [`plan`]: recovery plans.
+//! - [`serde_duration`]: durations in configuration (`"5m"`) and reports
+//!   (seconds).
 //! - In-memory implementations ([`InMemorySource`], [`InMemoryRestorer`]) and,
-//!   with the `conformance` feature, the suites every implementation runs.
+//!   with the `conformance` feature, the suites every implementation runs
+//!   (`conformance::source`, `conformance::dns`).
 //!
-//! `dr-core` depends on `dr-storage` and on no system crate.
+//! `dr-core` depends on `dr-storage` and on no system crate. It re-exports the
+//! repository types its traits name ([`BackupWriter`], [`Manifest`],
+//! [`Repository`], [`Identities`], ...), so an implementor of
+//! [`BackupSource`] or [`Restorer`] needs only `dr-core`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "multi_thread")]
@@ -51,11 +60,18 @@ pub mod plan;
 pub mod prune;
 pub mod retention;
 pub mod schedule;
-mod serde_secs;
+pub mod serde_duration;
 mod source;
 pub mod status;
 pub mod verification;
 
-pub use error::{storage_error_kind, BoxError, Error, ErrorKind, Result};
+pub use error::{error_chain, storage_error_kind, BoxError, Error, ErrorKind, Result};
 pub use memory::{InMemoryRestorer, InMemorySource};
 pub use source::{BackupReader, BackupSource, Check, CheckReport, RestoreReport, Restorer};
+
+// The repository types the traits' signatures name, so that an implementor of
+// `BackupSource` or `Restorer` needs only `dr-core`.
+pub use dr_storage::{
+    ArtifactInfo, ArtifactReader, BackupWriter, Identities, Manifest, RecordedArtifact, Repository,
+    SourceRef,
+};

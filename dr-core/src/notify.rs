@@ -39,8 +39,6 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::objectives::humantime_serde_compat;
-
 /// Errors of notifications.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -115,7 +113,10 @@ pub struct NotifyConfig {
     /// At most one notification per job, source and outcome in this
     /// interval (default 30 minutes); the ones held back are counted in the
     /// next.
-    #[serde(default = "default_min_interval", with = "humantime_serde_compat")]
+    #[serde(
+        default = "default_min_interval",
+        with = "crate::serde_duration::human"
+    )]
     pub min_interval: Duration,
     /// `[agent.notify.webhook]`.
     #[serde(default)]
@@ -150,7 +151,7 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub format: WebhookFormat,
     /// Request timeout (default 10 s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub timeout: Option<Duration>,
 }
 
@@ -200,23 +201,8 @@ pub struct EmailConfig {
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Connection timeout (default 30 s).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub timeout: Option<Duration>,
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| {
-            humantime::parse_duration(&s)
-                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-        })
-        .transpose()
-    }
 }
 
 /// Whether a job run succeeded.

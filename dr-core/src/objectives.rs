@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 pub struct Objectives {
     /// Recovery point objective: the most data loss allowed, i.e. the
     /// largest age the newest good backup (or archived WAL) may have.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::serde_duration::human")]
     pub rpo: Duration,
     /// Recovery time objective: the longest a recovery may take.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::serde_duration::human")]
     pub rto: Duration,
 }
 
@@ -40,10 +40,10 @@ impl Default for Objectives {
 #[serde(deny_unknown_fields)]
 pub struct ObjectivesConfig {
     /// Default RPO (15 minutes when unset).
-    #[serde(default, with = "opt")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub rpo: Option<Duration>,
     /// Default RTO (1 hour when unset).
-    #[serde(default, with = "opt")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub rto: Option<Duration>,
     /// Per-source overrides.
     #[serde(default)]
@@ -55,10 +55,10 @@ pub struct ObjectivesConfig {
 #[serde(deny_unknown_fields)]
 pub struct SourceObjectives {
     /// RPO of this source.
-    #[serde(default, with = "opt")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub rpo: Option<Duration>,
     /// RTO of this source.
-    #[serde(default, with = "opt")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub rto: Option<Duration>,
 }
 
@@ -71,43 +71,6 @@ impl ObjectivesConfig {
             rpo: o.and_then(|o| o.rpo).or(self.rpo).unwrap_or(d.rpo),
             rto: o.and_then(|o| o.rto).or(self.rto).unwrap_or(d.rto),
         }
-    }
-}
-
-pub(crate) mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-    }
-}
-
-mod opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::humantime_serde_compat::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| {
-            humantime::parse_duration(&s)
-                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-        })
-        .transpose()
     }
 }
 

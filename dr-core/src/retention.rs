@@ -52,33 +52,11 @@ pub struct RetentionPolicy {
     #[serde(default)]
     pub keep_yearly: Option<u32>,
     /// Keep every backup newer than this (`"7d"`, `"720h"`; humantime syntax).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub keep_within: Option<Duration>,
     /// The point-in-time recovery window for PostgreSQL WAL (`"7d"`).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "crate::serde_duration::human_option")]
     pub pitr_window: Option<Duration>,
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| {
-            humantime::parse_duration(&s)
-                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-        })
-        .transpose()
-    }
 }
 
 impl RetentionPolicy {

@@ -85,22 +85,35 @@ pub struct RestoreReport {
     /// Plaintext bytes read from the repository.
     pub bytes_read: u64,
     /// Wall time of the restore.
-    #[serde(with = "crate::serde_secs")]
+    #[serde(with = "crate::serde_duration::secs")]
     pub duration: Duration,
     /// Things the operator should know (errors the restore tolerated).
     pub warnings: Vec<String>,
+    /// Whether every item was restored. A restorer that tolerates failed
+    /// items (a Kubernetes restore goes on past an object the API server
+    /// refuses) sets `false`; a front end shows the restore as partial and
+    /// does not report success. Reports written before the field existed read
+    /// as `true`.
+    #[serde(default = "complete_by_default")]
+    pub complete: bool,
     /// Restorer-specific facts.
     pub details: serde_json::Value,
 }
 
+fn complete_by_default() -> bool {
+    true
+}
+
 impl RestoreReport {
-    /// A report for `target` with the other fields empty.
+    /// A report for `target`, [`complete`](RestoreReport::complete), with
+    /// the other fields empty.
     pub fn new(target: impl Into<String>) -> Self {
         RestoreReport {
             target: target.into(),
             bytes_read: 0,
             duration: Duration::ZERO,
             warnings: Vec::new(),
+            complete: true,
             details: serde_json::Value::Null,
         }
     }
@@ -178,4 +191,32 @@ pub trait Restorer: Debug + Display + Send + Sync + 'static {
     /// # Errors
     /// When the target cannot be removed.
     async fn discard(&self) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_without_complete_reads_as_complete() {
+        let old = serde_json::json!({
+            "target": "memory",
+            "bytes_read": 3,
+            "duration": 0.5,
+            "warnings": [],
+            "details": null,
+        });
+        let r: RestoreReport = serde_json::from_value(old).unwrap();
+        assert!(r.complete);
+        assert_eq!(r.duration, Duration::from_millis(500));
+        let mut partial = RestoreReport::new("cluster");
+        assert!(partial.complete);
+        partial.complete = false;
+        let json = serde_json::to_value(&partial).unwrap();
+        assert_eq!(json["complete"], false);
+        assert_eq!(
+            serde_json::from_value::<RestoreReport>(json).unwrap(),
+            partial
+        );
+    }
 }

@@ -17,8 +17,6 @@ use dr_core::plan::Checkpoint;
 use dr_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::serde_duration;
-
 /// Default TTL of a record a failover creates when none existed.
 pub const DEFAULT_TTL: u32 = 60;
 
@@ -56,10 +54,10 @@ pub struct FailoverSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u32>,
     /// How long to wait for the change to be in sync (default `5m`).
-    #[serde(default = "default_wait", with = "serde_duration")]
+    #[serde(default = "default_wait", with = "dr_core::serde_duration::human")]
     pub wait_timeout: Duration,
     /// Pause between status polls (default `5s`).
-    #[serde(default = "default_poll", with = "serde_duration")]
+    #[serde(default = "default_poll", with = "dr_core::serde_duration::human")]
     pub poll_interval: Duration,
     /// Confirm with the authoritative servers (default true; skipped with a
     /// note where the provider cannot, or for routed sets).

@@ -11,7 +11,8 @@
 //! - [`DnsConfig`] and [`connect`]: the `[dns]` section of `dr.toml`.
 //!
 //! Both providers implement [`dr_core::dns::DnsProvider`] and pass its
-//! conformance suite. On the in-memory provider:
+//! conformance suite (`dr_core::conformance::dns`). On the in-memory
+//! provider:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -35,7 +36,6 @@ mod error;
 mod failover;
 mod rfc2136;
 mod route53;
-mod serde_duration;
 
 pub use action::{register, DnsFailover, FAILOVER_ACTION};
 pub use config::{connect, DnsConfig};

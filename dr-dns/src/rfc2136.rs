@@ -43,7 +43,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DnsError;
-use crate::serde_duration;
 
 /// Default environment variable holding the base64 TSIG secret.
 pub const DEFAULT_SECRET_ENV: &str = "DR_DNS_TSIG_SECRET";
@@ -88,7 +87,7 @@ pub struct Rfc2136Config {
     /// Timeout of one request (default `5s`).
     #[serde(
         default,
-        with = "serde_duration::option",
+        with = "dr_core::serde_duration::human_option",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,

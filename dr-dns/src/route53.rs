@@ -36,7 +36,6 @@ use dr_core::dns::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::DnsError;
-use crate::serde_duration;
 
 /// The signing region of Route53, a global service.
 pub const ROUTE53_SIGNING_REGION: &str = "us-east-1";
@@ -71,7 +70,7 @@ pub struct Route53Config {
     /// First retry backoff (default `1s`; doubles, with jitter, up to 20 s).
     #[serde(
         default,
-        with = "serde_duration::option",
+        with = "dr_core::serde_duration::human_option",
         skip_serializing_if = "Option::is_none"
     )]
     pub initial_backoff: Option<Duration>,

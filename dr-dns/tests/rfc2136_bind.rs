@@ -5,8 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use dr_core::conformance;
 use dr_core::dns::{
-    conformance, Change, DnsProvider, DnsProviderExt, Expect, RecordSet, RecordType, WaitOptions,
+    Change, DnsProvider, DnsProviderExt, Expect, RecordSet, RecordType, WaitOptions,
 };
 use dr_core::Error;
 use dr_dns::{Rfc2136, Rfc2136Builder, Rfc2136Config, TsigKey};
@@ -46,7 +47,7 @@ async fn bind_conforms() {
     };
     let p = signed(&b);
     let base = format!("{}.{}", common::unique("c"), b.zone);
-    conformance::all(&p, &base, &wait()).await;
+    conformance::dns::all(&p, &base, &wait()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use dr_core::dns::{conformance, DnsProvider, RecordKey, RecordType, WaitOptions};
+use dr_core::conformance;
+use dr_core::dns::{DnsProvider, RecordKey, RecordType, WaitOptions};
 use dr_core::Error;
 use dr_dns::{DnsError, Route53Builder, Route53Config};
 
@@ -30,8 +31,8 @@ async fn route53_on_moto_conforms() {
     .expect("provider builds");
     assert_eq!(p.zone_id(), id, "the zone is found by name");
     let wait = WaitOptions::new(Duration::from_millis(100), Duration::from_secs(10));
-    conformance::all(&p, &format!("c.{name}"), &wait).await;
-    conformance::alias_round_trip(&p, &format!("c.{name}"), &id).await;
+    conformance::dns::all(&p, &format!("c.{name}"), &wait).await;
+    conformance::dns::alias_round_trip(&p, &format!("c.{name}"), &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

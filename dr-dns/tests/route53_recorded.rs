@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use aws_sdk_route53::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
-use dr_core::dns::{conformance, Change, DnsProviderExt, RecordSet, RecordType, WaitOptions};
+use dr_core::conformance;
+use dr_core::dns::{Change, DnsProviderExt, RecordSet, RecordType, WaitOptions};
 use dr_core::Error;
 use dr_dns::{failover, FailoverOptions, FailoverSpec, Route53, Route53Builder, Route53Config};
 use wiremock::matchers::{method, path, path_regex};
@@ -354,7 +355,7 @@ async fn unknown_change_and_bad_credentials() {
         .mount(&s)
         .await;
     let p = provider(&s, 3).await;
-    conformance::unknown_change_is_not_found(&p).await;
+    conformance::dns::unknown_change_is_not_found(&p).await;
     let r = RecordSet::new("api.example.com", RecordType::A, 60, ["10.1.0.10"]);
     let e = p.apply_one(Change::upsert(r)).await.unwrap_err();
     assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");

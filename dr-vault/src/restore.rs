@@ -50,11 +50,13 @@ pub struct RestoreOptions {
     /// (other unseal keys). Never implied.
     #[serde(default)]
     pub force: bool,
-    /// How long to wait for the node to be unsealed and active afterwards.
-    #[serde(default = "default_wait", with = "secs")]
+    /// How long to wait for the node to be unsealed and active afterwards
+    /// (in seconds when serialised; default 120).
+    #[serde(default = "default_wait", with = "dr_core::serde_duration::secs")]
     pub wait_timeout: Duration,
-    /// How often to poll `sys/health` meanwhile.
-    #[serde(default = "default_poll", with = "secs")]
+    /// How often to poll `sys/health` meanwhile (in seconds when
+    /// serialised; default 0.5).
+    #[serde(default = "default_poll", with = "dr_core::serde_duration::secs")]
     pub poll_interval: Duration,
     /// Files each holding one unseal key share of the snapshot's cluster,
     /// submitted when the node sealed itself after the restore.
@@ -68,20 +70,6 @@ fn default_wait() -> Duration {
 
 fn default_poll() -> Duration {
     Duration::from_millis(500)
-}
-
-mod secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
-    }
 }
 
 impl Default for RestoreOptions {

@@ -30,6 +30,34 @@ impl ActionOutput {
             ..Default::default()
         }
     }
+
+    /// The same output with `state` recorded as its JSON form: an action
+    /// keeps what its rollback needs in a `#[derive(Serialize, Deserialize)]`
+    /// struct and reads it back with [`state_as`](ActionOutput::state_as).
+    ///
+    /// # Errors
+    /// [`Error::Failed`] when `state` cannot be written as JSON (a map whose
+    /// keys are not strings).
+    pub fn with_state<T: Serialize>(mut self, state: &T) -> Result<Self> {
+        self.state = serde_json::to_value(state)
+            .map_err(|e| Error::failed("recording the state of a plan step", e.to_string()))?;
+        Ok(self)
+    }
+
+    /// The recorded [`state`](ActionOutput::state) as `T`, the type that
+    /// `action` (`k8s.scale`) recorded with
+    /// [`with_state`](ActionOutput::with_state).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] with key `<action> state` when the state does
+    /// not have `T`'s shape (a journal edited by hand, or written by another
+    /// action); the reason is serde's, naming the missing or mistyped field.
+    pub fn state_as<T: DeserializeOwned>(&self, action: &str) -> Result<T> {
+        T::deserialize(&self.state).map_err(|e| Error::InvalidConfig {
+            key: format!("{action} state"),
+            reason: format!("the recorded state is not the output of {action}: {e}"),
+        })
+    }
 }
 
 /// What a running action can see of its run.
@@ -257,4 +285,42 @@ pub fn parse_params<P: DeserializeOwned>(action: &str, params: &serde_json::Valu
             .unwrap_or_else(|| action.to_string());
         Error::InvalidConfig { key, reason: msg }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Replicas {
+        previous_replicas: i32,
+    }
+
+    #[test]
+    fn typed_state_round_trips_and_names_a_mismatch() {
+        let out = ActionOutput::summary("scaled 3 -> 0")
+            .with_state(&Replicas {
+                previous_replicas: 3,
+            })
+            .unwrap();
+        assert_eq!(out.state, serde_json::json!({"previous_replicas": 3}));
+        assert_eq!(
+            out.state_as::<Replicas>("k8s.scale").unwrap(),
+            Replicas {
+                previous_replicas: 3
+            }
+        );
+        let other = ActionOutput::summary("x");
+        let e = other.state_as::<Replicas>("k8s.scale").unwrap_err();
+        match &e {
+            Error::InvalidConfig { key, .. } => assert_eq!(key, "k8s.scale state"),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        let wrong = ActionOutput {
+            state: serde_json::json!({"previous": []}),
+            ..ActionOutput::default()
+        };
+        let e = wrong.state_as::<Replicas>("k8s.scale").unwrap_err();
+        assert!(e.to_string().contains("previous_replicas"), "{e}");
+    }
 }

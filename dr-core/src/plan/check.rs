@@ -15,6 +15,7 @@ use super::spec::{DrillCheck, OnFailure, PlanSpec, RetryOn, RollbackSpec, StepSp
 use super::vars::{self, Ref, Scope};
 use super::{Action, ActionOutput, ActionRegistry};
 use crate::error::{Error, Result};
+use crate::serde_duration;
 
 /// The timeout of a step that sets none.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -172,12 +173,12 @@ pub struct CheckedStep {
     /// Direct dependencies.
     pub after: Vec<String>,
     /// Time limit of one attempt.
-    #[serde(with = "crate::serde_secs")]
+    #[serde(with = "crate::serde_duration::secs")]
     pub timeout: Duration,
     /// Attempts after the first.
     pub retries: u32,
     /// First retry delay (doubled each time, at most [`MAX_BACKOFF`]).
-    #[serde(with = "crate::serde_secs")]
+    #[serde(with = "crate::serde_duration::secs")]
     pub backoff: Duration,
     /// Which errors are retried.
     pub retry_on: RetryOn,
@@ -243,12 +244,6 @@ fn valid_name(s: &str, dots: bool) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (dots && c == '.'))
 }
 
-fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
-        format!("{text:?} is not a duration ({e}); write e.g. \"90s\", \"5m\", \"1h 30m\"")
-    })
-}
-
 /// Checks `spec` against the actions in `registry`: every step's action
 /// exists and accepts its parameters, every variable referenced is declared
 /// and has a value, `after` names existing steps, the graph has no cycle,
@@ -289,7 +284,7 @@ pub fn check(
             )
         );
     }
-    let rto = match spec.rto.as_deref().map(parse_duration) {
+    let rto = match spec.rto.as_deref().map(serde_duration::parse) {
         Some(Err(e)) => {
             issue!(None, "rto", e);
             None
@@ -297,7 +292,7 @@ pub fn check(
         Some(Ok(d)) => Some(d),
         None => None,
     };
-    let default_timeout = match spec.default_timeout.as_deref().map(parse_duration) {
+    let default_timeout = match spec.default_timeout.as_deref().map(serde_duration::parse) {
         Some(Err(e)) => {
             issue!(None, "default_timeout", e);
             DEFAULT_STEP_TIMEOUT
@@ -473,7 +468,7 @@ pub fn check(
         let name = step.name.as_str();
         let mut dur = |key: &str, v: &Option<String>, default: Duration| match v
             .as_deref()
-            .map(parse_duration)
+            .map(serde_duration::parse)
         {
             Some(Ok(d)) if d.is_zero() => {
                 issue!(Some(name), key, "must be more than zero".into());

@@ -23,7 +23,7 @@ use super::output::bound_text;
 use super::report::RunReport;
 use super::spec::{OnFailure, RetryOn};
 use super::{ActionContext, ActionOutput, ActionRegistry, Checkpoint, CheckpointSink};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{error_chain, Error, ErrorKind, Result};
 
 /// The default bound of a step's captured output in the journal and report.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024;
@@ -580,21 +580,6 @@ fn rollback_candidates(plan: &CheckedPlan, j: &RunJournal) -> Vec<String> {
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
     base.saturating_mul(factor).min(MAX_BACKOFF)
-}
-
-/// An error with its causes, `a: b: c`.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.ends_with(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Writes checkpoints into the run's journal.

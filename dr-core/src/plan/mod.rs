@@ -55,6 +55,8 @@ mod report;
 mod spec;
 mod vars;
 
+/// [`crate::error_chain`], under the path it had first.
+pub use crate::error::error_chain;
 pub use action::{
     parse_params, Action, ActionContext, ActionFactory, ActionOutput, ActionRegistry, Checkpoint,
     CheckpointSink,
@@ -64,9 +66,7 @@ pub use check::{
     PlanErrors, PlanIssue, PlanPreview, DEFAULT_BACKOFF, DEFAULT_MAX_PARALLEL,
     DEFAULT_STEP_TIMEOUT, MAX_BACKOFF,
 };
-pub use executor::{
-    backoff, error_chain, new_run_id, Executor, RunOptions, DEFAULT_MAX_OUTPUT_BYTES,
-};
+pub use executor::{backoff, new_run_id, Executor, RunOptions, DEFAULT_MAX_OUTPUT_BYTES};
 pub use journal::{
     validate_run_id, JournalStore, RollbackRecord, RunJournal, RunStatus, RunSummary, StepRecord,
     StepStatus, JOURNAL_VERSION, REPOSITORY_JOURNAL_PREFIX,

@@ -38,8 +38,8 @@ pub(crate) fn param_duration(
     key: &str,
     text: &str,
 ) -> crate::Result<std::time::Duration> {
-    humantime::parse_duration(text).map_err(|e| crate::Error::InvalidConfig {
+    crate::serde_duration::parse(text).map_err(|reason| crate::Error::InvalidConfig {
         key: format!("{action}.{key}"),
-        reason: format!("{text:?} is not a duration ({e})"),
+        reason,
     })
 }

@@ -1,8 +1,8 @@
-//! Conformance suites: the contracts of [`BackupSource`] and [`Restorer`] as
-//! free functions that every implementation runs (the in-memory ones on every
-//! `cargo test`, the real ones against real servers).
-//!
-//! Enabled by the `conformance` feature.
+//! The contracts of [`BackupSource`] and [`Restorer`] as free functions that
+//! every implementation runs (the in-memory ones on every `cargo test`, the
+//! real ones against real servers). Re-exported from
+//! [`crate::conformance`], so `dr_core::conformance::all` is this module's
+//! [`all`].
 
 use dr_storage::{Identities, Repository};
 
