@@ -61,7 +61,9 @@ pub fn code(e: &anyhow::Error) -> i32 {
         if cause.is::<Usage>() {
             return EXIT_USAGE;
         }
-        let kind = if let Some(c) = cause.downcast_ref::<dr_core::Error>() {
+        let kind = if let Some(c) = cause.downcast_ref::<dr_ops::Error>() {
+            Some(c.kind())
+        } else if let Some(c) = cause.downcast_ref::<dr_core::Error>() {
             Some(c.kind())
         } else {
             cause
@@ -78,23 +80,10 @@ pub fn code(e: &anyhow::Error) -> i32 {
     EXIT_FAILED
 }
 
-/// The error and its causes, `: `-separated as anyhow's `{:#}` prints them,
-/// leaving out a cause whose text the message already holds: some errors
-/// (object_store's among them) print their source inside their own text,
-/// which made one permission error read three times.
+/// The error and its causes, `: `-separated, each cause once
+/// ([`dr_core::error_chain`]).
 pub fn message(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    dr_core::error_chain(&**e)
 }
 
 /// Whether the error is a write to a closed pipe.
@@ -111,33 +100,17 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 mod tests {
     use super::*;
 
-    /// An error that prints its source inside its own text.
-    #[derive(Debug)]
-    struct Echoing {
-        source: std::io::Error,
-    }
-
-    impl std::fmt::Display for Echoing {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "Unable to create dir /r/wal: {}", self.source)
-        }
-    }
-
-    impl std::error::Error for Echoing {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.source)
-        }
-    }
-
     #[test]
-    fn a_cause_already_in_the_message_is_printed_once() {
-        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        let e = anyhow::Error::new(Echoing { source: io }).context("wal-push");
-        assert_eq!(
-            message(&e),
-            "wal-push: Unable to create dir /r/wal: permission denied"
-        );
-        let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(message(&plain), "outer: inner");
+    fn codes_follow_the_first_classified_cause() {
+        let usage = anyhow::Error::new(dr_ops::Error::usage("no target")).context("restore");
+        assert_eq!(code(&usage), EXIT_USAGE);
+        let verify = anyhow::Error::new(dr_ops::Error::from(dr_core::Error::VerificationFailed {
+            what: "a".into(),
+            reason: "b".into(),
+        }));
+        assert_eq!(code(&verify), EXIT_VERIFY_FAILED);
+        assert_eq!(code(&anyhow::anyhow!("other")), EXIT_FAILED);
+        assert_eq!(code(&Usage::msg("bad")), EXIT_USAGE);
+        assert_eq!(message(&anyhow::anyhow!("inner").context("outer")), "outer: inner");
     }
 }

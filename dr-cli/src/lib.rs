@@ -1,17 +1,15 @@
-//! The `dr` command line: argument and configuration parsing, wiring of the
-//! configuration to the libraries' trait objects, table and JSON rendering,
-//! the progress bar and exit codes. Everything else lives in the libraries.
+//! The `dr` and `dr-agent` binaries: argument parsing (every clap type is
+//! in [`args`]), rendering, the progress bar, exit codes, signals and the
+//! agent's HTTP server. Every operation is `dr_ops`'s: a second front end
+//! would call the same functions.
 
 pub mod agent;
 pub mod args;
 pub mod commands;
-pub mod config;
-pub mod dns_cmd;
 pub mod exit;
-pub mod plan_cmd;
 pub mod progress;
 pub mod render;
-pub mod wal;
+pub mod signals;
 
 /// Installs the tracing subscriber on stderr: `DR_LOG` as a filter, else
 /// warnings (info with -v, debug with -vv).

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use dr_cli::agent::{Agent, RunSummary};
+use dr_ops::agent::{Agent, RunSummary};
+use dr_ops::DrConfig;
 use dr_core::metrics::AgentMetrics;
 use dr_core::schedule::{CronSchedule, ManualClock, Tz};
 use dr_core::{BackupSource, InMemorySource};
@@ -150,7 +151,7 @@ async fn scheduled_backups_follow_a_controlled_clock() {
     source.insert("t", b"rows".to_vec());
     let clock = Arc::new(ManualClock::new(t(7, 0)));
     let metrics = Arc::new(AgentMetrics::new());
-    let agent = Agent::new(repo.clone(), metrics.clone())
+    let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
         .with_backup("app", Arc::new(source), six_hourly())
         .with_clock(clock.clone(), Duration::from_millis(10));
     let (stop, h) = spawn(agent);
@@ -197,7 +198,7 @@ async fn overlapping_run_is_skipped_and_counted() {
     let gate = Arc::new(Semaphore::new(0));
     let clock = Arc::new(ManualClock::new(t(7, 0)));
     let metrics = Arc::new(AgentMetrics::new());
-    let agent = Agent::new(repo.clone(), metrics.clone())
+    let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
         .with_backup(
             "slow",
             Arc::new(GatedSource { gate: gate.clone() }),
@@ -241,7 +242,7 @@ async fn shutdown_waits_then_aborts_and_lists_nothing() {
     let repo = memory_repo().await;
     let gate = Arc::new(Semaphore::new(0));
     let metrics = Arc::new(AgentMetrics::new());
-    let agent = Agent::new(repo.clone(), metrics.clone())
+    let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
         .with_backup(
             "stuck",
             Arc::new(GatedSource { gate: gate.clone() }),
@@ -271,7 +272,7 @@ async fn shutdown_waits_then_aborts_and_lists_nothing() {
 
     // A run that finishes within the grace period is committed.
     let gate = Arc::new(Semaphore::new(0));
-    let agent = Agent::new(repo.clone(), metrics.clone())
+    let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
         .with_backup(
             "stuck",
             Arc::new(GatedSource { gate: gate.clone() }),
@@ -601,7 +602,7 @@ async fn failures_reach_the_webhook_once_per_interval() {
     let repo = memory_repo().await;
     let clock = Arc::new(ManualClock::new(t(7, 0)));
     let metrics = Arc::new(AgentMetrics::new());
-    let agent = Agent::new(repo.clone(), metrics.clone())
+    let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
         .with_backup("app-db", Arc::new(DownSource), six_hourly())
         .with_clock(clock.clone(), Duration::from_millis(10))
         .with_notifier(notifier);
@@ -823,3 +824,113 @@ fn every_example_yaml_parses() {
 }
 
 use serde::Deserialize as _;
+
+/// `dr status` (the binary) on a repository, as JSON, with its exit code.
+fn dr_status(config: &Path) -> (serde_json::Value, Option<i32>) {
+    let out = Command::new(assert_cmd::cargo::cargo_bin("dr"))
+        .env_remove("DR_REPO")
+        .env("DR_CONFIG", config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    (
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        }),
+        out.status.code(),
+    )
+}
+
+/// The divergence of issue 14: the agent's scheduled verification must be
+/// recorded in the repository exactly as `dr verify` records it, so `dr
+/// status` (and its `verify_last_success_timestamp_seconds`) sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_verification_is_recorded_as_dr_verify_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Identities::generate();
+    let key_file = dir.path().join("key.txt");
+    std::fs::write(
+        &key_file,
+        secrecy::ExposeSecret::expose_secret(&key.to_file_text()),
+    )
+    .unwrap();
+    let repo_dir = dir.path().join("repo");
+    let repo = Repository::init(
+        &Location::parse(repo_dir.to_str().unwrap()).unwrap(),
+        &StoreOptions::default(),
+        InitOptions::with_recipients(key.recipients().to_strings()),
+    )
+    .await
+    .unwrap();
+    let source = InMemorySource::new();
+    source.insert("t", b"rows".to_vec());
+    let m = dr_core::job::backup(&repo, &source, "app").await.unwrap();
+    let config_file = dir.path().join("dr.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[repository]\nurl = \"{}\"\nidentity_file = \"{}\"\n[agent]\nverify_schedule = \"* * * * *\"\n",
+            repo_dir.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let (before, _) = dr_status(&config_file);
+    assert!(before["sources"][0]["last_verify"].is_null(), "{before:#}");
+
+    // The agent, built from the file as dr-agent builds it, on a clock that
+    // is then moved past the next minute.
+    let config = DrConfig::load(&config_file).unwrap();
+    let ops = dr_ops::Ops::new(config, Default::default());
+    let metrics = Arc::new(AgentMetrics::new());
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let agent = ops
+        .agent(metrics.clone())
+        .await
+        .unwrap()
+        .with_clock(clock.clone(), Duration::from_millis(10));
+    let (stop, h) = spawn(agent);
+    clock.advance(chrono::Duration::seconds(61));
+    wait_for("the scheduled verification", || async {
+        metrics
+            .encode()
+            .contains("verify_last_success_timestamp_seconds{source=\"app\"}")
+    })
+    .await;
+    stop.send(()).unwrap();
+    assert_eq!(h.await.unwrap().started, 1);
+
+    let (after_agent, code) = dr_status(&config_file);
+    assert_eq!(code, Some(0), "{after_agent:#}");
+    let by_agent = after_agent["sources"][0]["last_verify"].clone();
+    assert_eq!(by_agent["backup_id"], m.backup_id.as_str(), "{after_agent:#}");
+    assert_eq!(by_agent["ok"], true);
+    assert_eq!(by_agent["level"], "decoded");
+
+    // `dr verify` on the same backup records the same outcome.
+    let out = Command::new(assert_cmd::cargo::cargo_bin("dr"))
+        .env_remove("DR_REPO")
+        .env("DR_CONFIG", &config_file)
+        .args(["verify", "latest", "--source", "app"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (after_cli, _) = dr_status(&config_file);
+    let by_cli = &after_cli["sources"][0]["last_verify"];
+    for field in ["source", "backup_id", "level", "ok", "unproven", "problems"] {
+        assert_eq!(by_cli[field], by_agent[field], "{field}");
+    }
+    assert!(by_cli["verified_at"].as_str() >= by_agent["verified_at"].as_str());
+    let prom = Command::new(assert_cmd::cargo::cargo_bin("dr"))
+        .env_remove("DR_REPO")
+        .env("DR_CONFIG", &config_file)
+        .args(["status", "--prometheus", "-"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(prom.stdout).unwrap();
+    assert!(
+        sample(&parse(&text), "verify_last_success_timestamp_seconds", &[("source", "app")])
+            .is_some(),
+        "{text}"
+    );
+}

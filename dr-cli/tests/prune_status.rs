@@ -786,3 +786,120 @@ fn interrupt(
     assert_eq!(out.status.code(), Some(3), "dr {args:?}: {err}");
     assert!(err.contains("interrupted"), "dr {args:?}: {err}");
 }
+
+/// Every object under `wal/` of a local repository, relative to it.
+fn wal_objects(repo: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![repo.join("wal")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p.strip_prefix(repo).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The divergence of issue 14: `dr-agent`'s scheduled prune must prune the
+/// WAL archive as `dr prune` does. Two copies of one repository; `dr prune`
+/// on one, the agent's prune job (built from the same file as `dr-agent`
+/// builds it) on the other; the same backups and WAL must remain.
+#[test]
+fn the_agents_prune_removes_the_same_wal_as_dr_prune() {
+    if !should_run() {
+        return;
+    }
+    let (env, pg, _, repo, _) = physical_env(
+        "[sources.db.retention]\npitr_window = \"1s\"\n[agent]\nprune_schedule = \"* * * * *\"\n",
+    );
+    for _ in 0..2 {
+        for _ in 0..3 {
+            switch_and_wait(&pg);
+        }
+        env.ok(&["backup", "db"]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    switch_and_wait(&pg);
+    pg.stop();
+    let twin = env.path("twin");
+    copy_tree(&repo, &twin);
+    let before = wal_objects(&repo);
+    assert_eq!(wal_objects(&twin), before);
+
+    let out: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--json"])).unwrap();
+    let by_cli = wal_objects(&repo);
+    assert!(
+        out["report"]["wal_deleted"].as_u64().unwrap() >= 3,
+        "{out:#}"
+    );
+    assert!(by_cli.len() < before.len());
+
+    // The agent on the twin, on a clock moved past the next minute.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let summary = rt.block_on(async {
+        use std::sync::Arc;
+        let config = dr_ops::DrConfig::load(&env.path("dr.toml")).unwrap();
+        let ops = dr_ops::Ops::new(config, dr_ops::RepositoryArgs::with_repo(twin.to_str().unwrap()));
+        let metrics = Arc::new(dr_core::metrics::AgentMetrics::new());
+        let clock = Arc::new(dr_core::schedule::ManualClock::new(chrono::Utc::now()));
+        let agent = ops
+            .agent(metrics.clone())
+            .await
+            .unwrap()
+            .with_clock(clock.clone(), std::time::Duration::from_millis(10));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        }));
+        clock.advance(chrono::Duration::seconds(61));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let pruned = || {
+            metrics.encode().lines().any(|l| {
+                l.strip_prefix("prune_last_success_timestamp_seconds ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some_and(|v| v > 0.0)
+            })
+        };
+        while !pruned() {
+            assert!(std::time::Instant::now() < deadline, "the scheduled prune did not run");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop.send(()).unwrap();
+        run.await.unwrap().unwrap()
+    });
+    assert_eq!(summary.started, 1, "{summary:?}");
+    assert_eq!(wal_objects(&twin), by_cli, "the agent pruned other WAL than dr prune");
+    let list = |r: &std::path::Path| {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&[
+            "list",
+            "--json",
+            "--repo",
+            r.to_str().unwrap(),
+        ]))
+        .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["backup_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list(&twin), list(&repo));
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dr_cli::config::{DrConfig, SourceConfig};
+use dr_ops::{DrConfig, SourceConfig};
 
 #[test]
 fn example_dr_toml_parses_with_the_runbook_policies() {

@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use dr_core::metrics::{AgentMetrics, CONTENT_TYPE};
+
+use crate::exit::Usage;
 
 #[derive(Clone)]
 struct AppState {
@@ -49,7 +51,7 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("listening on {addr} (agent.listen)"))
+        .map_err(|e| Usage::wrap(anyhow::Error::new(e).context(format!("listening on {addr} (agent.listen)"))))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.

@@ -5,17 +5,17 @@
 use std::io::Write;
 
 use clap::Parser;
-use dr_cli::{agent, exit, init_tracing};
+use dr_cli::{agent, args::AgentArgs, exit, init_tracing, signals};
 
 fn main() {
-    let args = agent::AgentArgs::parse();
+    let args = AgentArgs::parse();
     init_tracing(args.verbose.max(1));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
-        let shutdown = agent::shutdown_signal()?;
+        let shutdown = signals::first()?;
         agent::run(args, shutdown).await
     });
     let code = match outcome {

@@ -1,32 +1,27 @@
 //! The agent's loop: asks [`dr_core::schedule::Scheduler`] what is due,
-//! runs it through the same library calls as `dr` (`job::backup`,
-//! `job::verify`, `prune::plan_prune`/`prune`), records metrics, notifies,
+//! runs it through the operations `dr` runs, records metrics, notifies,
 //! and stops cleanly on shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use chrono::{DateTime, Utc};
 use dr_core::metrics::{AgentMetrics, RunResult};
-use dr_core::objectives::ObjectivesConfig;
-use dr_core::retention::RetentionPolicy;
 use dr_core::schedule::{Clock, CronSchedule, Decision, LastRun, Scheduler, SystemClock};
-use dr_core::{job, BackupSource};
+use dr_core::BackupSource;
 use dr_storage::{Identities, Repository};
 use tokio::task::JoinSet;
 
-const PRUNE: &str = "prune";
-const VERIFY: &str = "verify";
-const BACKUP_PREFIX: &str = "backup:";
+use super::Job;
+use crate::config::DrConfig;
+use crate::error::Result;
 
 /// What a finished job reports, for metrics and notifications.
 #[derive(Debug)]
 struct Finished {
-    job: String,
+    job: Job,
     /// (source, outcome detail, ok) per event to notify.
     #[cfg_attr(not(feature = "notify"), allow(dead_code))]
     events: Vec<(Option<String>, String, bool)>,
@@ -47,13 +42,13 @@ pub struct RunSummary {
 /// methods (or [`super::from_config`]), then [`Agent::run`] it.
 pub struct Agent {
     repo: Repository,
+    config: Arc<DrConfig>,
     metrics: Arc<AgentMetrics>,
     clock: Arc<dyn Clock>,
     backups: Vec<(String, Arc<dyn BackupSource>, CronSchedule)>,
-    prune: Option<(CronSchedule, BTreeMap<String, RetentionPolicy>)>,
-    verify: Option<(CronSchedule, Option<Identities>)>,
-    objectives: ObjectivesConfig,
-    pitr_windows: BTreeMap<String, Duration>,
+    prune: Option<CronSchedule>,
+    verify: Option<CronSchedule>,
+    identities: Option<Identities>,
     grace: Duration,
     refresh: Duration,
     tick: Duration,
@@ -73,25 +68,27 @@ impl std::fmt::Debug for Agent {
                     .map(|(n, _, s)| (n, s.to_string()))
                     .collect::<Vec<_>>(),
             )
-            .field("prune", &self.prune.as_ref().map(|p| p.0.to_string()))
-            .field("verify", &self.verify.as_ref().map(|p| p.0.to_string()))
+            .field("prune", &self.prune.as_ref().map(|p| p.to_string()))
+            .field("verify", &self.verify.as_ref().map(|p| p.to_string()))
             .field("grace", &self.grace)
             .finish()
     }
 }
 
 impl Agent {
-    /// An agent on `repo` with no job yet, recording into `metrics`.
-    pub fn new(repo: Repository, metrics: Arc<AgentMetrics>) -> Self {
+    /// An agent on `repo` with no job yet, under `config` (retention
+    /// policies, objectives, PITR windows), recording into `metrics`.
+    /// [`crate::Ops::agent`] builds one from the configuration's schedules.
+    pub fn new(repo: Repository, config: Arc<DrConfig>, metrics: Arc<AgentMetrics>) -> Self {
         Agent {
             repo,
+            config,
             metrics,
             clock: Arc::new(SystemClock),
             backups: Vec::new(),
             prune: None,
             verify: None,
-            objectives: ObjectivesConfig::default(),
-            pitr_windows: BTreeMap::new(),
+            identities: None,
             grace: Duration::from_secs(300),
             refresh: Duration::from_secs(60),
             tick: Duration::from_secs(1),
@@ -112,39 +109,31 @@ impl Agent {
         self
     }
 
-    /// Prunes the repository with `policies` on `schedule`.
-    pub fn with_prune(
-        mut self,
-        schedule: CronSchedule,
-        policies: BTreeMap<String, RetentionPolicy>,
-    ) -> Self {
-        self.prune = Some((schedule, policies));
+    /// Prunes the repository with the configuration's retention policies
+    /// (backups and WAL, as `dr prune`) on `schedule`.
+    pub fn with_prune(mut self, schedule: CronSchedule) -> Self {
+        self.prune = Some(schedule);
         self
     }
 
-    /// Verifies the newest backup of each scheduled source on `schedule`;
-    /// with `identities`, decrypted to the end.
-    pub fn with_verify(mut self, schedule: CronSchedule, identities: Option<Identities>) -> Self {
-        self.verify = Some((schedule, identities));
+    /// Verifies the newest backup of each source (configured, scheduled,
+    /// or with backups in the repository) on `schedule` and records
+    /// each outcome (as `dr verify`); decrypted to the end when the agent
+    /// has identities ([`Agent::with_identities`]).
+    pub fn with_verify(mut self, schedule: CronSchedule) -> Self {
+        self.verify = Some(schedule);
         self
     }
 
-    /// The objectives exported as `objective_*_seconds`.
-    pub fn with_objectives(mut self, objectives: ObjectivesConfig) -> Self {
-        self.objectives = objectives;
+    /// The keys for verification and for reading timeline history files.
+    pub fn with_identities(mut self, identities: Option<Identities>) -> Self {
+        self.identities = identities;
         self
     }
 
     /// How long running jobs may finish after shutdown is asked for.
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
-        self
-    }
-
-    /// The PITR window of each source (`pitr_window` in its retention):
-    /// WAL continuity is checked from the window's anchor.
-    pub fn with_pitr_windows(mut self, windows: BTreeMap<String, Duration>) -> Self {
-        self.pitr_windows = windows;
         self
     }
 
@@ -175,8 +164,14 @@ impl Agent {
         self.ready.clone()
     }
 
+    /// The sources the agent looks after: the scheduled ones and every
+    /// configured one.
     fn names(&self) -> Vec<String> {
-        self.backups.iter().map(|(n, _, _)| n.clone()).collect()
+        let mut names: Vec<String> = self.backups.iter().map(|(n, _, _)| n.clone()).collect();
+        names.extend(self.config.source_names());
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Runs until `shutdown` completes; then starts nothing new, lets
@@ -190,6 +185,12 @@ impl Agent {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary> {
         let now = self.clock.now();
         let mut scheduler = Scheduler::new();
+        let mut jobs: HashMap<String, Job> = HashMap::new();
+        let mut add = |job: Job, schedule: &CronSchedule, last: LastRun| {
+            let key = job.to_string();
+            jobs.insert(key.clone(), job);
+            scheduler.add(key, schedule.clone(), last, now)
+        };
         for (name, _, schedule) in &self.backups {
             let last = self
                 .repo
@@ -199,37 +200,24 @@ impl Agent {
                 .map(|m| m.started_at)
                 .max()
                 .map_or(LastRun::Never, LastRun::At);
-            scheduler.add(
-                format!("{BACKUP_PREFIX}{name}"),
-                schedule.clone(),
-                last,
-                now,
-            )?;
+            add(Job::Backup(name.clone()), schedule, last)?;
         }
-        if let Some((s, _)) = &self.prune {
-            scheduler.add(PRUNE, s.clone(), LastRun::Unknown, now)?;
+        if let Some(s) = &self.prune {
+            add(Job::Prune, s, LastRun::Unknown)?;
         }
-        if let Some((s, _)) = &self.verify {
-            scheduler.add(VERIFY, s.clone(), LastRun::Unknown, now)?;
+        if let Some(s) = &self.verify {
+            add(Job::Verify, s, LastRun::Unknown)?;
         }
-        refresh(
-            &self.repo,
-            &self.names(),
-            &self.objectives,
-            &self.pitr_windows,
-            &self.metrics,
-            now,
-        )
-        .await?;
+        self.refresh(now).await?;
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(jobs = ?scheduler.jobs().collect::<Vec<_>>(), next = ?scheduler.next_due(), "agent started");
 
         let refresher = {
-            let (repo, names, objectives, windows, metrics, clock) = (
+            let (repo, config, ids, names, metrics, clock) = (
                 self.repo.clone(),
+                self.config.clone(),
+                self.identities.clone(),
                 self.names(),
-                self.objectives.clone(),
-                self.pitr_windows.clone(),
                 self.metrics.clone(),
                 self.clock.clone(),
             );
@@ -237,10 +225,9 @@ impl Agent {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) =
-                        refresh(&repo, &names, &objectives, &windows, &metrics, clock.now()).await
-                    {
-                        tracing::warn!(error = %format!("{e:#}"), "reading the repository status failed");
+                    let r = refresh(&repo, &config, ids.as_ref(), &names, &metrics, clock.now());
+                    if let Err(e) = r.await {
+                        tracing::warn!(error = %dr_core::error_chain(&e), "reading the repository status failed");
                     }
                 }
             })
@@ -248,7 +235,7 @@ impl Agent {
 
         let mut summary = RunSummary::default();
         let mut tasks: JoinSet<Finished> = JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut running: HashMap<tokio::task::Id, Job> = HashMap::new();
         let mut notes: JoinSet<()> = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -259,6 +246,9 @@ impl Agent {
                         if missed > 0 {
                             tracing::info!(%job, %due, missed, "catching up once for missed runs");
                         }
+                        let Some(job) = jobs.get(&job).cloned() else {
+                            continue;
+                        };
                         summary.started += 1;
                         let handle = tasks.spawn(self.job(&job));
                         running.insert(handle.id(), job);
@@ -266,8 +256,9 @@ impl Agent {
                     Decision::Skip { job, due, count } => {
                         tracing::warn!(%job, %due, "previous run still going: skipped");
                         summary.skipped += count;
-                        let (kind, source) = split(&job);
-                        self.metrics.runs_skipped(kind, source, count);
+                        if let Some(job) = jobs.get(&job) {
+                            self.metrics.runs_skipped(job.kind(), job.source(), count);
+                        }
                     }
                 }
             }
@@ -296,7 +287,7 @@ impl Agent {
                     self.finished(r, &mut running, &mut scheduler, &mut summary, &mut notes);
                 }
                 () = &mut deadline => {
-                    tracing::warn!(running = ?running.values().collect::<Vec<_>>(), "grace period over: stopping running jobs");
+                    tracing::warn!(running = ?running.values().map(Job::to_string).collect::<Vec<_>>(), "grace period over: stopping running jobs");
                     tasks.abort_all();
                     while let Some(r) = tasks.join_next_with_id().await {
                         self.finished(r, &mut running, &mut scheduler, &mut summary, &mut notes);
@@ -313,10 +304,22 @@ impl Agent {
         Ok(summary)
     }
 
+    async fn refresh(&self, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        refresh(
+            &self.repo,
+            &self.config,
+            self.identities.as_ref(),
+            &self.names(),
+            &self.metrics,
+            now,
+        )
+        .await
+    }
+
     fn finished(
         &self,
         r: std::result::Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
-        running: &mut HashMap<tokio::task::Id, String>,
+        running: &mut HashMap<tokio::task::Id, Job>,
         scheduler: &mut Scheduler,
         summary: &mut RunSummary,
         notes: &mut JoinSet<()>,
@@ -326,39 +329,35 @@ impl Agent {
             Ok((id, done)) => (id, done),
             Err(e) => {
                 let id = e.id();
-                let job = running.get(&id).cloned().unwrap_or_default();
+                let Some(job) = running.get(&id).cloned() else {
+                    tracing::error!(error = %e, "a job ended that the agent did not start");
+                    return;
+                };
                 let detail = if e.is_cancelled() {
-                    summary.aborted.push(job.clone());
+                    summary.aborted.push(job.to_string());
                     "stopped at shutdown after the grace period; nothing was listed".to_string()
                 } else {
                     format!("the job panicked: {e}")
                 };
                 tracing::warn!(%job, %detail, "job ended abnormally");
-                let (kind, source) = split(&job);
-                if kind == "backup" {
+                if let Job::Backup(source) = &job {
                     let result = if e.is_cancelled() {
                         RunResult::Aborted
                     } else {
                         RunResult::Failure
                     };
-                    self.metrics
-                        .backup_failed(source.unwrap_or_default(), now, result);
+                    self.metrics.backup_failed(source, now, result);
                 }
-                (
-                    id,
-                    Finished {
-                        job: job.clone(),
-                        events: vec![(source.map(str::to_string), detail, false)],
-                    },
-                )
+                let events = vec![(job.source().map(str::to_string), detail, false)];
+                (id, Finished { job, events })
             }
         };
         running.remove(&id);
-        scheduler.finished(&done.job);
+        scheduler.finished(&done.job.to_string());
         #[cfg(feature = "notify")]
         if let Some(n) = &self.notifier {
             let n = n.clone();
-            let kind = split(&done.job).0.to_string();
+            let kind = done.job.kind().to_string();
             notes.spawn(async move {
                 for (source, detail, ok) in done.events {
                     let event = dr_core::notify::Event {
@@ -374,7 +373,7 @@ impl Agent {
                     };
                     for (channel, r) in n.notify(&event, now).await {
                         if let Err(e) = r {
-                            tracing::warn!(?channel, error = %error_chain(&e), "notification failed");
+                            tracing::warn!(?channel, error = %dr_core::error_chain(&e), "notification failed");
                         }
                     }
                 }
@@ -384,153 +383,103 @@ impl Agent {
         let _ = (done, notes);
     }
 
-    /// The future of one run of `job`.
-    fn job(&self, job: &str) -> impl Future<Output = Finished> + Send + 'static {
+    /// The future of one run of `job`: the same operation `dr` runs.
+    fn job(&self, job: &Job) -> impl Future<Output = Finished> + Send + 'static {
         let repo = self.repo.clone();
+        let config = self.config.clone();
         let metrics = self.metrics.clone();
         let clock = self.clock.clone();
-        let job = job.to_string();
+        let ids = self.identities.clone();
+        let job = job.clone();
         let backup = job
-            .strip_prefix(BACKUP_PREFIX)
+            .source()
             .and_then(|n| self.backups.iter().find(|(name, _, _)| name == n))
             .map(|(n, s, _)| (n.clone(), s.clone()));
-        let prune = self.prune.as_ref().map(|p| p.1.clone());
-        let verify = self.verify.as_ref().map(|v| v.1.clone());
         let names = self.names();
         async move {
-            let events = if let Some((name, source)) = backup {
-                let started = Instant::now();
-                match job::backup(&repo, source.as_ref(), &name).await {
-                    Ok(m) => {
-                        let took = started.elapsed();
-                        tracing::info!(source = %name, backup_id = %m.backup_id, ?took, "scheduled backup done");
-                        metrics.backup_succeeded(&name, &m, took);
-                        vec![(
-                            Some(name),
-                            format!("backup {} ({} bytes stored)", m.backup_id, m.stored_size()),
-                            true,
-                        )]
-                    }
-                    Err(e) => {
-                        let detail = error_chain(&e);
-                        tracing::error!(source = %name, error = %detail, "scheduled backup failed");
-                        metrics.backup_failed(&name, clock.now(), RunResult::Failure);
-                        vec![(Some(name), detail, false)]
-                    }
-                }
-            } else if job == PRUNE {
-                let policies = prune.unwrap_or_default();
-                match run_prune(&repo, &policies, clock.now()).await {
-                    Ok(detail) => {
-                        metrics.pruned(clock.now());
-                        vec![(None, detail, true)]
-                    }
-                    Err(e) => {
-                        let detail = format!("{e:#}");
-                        tracing::error!(error = %detail, "scheduled prune failed");
-                        vec![(None, detail, false)]
+            let events = match (&job, backup) {
+                (Job::Backup(_), Some((name, source))) => {
+                    let started = Instant::now();
+                    match crate::backup::backup_source(&repo, source.as_ref(), &name).await {
+                        Ok(m) => {
+                            let took = started.elapsed();
+                            tracing::info!(source = %name, backup_id = %m.backup_id, ?took, "scheduled backup done");
+                            metrics.backup_succeeded(&name, &m, took);
+                            vec![(
+                                Some(name),
+                                format!("backup {} ({} bytes stored)", m.backup_id, m.stored_size()),
+                                true,
+                            )]
+                        }
+                        Err(e) => {
+                            let detail = dr_core::error_chain(&e);
+                            tracing::error!(source = %name, error = %detail, "scheduled backup failed");
+                            metrics.backup_failed(&name, clock.now(), RunResult::Failure);
+                            vec![(Some(name), detail, false)]
+                        }
                     }
                 }
-            } else if job == VERIFY {
-                let ids = verify.flatten();
-                let mut events = Vec::new();
-                for name in names {
-                    let (ok, detail) = match verify_latest(&repo, &name, ids.as_ref()).await {
-                        Ok(Some(d)) => (true, d),
-                        Ok(None) => continue,
-                        Err(e) => (false, format!("{e:#}")),
-                    };
-                    if !ok {
-                        tracing::error!(source = %name, error = %detail, "scheduled verification failed");
-                    }
-                    metrics.verified(&name, clock.now(), ok);
-                    events.push((Some(name), detail, ok));
+                (Job::Backup(name), None) => {
+                    vec![(Some(name.clone()), "no such source".to_string(), false)]
                 }
-                events
-            } else {
-                vec![(None, format!("unknown job {job}"), false)]
+                (Job::Prune, _) => {
+                    let opts = crate::PruneOptions::default();
+                    match crate::prune::run(&repo, &config, &opts, clock.now()).await {
+                        Ok(outcome) => {
+                            metrics.pruned(clock.now());
+                            vec![(None, outcome.summary(), true)]
+                        }
+                        Err(e) => {
+                            let detail = dr_core::error_chain(&e);
+                            tracing::error!(error = %detail, "scheduled prune failed");
+                            vec![(None, detail, false)]
+                        }
+                    }
+                }
+                (Job::Verify, _) => {
+                    // Every source the agent looks after, and every other
+                    // source with backups in the repository.
+                    let mut names = names;
+                    match repo.sources().await {
+                        Ok(stored) => names.extend(stored),
+                        Err(e) => tracing::warn!(error = %dr_core::error_chain(&e), "listing the repository's sources failed"),
+                    }
+                    names.sort();
+                    names.dedup();
+                    let mut events = Vec::new();
+                    for name in names {
+                        let (ok, detail) =
+                            match crate::verify::verify_latest(&repo, &name, ids.as_ref()).await {
+                                Ok(Some(o)) => (o.ok(), o.summary()),
+                                Ok(None) => continue,
+                                Err(e) => (false, dr_core::error_chain(&e)),
+                            };
+                        if !ok {
+                            tracing::error!(source = %name, error = %detail, "scheduled verification failed");
+                        }
+                        metrics.verified(&name, clock.now(), ok);
+                        events.push((Some(name), detail, ok));
+                    }
+                    events
+                }
             };
             Finished { job, events }
         }
     }
 }
 
-fn split(job: &str) -> (&str, Option<&str>) {
-    match job.strip_prefix(BACKUP_PREFIX) {
-        Some(s) => ("backup", Some(s)),
-        None => (job, None),
-    }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-async fn run_prune(
-    repo: &Repository,
-    policies: &BTreeMap<String, RetentionPolicy>,
-    now: DateTime<Utc>,
-) -> Result<String> {
-    let opts = dr_core::prune::PruneOptions::default();
-    let plan = dr_core::prune::plan_prune(repo, policies, &[], &opts, now).await?;
-    let report = dr_core::prune::prune(repo, &plan, &opts).await?;
-    Ok(format!(
-        "pruned {} backup(s), {} WAL object(s), {} orphan(s); {} bytes freed",
-        report.backups_deleted.len(),
-        report.wal_deleted,
-        report.orphans_deleted,
-        report.bytes_freed
-    ))
-}
-
-/// Verifies the newest backup of `name`; `None` when it has none.
-async fn verify_latest(
-    repo: &Repository,
-    name: &str,
-    ids: Option<&Identities>,
-) -> Result<Option<String>> {
-    let Some(m) = repo
-        .list_backups(Some(name))
-        .await?
-        .into_iter()
-        .max_by_key(|m| m.finished_at)
-    else {
-        return Ok(None);
-    };
-    let report = job::verify(repo, &m, ids, None).await?.into_result()?;
-    Ok(Some(format!(
-        "backup {} verified ({} artifact(s){})",
-        report.backup_id,
-        report.artifacts.len(),
-        if ids.is_some() {
-            ", decrypted"
-        } else {
-            ", stored digests only"
-        }
-    )))
-}
-
-/// Reads the status of `names` from the repository, with WAL continuity
-/// (from each source's PITR window in `windows`) and the newest archived WAL
-/// of each, into `metrics`. The agent holds no key for this, so timeline
-/// switches are inferred from the `.history` file names.
+/// Reads the status of `names` (with WAL continuity from each source's
+/// PITR window, and the newest archived WAL of each) into `metrics`, as
+/// `dr status` reads it.
 async fn refresh(
     repo: &Repository,
+    config: &DrConfig,
+    ids: Option<&Identities>,
     names: &[String],
-    objectives: &ObjectivesConfig,
-    windows: &BTreeMap<String, Duration>,
     metrics: &AgentMetrics,
-    now: DateTime<Utc>,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<()> {
-    let wal = dr_postgres::wal::continuity::wal_status(repo, None, windows, now).await?;
-    let statuses = dr_core::status::status_with_wal(repo, names, objectives, &wal, now).await?;
-    metrics.observe_status(&statuses);
+    let status = crate::status::read(repo, config, names, ids, now).await?;
+    metrics.observe_status(&status.sources);
     Ok(())
 }

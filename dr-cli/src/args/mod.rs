@@ -1,8 +1,20 @@
-//! Command-line arguments.
+//! Command-line arguments: every clap type of `dr` and `dr-agent`. The
+//! option structs of the operations layer (`dr_ops::RestoreOptions`,
+//! `VerifyOptions`, `PruneOptions`, ...) are flattened in, not copied.
+
+mod agent;
+mod dns;
+mod plan;
+mod wal;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+pub use agent::AgentArgs;
+pub use dns::DnsCommand;
+pub use plan::{DrillArgs, DrillCommand, JournalArgs, PlanCommand, PlanFileArgs, ResumeArgs};
+pub use wal::{WalFetchArgs, WalPushArgs};
 
 /// dr: backups you have proven you can restore.
 #[derive(Debug, Parser)]
@@ -26,37 +38,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Repository selection and keys, shared by the commands that need them.
-#[derive(Debug, Args, Clone, Default)]
-pub struct RepoArgs {
-    /// Repository: a path, file://, s3://bucket/prefix, gs://, az:// (default ./dr-repo).
-    #[arg(long, env = "DR_REPO", value_name = "URL")]
-    pub repo: Option<String>,
-    /// Age identity file for reading backup data.
-    #[arg(long, env = "DR_IDENTITY_FILE", value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// File holding the repository passphrase (or set DR_PASSPHRASE).
-    #[arg(long, env = "DR_PASSPHRASE_FILE", value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
-}
-
-impl RepoArgs {
-    /// The `[repository]` settings with these flags (and their `DR_*`
-    /// variables) applied over them: flags > environment > file.
-    pub fn apply(&self, file: &dr_storage::RepositorySettings) -> dr_storage::RepositorySettings {
-        let mut s = file.clone();
-        if let Some(r) = &self.repo {
-            s.url = Some(r.clone());
-        }
-        if let Some(i) = &self.identity {
-            s.identity_file = Some(i.clone());
-        }
-        if let Some(p) = &self.passphrase_file {
-            s.passphrase_file = Some(p.clone());
-        }
-        s
-    }
-}
+/// Repository selection and keys, shared by the commands that need them
+/// (the operations layer's own option struct, flattened).
+pub type RepoArgs = dr_ops::RepositoryArgs;
 
 /// The commands.
 #[derive(Debug, Subcommand)]
@@ -86,18 +70,18 @@ pub enum Command {
     /// objective is violated.
     Status(StatusArgs),
     /// archive_command: store one WAL file (`dr wal-push --source NAME %p`).
-    WalPush(crate::wal::WalPushArgs),
+    WalPush(WalPushArgs),
     /// restore_command: fetch one WAL file (`dr wal-fetch --source NAME %f %p`).
-    WalFetch(crate::wal::WalFetchArgs),
+    WalFetch(WalFetchArgs),
     /// Recovery plans: check, run, resume, list runs.
     #[command(subcommand)]
-    Plan(crate::plan_cmd::PlanCommand),
+    Plan(PlanCommand),
     /// Run a plan as a drill against scratch targets (`dr drill PLAN`), or
     /// list stored drill reports (`dr drill list`).
-    Drill(crate::plan_cmd::DrillArgs),
+    Drill(DrillArgs),
     /// DNS records: get, set, failover, rollback.
     #[command(subcommand)]
-    Dns(crate::dns_cmd::DnsCommand),
+    Dns(DnsCommand),
 }
 
 /// `dr prune`
@@ -109,15 +93,9 @@ pub struct PruneArgs {
     /// Print the plan (what is kept by which rule, what is deleted) and stop.
     #[arg(long)]
     pub dry_run: bool,
-    /// Break a `prune` lock whose holder let it expire.
-    #[arg(long)]
-    pub break_stale_lock: bool,
-    /// Wait this long for another prune to finish (e.g. `5m`).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    pub lock_wait: std::time::Duration,
-    /// Objects under no manifest are removed only when older than this.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
-    pub orphan_grace: std::time::Duration,
+    /// Locking and orphans.
+    #[command(flatten)]
+    pub options: dr_ops::PruneOptions,
 }
 
 /// `dr status`
@@ -219,24 +197,16 @@ pub struct VerifyArgs {
     /// Repository selection.
     #[command(flatten)]
     pub repo: RepoArgs,
-    /// Also restore into a scratch target and compare it with the backup.
-    #[arg(long)]
-    pub restore: bool,
-    /// PostgreSQL server for the scratch database (a DSN; a database
-    /// dr_verify_<random> is created there and dropped afterwards). Default:
-    /// the configured source's server.
-    #[arg(long, value_name = "DSN", env = "DR_SCRATCH_DSN")]
-    pub scratch: Option<String>,
-    /// Apply the backup's globals to the scratch server and keep owners;
-    /// without it the scratch restore runs with --no-owner --no-privileges.
-    #[arg(long)]
-    pub globals: bool,
+    /// How deep.
+    #[command(flatten)]
+    pub options: dr_ops::VerifyOptions,
 }
 
 /// `dr restore`
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Backup id (or a unique prefix), or `latest`.
+    /// Backup id (or a unique prefix), or `latest`; for a physical backup
+    /// also `auto` (the newest base backup that reaches the target).
     pub backup: String,
     /// Source name.
     #[arg(long)]
@@ -244,45 +214,7 @@ pub struct RestoreArgs {
     /// Repository selection.
     #[command(flatten)]
     pub repo: RepoArgs,
-    /// Target PostgreSQL database (a DSN); created if missing.
-    #[arg(long, value_name = "DSN")]
-    pub to: Option<String>,
-    /// Password file for the target.
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-    /// Replace a target database that already holds objects.
-    #[arg(long)]
-    pub clean: bool,
-    /// Apply the backup's globals (roles, tablespaces) first.
-    #[arg(long)]
-    pub globals: bool,
-    /// Parallel pg_restore jobs (above 1 the dump is staged to a local file).
-    #[arg(long, default_value_t = 1)]
-    pub jobs: u32,
-    /// Directory for the staged dump of a parallel restore.
-    #[arg(long, value_name = "DIR")]
-    pub staging_dir: Option<PathBuf>,
-    /// Point-in-time restore of a physical backup (`--pgdata DIR` and a target).
+    /// The target.
     #[command(flatten)]
-    pub pitr: crate::wal::PitrArgs,
-    /// Vault: use `snapshot-force` (a snapshot of another cluster).
-    #[arg(long)]
-    pub force: bool,
-    /// Vault: unseal key files to unseal a node that sealed itself after a
-    /// forced restore (repeatable).
-    #[arg(long, value_name = "FILE")]
-    pub unseal_key_file: Vec<PathBuf>,
-    /// Kubernetes: map a namespace to another, `OLD=NEW` (repeatable).
-    #[arg(long, value_name = "OLD=NEW")]
-    pub namespace_map: Vec<String>,
-    /// Kubernetes: what to do with objects that exist: `report` or `update`.
-    #[arg(long, default_value = "report")]
-    pub existing: String,
-    /// Kubernetes: a server-side dry run.
-    #[arg(long)]
-    pub server_dry_run: bool,
-    /// etcd: write the verified snapshot file into this directory (then run
-    /// `etcdctl snapshot restore` on it on the target node).
-    #[arg(long, value_name = "DIR")]
-    pub etcd_snapshot_dir: Option<PathBuf>,
+    pub options: dr_ops::RestoreOptions,
 }

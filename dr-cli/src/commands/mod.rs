@@ -1,0 +1,336 @@
+//! The commands: arguments to an operation of `dr_ops`, its result rendered.
+
+mod dns;
+mod plan;
+mod wal;
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use dr_ops::{BackupTarget, DrConfig, Ops};
+
+use crate::args::{
+    BackupArgs, Cli, Command, KeyCommand, ListArgs, PruneArgs, RepoArgs, RepoCommand, RestoreArgs,
+    ShowArgs, StatusArgs, VerifyArgs,
+};
+use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_VERIFY_FAILED};
+use crate::progress::Bar;
+use crate::{render, signals};
+
+/// Runs the parsed command line; returns the exit code.
+///
+/// # Errors
+/// Any failure; the caller maps it to an exit code with
+/// [`crate::exit::code`].
+pub async fn run(cli: Cli) -> Result<i32> {
+    let config = DrConfig::discover(cli.config.as_deref())?;
+    let ctx = Ctx { cli: &cli, config };
+    match &cli.command {
+        Command::Key(KeyCommand::Generate { output, force }) => ctx.key_generate(output, *force),
+        Command::Repo(RepoCommand::Init { repo, recipients }) => {
+            ctx.repo_init(repo, recipients).await
+        }
+        Command::Backup(a) => ctx.backup(a).await,
+        Command::List(a) => ctx.list(a).await,
+        Command::Show(a) => ctx.show(a).await,
+        Command::Verify(a) => ctx.verify(a).await,
+        Command::Restore(a) => ctx.restore(a).await,
+        Command::Prune(a) => ctx.prune(a).await,
+        Command::Status(a) => ctx.status(a).await,
+        Command::WalPush(a) => Ok(wal::push(&ctx.ops(&a.repo), a, cli.json).await),
+        Command::WalFetch(a) => Ok(wal::fetch(&ctx.ops(&a.repo), a, cli.json).await),
+        Command::Plan(c) => plan::run(&ctx, c).await,
+        Command::Drill(a) => plan::drill(&ctx, a).await,
+        Command::Dns(c) => dns::run(&ctx.config, c, cli.json).await,
+    }
+}
+
+struct Ctx<'a> {
+    cli: &'a Cli,
+    config: DrConfig,
+}
+
+impl Ctx<'_> {
+    fn print_json(&self, value: &impl serde::Serialize) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, value)?;
+        writeln!(out)?;
+        Ok(())
+    }
+
+    /// The operations with `args` over the file's `[repository]`.
+    fn ops(&self, args: &RepoArgs) -> Ops {
+        Ops::new(self.config.clone(), args.clone())
+    }
+
+    /// As [`Ctx::ops`], with a progress bar on a terminal.
+    fn ops_with_bar(&self, args: &RepoArgs) -> (Ops, Option<std::sync::Arc<Bar>>) {
+        let ops = self.ops(args);
+        let bar = Bar::new(!self.cli.no_progress && !self.cli.json);
+        match &bar {
+            Some(b) => (ops.with_progress(b.clone()), bar),
+            None => (ops, bar),
+        }
+    }
+
+    fn key_generate(&self, output: &Path, force: bool) -> Result<i32> {
+        let recipient = dr_ops::generate_key(output, force)?;
+        if self.cli.json {
+            self.print_json(
+                &serde_json::json!({ "recipient": recipient, "identity_file": output }),
+            )?;
+        } else {
+            println!("{recipient}");
+            eprintln!(
+                "identity written to {} (mode 0600); keep it away from the repository",
+                output.display()
+            );
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn repo_init(&self, args: &RepoArgs, recipients: &[String]) -> Result<i32> {
+        let ops = self.ops(args);
+        let repo = ops.init_repository(recipients).await?;
+        let location = ops.settings().location()?;
+        if self.cli.json {
+            self.print_json(
+                &serde_json::json!({ "location": location.to_string(), "config": repo.config() }),
+            )?;
+        } else {
+            println!(
+                "initialised repository {} at {location} ({} recipient(s))",
+                repo.config().repository_id,
+                repo.config().recipients.len()
+            );
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn backup(&self, a: &BackupArgs) -> Result<i32> {
+        let target = match (&a.postgres, &a.name) {
+            (Some(dsn), name) => BackupTarget::Postgres {
+                name: name.clone(),
+                dsn: dsn.clone(),
+                password_file: a.password_file.clone(),
+                no_globals: a.no_globals,
+                physical: a.physical,
+            },
+            (None, Some(name)) => BackupTarget::Source(name.clone()),
+            (None, None) => BackupTarget::All,
+        };
+        let (ops, bar) = self.ops_with_bar(&a.repo);
+        let json = self.cli.json;
+        let result = ops
+            .backup(&target, |m| {
+                if let Some(b) = &bar {
+                    b.finish();
+                }
+                if !json {
+                    println!("{}", render::backup_summary(m));
+                }
+            })
+            .await;
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        let done = result?;
+        if json {
+            self.print_json(&done)?;
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn list(&self, a: &ListArgs) -> Result<i32> {
+        let repo = self.ops(&a.repo).open().await?;
+        let (all, damaged) = repo.list_backups_checked(a.source.as_deref()).await?;
+        for d in &damaged {
+            eprintln!(
+                "warning: damaged manifest {} (backup not listed): {}",
+                d.object, d.reason
+            );
+        }
+        if self.cli.json {
+            self.print_json(&all)?;
+        } else {
+            writeln!(std::io::stdout(), "{}", render::list(&all))?;
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn show(&self, a: &ShowArgs) -> Result<i32> {
+        let repo = self.ops(&a.repo).open().await?;
+        let m = repo.find_backup(a.source.as_deref(), &a.backup).await?;
+        if self.cli.json {
+            self.print_json(&m)?;
+        } else {
+            println!("{}", render::show(&m));
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn verify(&self, a: &VerifyArgs) -> Result<i32> {
+        let (ops, bar) = self.ops_with_bar(&a.repo);
+        // SIGINT or SIGTERM during a scratch restore: stopped, and the
+        // scratch target removed.
+        let stop = if a.options.restore {
+            signals::first()?
+        } else {
+            signals::never()
+        };
+        let outcome = ops
+            .verify(a.source.as_deref(), &a.backup, &a.options, stop)
+            .await;
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        let outcome = outcome?;
+        if let Some(e) = &outcome.record_error {
+            eprintln!("warning: the verification result was not recorded in the repository: {e}");
+        }
+        if self.cli.json {
+            self.print_json(&outcome)?;
+        } else {
+            println!("{}", render::verify(&outcome.report));
+            match &outcome.archive {
+                Some(c) if c.ok => {
+                    println!("  ok      raft snapshot archive: members and SHA256SUMS match")
+                }
+                Some(c) => println!("  FAILED  {}", c.error.as_deref().unwrap_or_default()),
+                None => {}
+            }
+        }
+        // An unreachable scratch server proves nothing about the backup: exit 3,
+        // not "verification failed".
+        Ok(if outcome.ok() {
+            EXIT_OK
+        } else if outcome.unproven() {
+            EXIT_FAILED
+        } else {
+            EXIT_VERIFY_FAILED
+        })
+    }
+
+    async fn restore(&self, a: &RestoreArgs) -> Result<i32> {
+        if let (Some(t), Ok((_, true))) = (
+            &a.options.pitr.target_time,
+            a.options.pitr.recovery_target(),
+        ) {
+            eprintln!("note: --target-time {t:?} has no offset; it is read as UTC");
+        }
+        let (ops, bar) = self.ops_with_bar(&a.repo);
+        let pgdata = a.options.pitr.pgdata.clone();
+        // SIGINT or SIGTERM while a physical restore writes its files: it
+        // stops and removes what it wrote; a second signal quits at once.
+        let (first, second) = if pgdata.is_some() {
+            signals::twice()?
+        } else {
+            (signals::never(), signals::never())
+        };
+        let first = async move {
+            first.await;
+            if let Some(p) = &pgdata {
+                eprintln!(
+                    "interrupted: stopping the restore and removing what it wrote into {} (again to quit at once)",
+                    p.display()
+                );
+            }
+        };
+        let restore = ops.restore(a.source.as_deref(), &a.backup, &a.options, first);
+        let outcome = tokio::select! {
+            r = restore => r,
+            () = second => anyhow::bail!(
+                "interrupted twice: {} may hold a partial restore; remove it before restoring again",
+                a.options.pitr.pgdata.as_deref().unwrap_or(Path::new("the target")).display()
+            ),
+        };
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        let outcome = outcome?;
+        if self.cli.json {
+            match &outcome.pitr {
+                Some(p) => self.print_json(p)?,
+                None => self.print_json(&outcome.report)?,
+            }
+        } else {
+            match &outcome.pitr {
+                Some(p) => println!("{}", render::pitr(p)),
+                None => println!("{}", render::restore(&outcome.manifest, &outcome.report)),
+            }
+        }
+        // A Kubernetes restore can be partial: visible, and not exit 0.
+        Ok(if outcome.complete() {
+            EXIT_OK
+        } else {
+            EXIT_FAILED
+        })
+    }
+
+    async fn prune(&self, a: &PruneArgs) -> Result<i32> {
+        let ops = self.ops(&a.repo);
+        if a.dry_run {
+            let plan = ops.plan_prune(&a.options).await?;
+            if self.cli.json {
+                self.print_json(&plan)?;
+            } else {
+                println!("{}", render::prune_plan(&plan));
+            }
+            return Ok(EXIT_OK);
+        }
+        let outcome = ops.prune(&a.options).await?;
+        if self.cli.json {
+            self.print_json(&outcome)?;
+        } else {
+            let report = &outcome.report;
+            println!("{}", render::prune_plan(&outcome.plan));
+            println!(
+                "pruned: {} backup(s), {} WAL object(s), {} orphan(s), {} verification record(s); {} freed",
+                report.backups_deleted.len(),
+                report.wal_deleted,
+                report.orphans_deleted,
+                report.verifications_deleted,
+                render::bytes(report.bytes_freed)
+            );
+        }
+        Ok(EXIT_OK)
+    }
+
+    async fn status(&self, a: &StatusArgs) -> Result<i32> {
+        let status = self.ops(&a.repo).status().await?;
+        if let Some(path) = &a.prometheus {
+            let text = status.to_prometheus();
+            if path.as_os_str() == "-" {
+                print!("{text}");
+            } else {
+                let tmp = path.with_extension("prom.tmp");
+                std::fs::write(&tmp, &text)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        if self.cli.json {
+            self.print_json(&status)?;
+        } else if a.prometheus.as_deref() != Some(Path::new("-")) {
+            println!("{}", render::status(&status.sources));
+            match &status.last_drill {
+                Some(d) => println!(
+                    "last drill: {} of {} at {}: {} in {:.1} s",
+                    d.id,
+                    d.plan,
+                    d.started_at.to_rfc3339(),
+                    if d.passed { "passed" } else { "FAILED" },
+                    d.duration_secs
+                ),
+                None => println!("last drill: none"),
+            }
+        }
+        Ok(if status.ok() {
+            EXIT_OK
+        } else {
+            EXIT_VERIFY_FAILED
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! `backup`: configured sources, or an ad-hoc PostgreSQL database, into the
+//! repository (manifest last: a backup is listed only once complete).
+
+use std::path::PathBuf;
+
+use dr_core::{job, BackupSource};
+use dr_storage::{Manifest, Repository};
+
+use crate::error::{Error, Result, ResultExt};
+use crate::registry::{build_source, dsn_arg};
+use crate::Ops;
+
+/// What to back up.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BackupTarget {
+    /// Every configured source.
+    All,
+    /// The configured source of this name.
+    Source(String),
+    /// A PostgreSQL database not in the configuration.
+    Postgres {
+        /// The source name to record (default: the database name).
+        name: Option<String>,
+        /// The DSN (the password from PGPASSWORD, ~/.pgpass or
+        /// `password_file`, never from a command line).
+        dsn: String,
+        /// A password file.
+        password_file: Option<PathBuf>,
+        /// Skip the cluster's globals (roles, tablespaces).
+        no_globals: bool,
+        /// A physical base backup (for PITR) instead of a logical dump.
+        physical: bool,
+    },
+}
+
+impl Ops {
+    /// The sources `target` names, built, with their names. Nothing is
+    /// opened yet, so a bad source is a usage error before the repository
+    /// is touched.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for an unknown source or nothing to back up; the
+    /// source's settings are invalid.
+    pub async fn sources(
+        &self,
+        target: &BackupTarget,
+    ) -> Result<Vec<(String, Box<dyn BackupSource>)>> {
+        if let BackupTarget::Postgres {
+            name,
+            dsn,
+            password_file,
+            no_globals,
+            physical,
+        } = target
+        {
+            let mut conn = dsn_arg(dsn, "--postgres")?;
+            if let Some(f) = password_file {
+                conn = conn
+                    .with_password_file(f)
+                    .map_err(|e| Error::config("--password-file", e))?;
+            }
+            let name = name.clone().unwrap_or_else(|| conn.dbname().to_string());
+            let source: Box<dyn BackupSource> = if *physical {
+                Box::new(dr_postgres::physical::PostgresPhysical::new(
+                    conn,
+                    Default::default(),
+                ))
+            } else {
+                Box::new(dr_postgres::PostgresLogical::new(conn).with_globals(!no_globals))
+            };
+            return Ok(vec![(name, source)]);
+        }
+        let names = match target {
+            BackupTarget::Source(n) => {
+                self.config.source(n)?;
+                vec![n.clone()]
+            }
+            _ => self.config.source_names(),
+        };
+        if names.is_empty() {
+            return Err(Error::usage(
+                "nothing to back up: name a configured source, or give --postgres DSN",
+            ));
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let entry = self.config.source(&name)?;
+            let source = build_source(&entry.config)
+                .await
+                .map_err(|e| e.context(format!("sources.{name}")))?;
+            out.push((name, source));
+        }
+        Ok(out)
+    }
+
+    /// Backs up what `target` names, one source after the other; stops at
+    /// the first failure (whose backup is not listed). `done` is called
+    /// after each committed backup (a front end prints it).
+    ///
+    /// # Errors
+    /// As [`Ops::sources`]; the repository; the first backup that fails,
+    /// naming its source.
+    pub async fn backup(
+        &self,
+        target: &BackupTarget,
+        mut done: impl FnMut(&Manifest),
+    ) -> Result<Vec<Manifest>> {
+        let sources = self.sources(target).await?;
+        let repo = self.open().await?;
+        let mut manifests = Vec::new();
+        for (name, source) in sources {
+            let m = backup_source(&repo, source.as_ref(), &name).await?;
+            done(&m);
+            manifests.push(m);
+        }
+        Ok(manifests)
+    }
+}
+
+/// Backs up one source into `repo` as `name`: the one function `dr backup`
+/// and `dr-agent`'s scheduled backups both run.
+///
+/// # Errors
+/// The source's or the repository's failure, naming the source; nothing is
+/// listed.
+pub async fn backup_source(
+    repo: &Repository,
+    source: &dyn BackupSource,
+    name: &str,
+) -> Result<Manifest> {
+    job::backup(repo, source, name)
+        .await
+        .context_with(|| format!("backup of {name} ({source})"))
+}

@@ -1,0 +1,265 @@
+//! `verify`: every object's size and SHA-256; with a key, every byte
+//! decrypted (and a Vault snapshot's archive checked); optionally a restore
+//! into a scratch target compared with the backup's snapshot. Every outcome
+//! is recorded under `verifications/<source>/` for `dr status`, whoever ran
+//! it (`dr verify` or `dr-agent`).
+
+use std::future::Future;
+
+use dr_core::job::{self, VerifyReport};
+use dr_core::verification::{record_verification, VerificationRecord, VerifyLevel};
+use dr_core::{BackupReader, Restorer};
+use dr_storage::{Identities, Manifest, Repository};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::registry::{self, ScratchTarget, SourceKind};
+use crate::Ops;
+
+/// How deep `verify` goes. With the `clap` feature these are `dr verify`'s
+/// flags.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// Also restore into a scratch target and compare it with the backup.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub restore: bool,
+    /// PostgreSQL server for the scratch database (a DSN; a database
+    /// dr_verify_<random> is created there and dropped afterwards). Default:
+    /// the configured source's server.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "DSN", env = "DR_SCRATCH_DSN")
+    )]
+    pub scratch: Option<String>,
+    /// Apply the backup's globals to the scratch server and keep owners;
+    /// without it the scratch restore runs with --no-owner --no-privileges.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub globals: bool,
+}
+
+impl VerifyOptions {
+    /// Options with a scratch restore (`--restore`).
+    pub fn with_restore(mut self, scratch: Option<String>) -> Self {
+        self.restore = true;
+        self.scratch = scratch;
+        self
+    }
+}
+
+/// A kind's own check of its stored archive (a Vault raft snapshot's
+/// members and `SHA256SUMS`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveCheck {
+    /// Whether it passed.
+    pub ok: bool,
+    /// What the check read (on success).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<serde_json::Value>,
+    /// What is wrong (on failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct VerifyOutcome {
+    /// Digests, decryption, scratch restore and checks.
+    #[serde(flatten)]
+    pub report: VerifyReport,
+    /// The kind's archive check, when it has one and a key was given.
+    #[serde(rename = "archive_check", skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveCheck>,
+    /// How deep it went.
+    #[serde(skip)]
+    pub level: VerifyLevel,
+    /// What was recorded in the repository for `dr status`.
+    #[serde(skip)]
+    pub record: VerificationRecord,
+    /// Why the outcome could not be recorded in the repository (it was
+    /// still found as reported).
+    #[serde(skip)]
+    pub record_error: Option<String>,
+}
+
+impl VerifyOutcome {
+    /// Whether everything verified.
+    pub fn ok(&self) -> bool {
+        self.report.ok() && self.archive.as_ref().is_none_or(|a| a.ok)
+    }
+
+    /// Whether the backup is unproven rather than wrong: the scratch
+    /// restore could not run (its server unreachable, a tool missing) and
+    /// every stored object checked out.
+    pub fn unproven(&self) -> bool {
+        !self.ok()
+            && self.report.scratch_unavailable
+            && self.report.artifacts.iter().all(|a| a.error.is_none())
+            && self.archive.as_ref().is_none_or(|a| a.ok)
+    }
+
+    /// A one-line summary for logs and notifications.
+    pub fn summary(&self) -> String {
+        let depth = match self.level {
+            VerifyLevel::Stored => "stored digests only",
+            VerifyLevel::Decoded => "decrypted",
+            VerifyLevel::Restored => "restored into a scratch target",
+        };
+        if self.ok() {
+            format!(
+                "backup {} verified ({} artifact(s), {depth})",
+                self.report.backup_id,
+                self.report.artifacts.len()
+            )
+        } else {
+            format!(
+                "backup {} FAILED verification ({depth}): {}",
+                self.report.backup_id,
+                self.record.problems.join("; ")
+            )
+        }
+    }
+}
+
+impl Ops {
+    /// Verifies backup `selector` (an id, a unique prefix, `latest`) of
+    /// `source`: with a configured key it decrypts everything; with
+    /// `opts.restore` it also restores into a scratch target (stopped and
+    /// discarded when `stop` completes) and compares. The outcome is
+    /// recorded in the repository.
+    ///
+    /// # Errors
+    /// No such backup; [`Error::Usage`] for `--restore` without a key or a
+    /// scratch server; the repository cannot be read at all. A backup found
+    /// wrong is an `Ok` outcome with [`VerifyOutcome::ok`] false.
+    pub async fn verify(
+        &self,
+        source: Option<&str>,
+        selector: &str,
+        opts: &VerifyOptions,
+        stop: impl Future<Output = ()> + Send,
+    ) -> Result<VerifyOutcome> {
+        let repo = self.open().await?;
+        let manifest = repo.find_backup(source, selector).await?;
+        let ids = self.identities(&repo)?;
+        let scratch = if opts.restore {
+            let ids = ids.as_ref().ok_or_else(|| {
+                Error::usage("verify --restore needs --identity FILE or the repository passphrase")
+            })?;
+            let kind = SourceKind::of_manifest(&manifest)?;
+            let target = ScratchTarget {
+                server: opts.scratch.clone(),
+                globals: opts.globals,
+            };
+            Some(
+                registry::scratch_restorer(
+                    kind,
+                    self.config(),
+                    &manifest,
+                    &target,
+                    ids,
+                    self.settings(),
+                    self.dr_program()?,
+                )?
+                .ok_or_else(|| {
+                    Error::usage(format!("no scratch restore for backups of kind {kind}"))
+                })?,
+            )
+        } else {
+            None
+        };
+        verify_backup(&repo, &manifest, ids.as_ref(), scratch.as_deref(), stop).await
+    }
+}
+
+/// Verifies `manifest`'s backup and records the outcome: the one function
+/// `dr verify` and `dr-agent`'s scheduled verification both run.
+///
+/// # Errors
+/// The repository cannot be read at all.
+pub async fn verify_backup(
+    repo: &Repository,
+    manifest: &Manifest,
+    ids: Option<&Identities>,
+    scratch: Option<&dyn Restorer>,
+    stop: impl Future<Output = ()> + Send,
+) -> Result<VerifyOutcome> {
+    let report = match scratch {
+        Some(restorer) => job::verify_until(repo, manifest, ids, restorer, stop).await?,
+        None => job::verify(repo, manifest, ids, None).await?,
+    };
+    let archive = match (SourceKind::from_manifest_kind(&manifest.source.kind), ids) {
+        (Some(SourceKind::VaultRaft), Some(ids)) if report.ok() => {
+            let reader = BackupReader::new(repo.clone(), manifest.clone(), ids.clone());
+            Some(match dr_vault::verify_snapshot(&reader).await {
+                Ok(facts) => ArchiveCheck {
+                    ok: true,
+                    facts: serde_json::to_value(facts).ok(),
+                    error: None,
+                },
+                Err(e) => ArchiveCheck {
+                    ok: false,
+                    facts: None,
+                    error: Some(format!("raft snapshot archive: {}", dr_core::error_chain(&e))),
+                },
+            })
+        }
+        _ => None,
+    };
+    let level = match (scratch.is_some(), ids.is_some()) {
+        (true, _) => VerifyLevel::Restored,
+        (false, true) => VerifyLevel::Decoded,
+        (false, false) => VerifyLevel::Stored,
+    };
+    let mut record = VerificationRecord::from_report(&report, level, chrono::Utc::now());
+    if let Some(ArchiveCheck {
+        ok: false,
+        error: Some(e),
+        ..
+    }) = &archive
+    {
+        record.ok = false;
+        record.problems.push(e.clone());
+    }
+    // Failing to keep the record does not change what the verification found.
+    let record_error = record_verification(repo, &record)
+        .await
+        .err()
+        .map(|e| dr_core::error_chain(&e));
+    if let Some(e) = &record_error {
+        tracing::warn!(error = %e, "the verification result was not recorded in the repository");
+    }
+    Ok(VerifyOutcome {
+        report,
+        archive,
+        level,
+        record,
+        record_error,
+    })
+}
+
+/// Verifies the newest backup of source `name` (by finish time) and records
+/// the outcome; `None` when the source has no backup. What `dr-agent`'s
+/// `verify_schedule` runs for each source.
+///
+/// # Errors
+/// As [`verify_backup`].
+pub async fn verify_latest(
+    repo: &Repository,
+    name: &str,
+    ids: Option<&Identities>,
+) -> Result<Option<VerifyOutcome>> {
+    let Some(m) = repo
+        .list_backups(Some(name))
+        .await?
+        .into_iter()
+        .max_by_key(|m| m.finished_at)
+    else {
+        return Ok(None);
+    };
+    verify_backup(repo, &m, ids, None, std::future::pending())
+        .await
+        .map(Some)
+}
