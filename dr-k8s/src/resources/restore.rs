@@ -737,6 +737,7 @@ impl dr_core::Restorer for KubernetesRestorer {
             dry_run = results.dry_run,
             "kubernetes restore finished"
         );
+        report.complete = results.complete;
         report.details = serde_json::to_value(&results).expect("results serialise");
         Ok(report)
     }

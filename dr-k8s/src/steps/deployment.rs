@@ -62,6 +62,12 @@ struct PreviousEnv {
     previous: Option<EnvVar>,
 }
 
+/// What `k8s.set_env` records for its rollback: `{"previous": [...]}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct SetEnvState {
+    previous: Vec<PreviousEnv>,
+}
+
 impl SetEnv {
     /// Checks the parameters.
     ///
@@ -235,17 +241,14 @@ impl Action for SetEnv {
             .collect();
         let previous = self.apply(&changes).await?;
         tracing::info!(deployment = %self.what(), variable = %self.p.name, "environment variable set");
-        Ok(ActionOutput {
-            summary: format!(
-                "{} set on {} ({}) {}",
-                self.p.name,
-                self.what(),
-                containers.join(", "),
-                self.source()
-            ),
-            state: json!({ "previous": previous }),
-            log: String::new(),
-        })
+        ActionOutput::summary(format!(
+            "{} set on {} ({}) {}",
+            self.p.name,
+            self.what(),
+            containers.join(", "),
+            self.source()
+        ))
+        .with_state(&SetEnvState { previous })
     }
 
     fn has_rollback(&self) -> bool {
@@ -257,12 +260,9 @@ impl Action for SetEnv {
         _ctx: &ActionContext,
         output: &ActionOutput,
     ) -> dr_core::Result<ActionOutput> {
-        let previous: Vec<PreviousEnv> = serde_json::from_value(output.state["previous"].clone())
-            .map_err(|e| dr_core::Error::InvalidConfig {
-            key: "k8s.set_env state".into(),
-            reason: format!("the recorded state is not the output of k8s.set_env: {e}"),
-        })?;
-        let changes: Vec<_> = previous
+        let state: SetEnvState = output.state_as(self.name())?;
+        let changes: Vec<_> = state
+            .previous
             .iter()
             .map(|p| (p.container.clone(), p.previous.clone()))
             .collect();
@@ -292,6 +292,12 @@ pub struct ScaleParams {
 
 fn deployment_kind() -> String {
     "deployment".into()
+}
+
+/// What `k8s.scale` records for its rollback: `{"previous_replicas": 3}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+struct ScaleState {
+    previous_replicas: i32,
 }
 
 /// `k8s.scale`: sets replicas through the `scale` subresource; the rollback
@@ -370,13 +376,12 @@ impl Action for Scale {
 
     async fn run(&self, _ctx: &ActionContext) -> dr_core::Result<ActionOutput> {
         let old = self.set(self.p.replicas).await?;
-        Ok(ActionOutput {
-            summary: format!(
-                "{} {}/{} scaled {old} -> {}",
-                self.p.kind, self.p.namespace, self.p.name, self.p.replicas
-            ),
-            state: json!({"previous_replicas": old}),
-            log: String::new(),
+        ActionOutput::summary(format!(
+            "{} {}/{} scaled {old} -> {}",
+            self.p.kind, self.p.namespace, self.p.name, self.p.replicas
+        ))
+        .with_state(&ScaleState {
+            previous_replicas: old,
         })
     }
 
@@ -389,12 +394,9 @@ impl Action for Scale {
         _ctx: &ActionContext,
         output: &ActionOutput,
     ) -> dr_core::Result<ActionOutput> {
-        let old = output.state["previous_replicas"].as_i64().ok_or_else(|| {
-            dr_core::Error::InvalidConfig {
-                key: "k8s.scale state".into(),
-                reason: "no previous_replicas recorded".into(),
-            }
-        })? as i32;
+        let ScaleState {
+            previous_replicas: old,
+        } = output.state_as(self.name())?;
         self.set(old).await?;
         Ok(ActionOutput::summary(format!(
             "{} {}/{} scaled back to {old}",
@@ -633,5 +635,39 @@ impl Action for WaitRollout {
             }
             tokio::time::sleep(Duration::from_secs(self.p.poll_secs.max(1)).min(bound)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollback_state_keeps_its_journal_shape() {
+        let out = ActionOutput::summary("scaled")
+            .with_state(&ScaleState {
+                previous_replicas: 3,
+            })
+            .unwrap();
+        assert_eq!(out.state, json!({"previous_replicas": 3}));
+        let recorded = ActionOutput {
+            state: json!({"previous": [
+                {"container": "app", "previous": {"name": "DATABASE_URL", "value": "old"}},
+                {"container": "sidecar", "previous": null},
+            ]}),
+            ..ActionOutput::default()
+        };
+        let s: SetEnvState = recorded.state_as("k8s.set_env").unwrap();
+        assert_eq!(s.previous.len(), 2);
+        assert_eq!(
+            s.previous[0].previous.as_ref().unwrap().value.as_deref(),
+            Some("old")
+        );
+        assert_eq!(s.previous[1].previous, None);
+        let e = recorded.state_as::<ScaleState>("k8s.scale").unwrap_err();
+        assert!(
+            matches!(&e, dr_core::Error::InvalidConfig { key, .. } if key == "k8s.scale state"),
+            "{e:?}"
+        );
     }
 }
