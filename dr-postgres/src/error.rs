@@ -1,4 +1,8 @@
-//! The PostgreSQL error.
+//! The crate's errors of talking to PostgreSQL: [`Error`] for connections,
+//! queries and client programs, [`ReplicationError`] for the replication
+//! protocol client ([`crate::basebackup`]). Both live here, below every
+//! module that raises them, so that no module imports one that imports it
+//! back.
 
 use std::path::PathBuf;
 
@@ -73,7 +77,18 @@ pub enum Error {
     Data(#[from] dr_storage::Error),
     /// The replication connection or `BASE_BACKUP` failed.
     #[error(transparent)]
-    Replication(#[from] crate::basebackup::ReplicationError),
+    Replication(#[from] ReplicationError),
+    /// A backup's manifest does not hold the metadata of its kind (another
+    /// kind, a field missing or of the wrong type).
+    #[error("backup {backup_id}: not a {kind} backup's metadata: {reason}")]
+    Metadata {
+        /// The backup.
+        backup_id: String,
+        /// The kind expected (`postgres-physical`, `postgres-logical`).
+        kind: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A local file failed.
     #[error("I/O failed on {}", path.display())]
     Io {
@@ -89,6 +104,10 @@ impl From<Error> for dr_core::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::InvalidConfig { key, reason } => dr_core::Error::InvalidConfig { key, reason },
+            Error::Metadata { .. } => dr_core::Error::InvalidConfig {
+                key: "manifest.metadata".into(),
+                reason: e.to_string(),
+            },
             Error::Data(e) => dr_core::Error::Storage(e),
             Error::NoSuchDatabase { database, server } => dr_core::Error::NotFound {
                 what: format!("database {database:?} on {server}"),
@@ -109,14 +128,12 @@ impl From<Error> for dr_core::Error {
                 what: program.clone(),
                 source: Box::new(e),
             },
-            Error::Replication(crate::basebackup::ReplicationError::Sink(e)) => {
-                dr_core::Error::Storage(e)
-            }
+            Error::Replication(ReplicationError::Sink(e)) => dr_core::Error::Storage(e),
             Error::Replication(ref r) if r.is_retryable() => dr_core::Error::Unavailable {
                 what: "PostgreSQL replication connection".into(),
                 source: Box::new(e),
             },
-            Error::Replication(crate::basebackup::ReplicationError::Unsupported { .. }) => {
+            Error::Replication(ReplicationError::Unsupported { .. }) => {
                 dr_core::Error::Unsupported {
                     what: e.to_string(),
                 }
@@ -125,6 +142,83 @@ impl From<Error> for dr_core::Error {
                 what: "PostgreSQL".into(),
                 source: Box::new(other),
             },
+        }
+    }
+}
+
+/// Errors of a replication connection and of `BASE_BACKUP`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// The socket could not be opened, or failed while in use.
+    #[error("replication connection to {server}: {what}")]
+    Io {
+        /// `host:port`.
+        server: String,
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server refused the login (wrong password, no `replication` line
+    /// in `pg_hba.conf`, no REPLICATION attribute).
+    #[error("replication login to {server} as {user:?} refused: {message}")]
+    Auth {
+        /// `host:port`.
+        server: String,
+        /// The user.
+        user: String,
+        /// The server's message, or why the client gave up.
+        message: String,
+    },
+    /// The server answered a command with an error.
+    #[error("{what} failed on {server}: {severity} {code}: {message}")]
+    Server {
+        /// The command.
+        what: String,
+        /// `host:port`.
+        server: String,
+        /// `ERROR`, `FATAL`, ...
+        severity: String,
+        /// The SQLSTATE.
+        code: String,
+        /// The server's message (and detail).
+        message: String,
+    },
+    /// The server sent something this client does not expect.
+    #[error("replication protocol error from {server}: {reason}")]
+    Protocol {
+        /// `host:port`.
+        server: String,
+        /// What was unexpected.
+        reason: String,
+    },
+    /// The server is too old for what was asked.
+    #[error("{server} runs PostgreSQL {version}: {reason}")]
+    Unsupported {
+        /// `host:port`.
+        server: String,
+        /// `server_version`.
+        version: String,
+        /// What it cannot do.
+        reason: String,
+    },
+    /// Writing the received data failed (the repository upload).
+    #[error(transparent)]
+    Sink(#[from] dr_storage::Error),
+}
+
+impl ReplicationError {
+    /// Whether trying again may succeed (a network fault, a server that is
+    /// starting or shutting down).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReplicationError::Io { .. } => true,
+            // 57P03 cannot_connect_now, 53300 too_many_connections
+            ReplicationError::Server { code, .. } => code == "57P03" || code == "53300",
+            ReplicationError::Sink(e) => e.is_retryable(),
+            _ => false,
         }
     }
 }

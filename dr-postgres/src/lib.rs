@@ -10,6 +10,11 @@
 //!   temporary name, renamed only on success; its check compares every
 //!   table's row count with the manifest.
 //! - [`PostgresSourceConfig`]: the `dr.toml` section of a PostgreSQL source.
+//! - [`metadata`]: what each kind of backup records in its manifest, typed
+//!   ([`PhysicalMetadata`], [`LogicalMetadata`], each with `from_manifest`).
+//! - [`mod@format`]: PostgreSQL's formats that WAL archiving and physical
+//!   backups both read (LSNs, WAL file names, `pg_control`, timeline
+//!   history files).
 //! - [`wal`]: continuous WAL archiving, `wal-push` / `wal-fetch`
 //!   ([`wal_push`], [`wal_fetch`]) with PostgreSQL's exit-code rules.
 //! - [`basebackup`]: a `BASE_BACKUP` client over a physical replication
@@ -24,7 +29,10 @@ pub mod basebackup;
 mod config;
 mod conn;
 mod error;
+pub mod format;
+mod host;
 pub mod logical;
+pub mod metadata;
 pub mod physical;
 pub mod plan;
 #[cfg(feature = "test-cluster")]
@@ -34,12 +42,14 @@ pub mod wal;
 
 pub use config::PostgresSourceConfig;
 pub use conn::{ConnectionSettings, PassFile};
-pub use error::{Error, Result};
+pub use error::{Error, ReplicationError, Result};
 pub use logical::{
     LogicalMetadata, LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer, KIND_LOGICAL,
 };
+pub use metadata::PhysicalMetadata;
 pub use physical::{
-    pitr_restore, plan_pitr, PitrOptions, PostgresPhysical, RecoveryTarget, KIND_PHYSICAL,
+    pitr_restore, plan_pitr, PitrError, PitrOptions, PostgresPhysical, RecoveryTarget,
+    KIND_PHYSICAL,
 };
 pub use tools::{find as find_tool, Tool};
 pub use wal::{wal_fetch, wal_push, WalError};

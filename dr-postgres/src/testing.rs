@@ -79,11 +79,12 @@ pub fn should_run() -> bool {
     false
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A loopback TCP port that was free a moment ago.
+///
+/// # Panics
+/// When no socket can be bound (this is test support).
+pub fn free_port() -> u16 {
+    crate::host::free_port().expect("a free port")
 }
 
 impl TestCluster {
@@ -105,17 +106,11 @@ impl TestCluster {
             .prefix("drpg")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let owner = if nix::unistd::geteuid().is_root() {
-            let u = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .expect(
-                "running as root needs the postgres user (Debian's postgresql package makes it)",
-            );
-            Some((u.uid.as_raw(), u.gid.as_raw()))
-        } else {
-            None
-        };
+        let owner = crate::host::default_owner();
+        assert!(
+            owner.is_some() || !nix::unistd::geteuid().is_root(),
+            "running as root needs the postgres user (Debian's postgresql package makes it)"
+        );
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
         }

@@ -13,11 +13,11 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use dr_postgres::physical::PitrError;
 use dr_postgres::physical::{
     self, PhysicalMetadata, PhysicalOptions, PostgresPhysical, RecoveryTarget,
 };
 use dr_postgres::testing::{self, ClusterOptions, TestCluster};
-use dr_postgres::wal::WalError;
 use dr_storage::WalArchive;
 
 /// Ground truth: a table of (id, committed_at) written continuously, one row
@@ -296,7 +296,7 @@ async fn pitr_to_time_lsn_and_name_under_load() {
     let err = physical::plan_pitr(&f.repo, &f.key, "db", &opts)
         .await
         .unwrap_err();
-    assert!(matches!(err, WalError::NoBackupForTarget { .. }), "{err}");
+    assert!(matches!(err, PitrError::NoBackupForTarget { .. }), "{err}");
     assert!(!parent.path().join("early").exists());
 
     // A non-empty target directory is refused before anything is written.
@@ -310,7 +310,7 @@ async fn pitr_to_time_lsn_and_name_under_load() {
     let err = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
         .await
         .unwrap_err();
-    assert!(matches!(err, WalError::TargetNotEmpty { .. }), "{err}");
+    assert!(matches!(err, PitrError::TargetNotEmpty { .. }), "{err}");
 
     // A damaged base backup fails the restore, and what it had unpacked is
     // removed: no half-restored data directory (with a backup_label) stays.
@@ -339,7 +339,7 @@ async fn pitr_to_time_lsn_and_name_under_load() {
     store.put(&object, original.into()).await.unwrap();
     // Named as damage (exit 1 in the CLI), not as a local I/O failure.
     assert!(
-        matches!(err, WalError::Storage(dr_storage::Error::Corrupt { .. })),
+        matches!(err, PitrError::Storage(dr_storage::Error::Corrupt { .. })),
         "{err:?}"
     );
     assert_eq!(

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dr_core::Restorer;
+use dr_postgres::physical::PitrError;
 use dr_postgres::physical::{
     self, BackupMethod, PhysicalMetadata, PhysicalOptions, PhysicalScratchRestorer,
     PostgresPhysical, RecoveryTarget, TablespaceMapping,
 };
 use dr_postgres::testing::{self, TestCluster};
-use dr_postgres::wal::WalError;
 
 /// A directory under /tmp the `postgres` user owns (short paths: sockets).
 fn owned_dir(c: &TestCluster, prefix: &str) -> tempfile::TempDir {
@@ -201,7 +201,7 @@ async fn tablespaces_backup_pitr_mapping_and_verify() {
         .await
         .unwrap_err();
     match &err {
-        WalError::TablespaceNotEmpty { name, dir, .. } => {
+        PitrError::TablespaceNotEmpty { name, dir, .. } => {
             assert!(name == "ts1" || name == "ts2", "{err}");
             assert!(dir == &loc1 || dir == &loc2, "{err}");
             assert!(
@@ -219,7 +219,7 @@ async fn tablespaces_backup_pitr_mapping_and_verify() {
     let err = physical::plan_pitr(&f.repo, &f.key, "db", &opts)
         .await
         .unwrap_err();
-    assert!(matches!(err, WalError::InvalidInput { .. }), "{err}");
+    assert!(matches!(err, PitrError::InvalidInput { .. }), "{err}");
     assert!(err.to_string().contains("ts1"), "{err}");
 
     // With a mapping (ts1 by name, ts2 by oid) into empty directories: the

@@ -18,8 +18,8 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
-use super::error::ReplicationError;
 use crate::conn::ConnectionSettings;
+use crate::error::ReplicationError;
 
 /// A socket: TCP or Unix.
 pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}

@@ -37,15 +37,14 @@
 //! ```
 
 mod connection;
-mod error;
 
 use bytes::Bytes;
 use postgres_protocol::message::backend::Message;
 
+pub use crate::error::ReplicationError;
 pub use connection::ReplicationConnection;
-pub use error::ReplicationError;
 
-use crate::wal::Lsn;
+use crate::format::Lsn;
 
 /// Options of `BASE_BACKUP`.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use super::error::WalError;
+use super::error::FormatError;
 use super::names::{Lsn, WalFileName};
 
 /// `XLP_LONG_HEADER`: the first page of a segment has the long header.
@@ -52,9 +52,9 @@ fn u64le(b: &[u8], at: usize) -> u64 {
 /// page address is the start of the segment the name says.
 ///
 /// # Errors
-/// [`WalError::NotWal`] naming the file and what is wrong.
-pub fn segment_header(name: &WalFileName, data: &[u8]) -> Result<SegmentHeader, WalError> {
-    let bad = |reason: String| WalError::NotWal {
+/// [`FormatError::NotWal`] naming the file and what is wrong.
+pub fn segment_header(name: &WalFileName, data: &[u8]) -> Result<SegmentHeader, FormatError> {
+    let bad = |reason: String| FormatError::NotWal {
         file: name.name.clone(),
         reason,
     };
@@ -123,15 +123,15 @@ pub struct ControlData {
 /// `pgdata` is usually `.`.
 ///
 /// # Errors
-/// [`WalError::Io`] when the file cannot be read, [`WalError::NotWal`] when
+/// [`FormatError::Io`] when the file cannot be read, [`FormatError::NotWal`] when
 /// it is too short or its version is implausible.
-pub fn read_control(pgdata: &Path) -> Result<ControlData, WalError> {
+pub fn read_control(pgdata: &Path) -> Result<ControlData, FormatError> {
     let path = pgdata.join("global").join("pg_control");
-    let data = std::fs::read(&path).map_err(|source| WalError::Io {
+    let data = std::fs::read(&path).map_err(|source| FormatError::Io {
         path: path.clone(),
         source,
     })?;
-    parse_control(&data).map_err(|reason| WalError::NotWal {
+    parse_control(&data).map_err(|reason| FormatError::NotWal {
         file: path.display().to_string(),
         reason,
     })
@@ -183,7 +183,7 @@ mod tests {
         let other = WalFileName::parse("000000010000000000000004").unwrap();
         assert!(matches!(
             segment_header(&other, &d),
-            Err(WalError::NotWal { .. })
+            Err(FormatError::NotWal { .. })
         ));
         // Truncated, or not WAL at all.
         assert!(segment_header(&name, &d[..4096]).is_err());

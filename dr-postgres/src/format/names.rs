@@ -11,7 +11,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::WalError;
+use super::error::FormatError;
+
+/// The WAL segment size assumed for a cluster that no physical backup
+/// describes: PostgreSQL's default, 16 MiB (`initdb --wal-segsize` chooses
+/// 1 MiB to 1 GiB; PostgreSQL 15 docs, "initdb"), in bytes.
+pub const DEFAULT_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;
 
 /// A WAL location (`XLogRecPtr`), shown as `16/B374D848`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -24,9 +29,9 @@ impl fmt::Display for Lsn {
 }
 
 impl FromStr for Lsn {
-    type Err = WalError;
-    fn from_str(s: &str) -> Result<Self, WalError> {
-        let bad = || WalError::InvalidInput {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
+        let bad = || FormatError::InvalidInput {
             what: "LSN".into(),
             value: s.to_string(),
             reason: "expected two hex numbers separated by '/', like 0/3000060".into(),
@@ -120,9 +125,9 @@ impl WalFileName {
     /// Parses any name PostgreSQL archives.
     ///
     /// # Errors
-    /// [`WalError::InvalidInput`] naming the file.
-    pub fn parse(name: &str) -> Result<Self, WalError> {
-        let bad = || WalError::InvalidInput {
+    /// [`FormatError::InvalidInput`] naming the file.
+    pub fn parse(name: &str) -> Result<Self, FormatError> {
+        let bad = || FormatError::InvalidInput {
             what: "WAL file name".into(),
             value: name.to_string(),
             reason: "expected a segment (24 hex digits), <segment>.partial, <timeline>.history or \

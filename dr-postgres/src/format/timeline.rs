@@ -3,7 +3,7 @@
 //! `<parent tli>\t<switch point LSN>\t<reason>`; the parent timeline ended
 //! (and `tli`'s next ancestor began) at the switch point.
 
-use super::error::WalError;
+use super::error::FormatError;
 use super::names::Lsn;
 
 /// One ancestor of a timeline.
@@ -38,15 +38,15 @@ impl History {
     /// Parses the text of `<timeline>.history`.
     ///
     /// # Errors
-    /// [`WalError::InvalidInput`] naming the line that does not parse.
-    pub fn parse(timeline: u32, text: &str) -> Result<Self, WalError> {
+    /// [`FormatError::InvalidInput`] naming the line that does not parse.
+    pub fn parse(timeline: u32, text: &str) -> Result<Self, FormatError> {
         let mut entries = Vec::new();
         for line in text.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |reason: &str| WalError::InvalidInput {
+            let bad = |reason: &str| FormatError::InvalidInput {
                 what: format!("line of {timeline:08X}.history"),
                 value: line.to_string(),
                 reason: reason.into(),
@@ -75,40 +75,6 @@ impl History {
         }
         Ok(History { timeline, entries })
     }
-
-    /// Whether a server at `lsn` on `timeline` can recover along this
-    /// timeline: it is this timeline, or an ancestor that ended at or after
-    /// `lsn`.
-    ///
-    /// # Errors
-    /// [`WalError::TimelineUnreachable`] saying why not.
-    pub fn check_reachable(&self, timeline: u32, lsn: Lsn) -> Result<(), WalError> {
-        if timeline == self.timeline {
-            return Ok(());
-        }
-        let unreachable = |reason: String| WalError::TimelineUnreachable {
-            target_timeline: self.timeline,
-            backup_timeline: timeline,
-            backup_lsn: lsn.to_string(),
-            reason,
-        };
-        match self.entries.iter().find(|e| e.timeline == timeline) {
-            Some(e) if lsn <= e.switch_point => Ok(()),
-            Some(e) => Err(unreachable(format!(
-                "timeline {timeline} ended at {} and the backup is at {lsn}, after the branch",
-                e.switch_point
-            ))),
-            None => Err(unreachable(format!(
-                "timeline {timeline} is not an ancestor of timeline {} (ancestors: {})",
-                self.timeline,
-                self.entries
-                    .iter()
-                    .map(|e| e.timeline.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -116,7 +82,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_and_checks_ancestry() {
+    fn parses_the_ancestry() {
         let h = History::parse(
             3,
             "1\t0/3000198\tno recovery target specified\n\n2\t0/5000000\tbefore 2026-01-01 00:00:00+00\n",
@@ -124,14 +90,6 @@ mod tests {
         .unwrap();
         assert_eq!(h.entries.len(), 2);
         assert_eq!(h.entries[1].switch_point, Lsn(0x500_0000));
-        h.check_reachable(3, Lsn(0x900_0000)).unwrap();
-        h.check_reachable(1, Lsn(0x300_0000)).unwrap();
-        h.check_reachable(2, Lsn(0x400_0000)).unwrap();
-        assert!(matches!(
-            h.check_reachable(1, Lsn(0x400_0000)),
-            Err(WalError::TimelineUnreachable { .. })
-        ));
-        assert!(h.check_reachable(4, Lsn(0)).is_err());
         assert!(History::parse(2, "x\t0/1\n").is_err());
         assert!(History::parse(2, "1\tnot-an-lsn\n").is_err());
     }

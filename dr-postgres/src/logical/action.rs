@@ -9,7 +9,7 @@ use dr_core::{job, Restorer};
 use dr_storage::{Identities, Repository};
 use serde::Deserialize;
 
-use super::{LogicalRestoreOptions, PostgresLogicalRestorer};
+use super::restore::{LogicalRestoreOptions, PostgresLogicalRestorer};
 use crate::conn::ConnectionSettings;
 
 /// Action name of the logical restore.

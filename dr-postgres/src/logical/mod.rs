@@ -6,11 +6,7 @@ mod counts;
 mod restore;
 mod source;
 
+pub use crate::metadata::{LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
 pub use counts::{count_tables, quote_ident, split_qualified};
 pub use restore::{LogicalRestoreOptions, PostgresLogicalRestorer};
-pub use source::{LogicalMetadata, PostgresLogical, KIND_LOGICAL};
-
-/// Artifact name of the database dump.
-pub const DUMP_ARTIFACT: &str = "database.pgdump";
-/// Artifact name of the globals (`pg_dumpall --globals-only`).
-pub const GLOBALS_ARTIFACT: &str = "globals.sql";
+pub use source::PostgresLogical;

@@ -12,11 +12,11 @@ use dr_storage::Manifest;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
+use super::counts::quote_ident;
 use super::counts::{count_one, LARGE_OBJECTS};
-use super::source::LogicalMetadata;
-use super::{quote_ident, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
 use crate::conn::ConnectionSettings;
 use crate::error::{Error, Result};
+use crate::metadata::{LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
 use crate::tools::{self, tail};
 
 /// Options of a logical restore.
@@ -502,13 +502,12 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
     }
 
     async fn check(&self, manifest: &Manifest) -> dr_core::Result<CheckReport> {
-        let meta: LogicalMetadata =
-            serde_json::from_value(manifest.metadata.clone()).map_err(|e| {
-                dr_core::Error::failed(
-                    format!("reading the metadata of backup {}", manifest.backup_id),
-                    e.to_string(),
-                )
-            })?;
+        let meta = LogicalMetadata::from_manifest(manifest).map_err(|e| {
+            dr_core::Error::failed(
+                format!("reading the metadata of backup {}", manifest.backup_id),
+                e.to_string(),
+            )
+        })?;
         let client = self.target.connect().await?;
         let target = self.target.target();
         let mut checks = Vec::new();

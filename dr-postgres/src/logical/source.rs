@@ -1,48 +1,18 @@
 //! The logical backup source.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use async_trait::async_trait;
 use dr_storage::BackupWriter;
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
-use super::{count_tables, DUMP_ARTIFACT, GLOBALS_ARTIFACT};
+use super::counts::count_tables;
 use crate::conn::ConnectionSettings;
 use crate::error::{Error, Result};
+use crate::metadata::{LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
 use crate::tools::{self, tail};
-
-/// The manifest kind of logical backups.
-pub const KIND_LOGICAL: &str = "postgres-logical";
-
-/// What a logical backup records in its manifest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LogicalMetadata {
-    /// `server_version` (`15.4 (Debian ...)`).
-    pub server_version: String,
-    /// `server_version_num` (150004).
-    pub server_version_num: u32,
-    /// The database dumped.
-    pub database: String,
-    /// The cluster's system identifier (`pg_control_system()`), when readable.
-    pub system_identifier: Option<String>,
-    /// `pg_database_size()` of the database, bytes.
-    pub database_size_bytes: i64,
-    /// The exported snapshot the dump and the counts share.
-    pub snapshot: String,
-    /// Exact row counts in that snapshot, by quoted qualified table name.
-    pub row_counts: BTreeMap<String, i64>,
-    /// Major version of the pg_dump used.
-    pub pg_dump_major: u32,
-    /// Whether the globals artifact was taken.
-    pub globals: bool,
-    /// Set when the globals were taken without role passwords (no superuser).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub globals_warning: Option<String>,
-}
 
 /// A logical backup of one PostgreSQL database: `pg_dump --format=custom`
 /// (its own compression off; the repository compresses) streamed into the

@@ -38,16 +38,16 @@ use dr_core::plan::{Action, ActionContext, ActionOutput, ActionRegistry};
 use dr_storage::{Identities, Repository};
 use serde::{Deserialize, Serialize};
 
-use super::restore::{pitr_restore, plan_pitr, stop_server, PitrOptions, RecoveryPoint};
+use super::error::PitrError;
+use super::plan::{plan_pitr, PitrOptions};
+use super::restore::pitr_restore;
+use super::server::{log_path, pg_ctl, server_bin, stop_server, RecoveryPoint, RESTORE_MARKER};
 use super::target::{format_time, parse_target_time, RecoveryTarget};
 use crate::conn::ConnectionSettings;
-use crate::wal::WalError;
+use crate::host::{default_owner, free_port};
 
 /// The action name.
 pub const PITR_RESTORE: &str = "postgres.pitr_restore";
-
-/// The marker `pitr_restore` writes into `postgresql.auto.conf`.
-const MARKER: &str = "# written by dr: point-in-time restore of backup";
 
 /// Parameters of `postgres.pitr_restore`.
 #[derive(Debug, Clone, Deserialize)]
@@ -372,16 +372,6 @@ pub fn register(registry: &mut ActionRegistry, env: PitrActionEnv) {
     });
 }
 
-fn free_port() -> dr_core::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| dr_core::Error::Failed {
-            what: "finding a free port".into(),
-            source: Box::new(e),
-        })
-}
-
 /// Whether `dir` is absent or an empty directory.
 fn is_empty_dir(dir: &Path) -> bool {
     match std::fs::read_dir(dir) {
@@ -394,7 +384,7 @@ fn is_empty_dir(dir: &Path) -> bool {
 fn marker(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("postgresql.auto.conf")).ok()?;
     text.lines()
-        .find(|l| l.starts_with(MARKER))
+        .find(|l| l.starts_with(RESTORE_MARKER))
         .map(str::to_string)
 }
 
@@ -402,11 +392,7 @@ fn remove_dir(dir: &Path) -> dr_core::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(WalError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        }
-        .into()),
+        Err(e) => Err(PitrError::io(dir)(e).into()),
     }
 }
 
@@ -426,17 +412,6 @@ fn remove_tablespaces(data_dir: &Path, tablespace_dir: &Path) -> dr_core::Result
     }
     let _ = std::fs::remove_dir(tablespace_dir);
     Ok(())
-}
-
-/// The `postgres` user when running as root (the server refuses root).
-fn default_owner() -> Option<(u32, u32)> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    nix::unistd::User::from_name("postgres")
-        .ok()
-        .flatten()
-        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
 /// Reads `PG_VERSION` (the major version) of a data directory.
@@ -486,15 +461,12 @@ impl PitrRestore {
         if done {
             tracing::info!(data_dir = %self.data_dir.display(), "an earlier attempt finished recovery; reusing it");
             if !self.data_dir.join("postmaster.pid").exists() {
-                let bin =
-                    self.env.bin_dir.clone().unwrap_or_else(|| {
-                        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
-                    });
+                let bin = server_bin(&opts, major);
                 let owner = opts.owner.or_else(default_owner);
                 let pgdata = self.data_dir.to_string_lossy().to_string();
-                let log = self.data_dir.join("dr-restore.log");
+                let log = log_path(&self.data_dir);
                 let timeout = wait.as_secs().max(1).to_string();
-                let (ok, out) = super::restore::pg_ctl(
+                let (ok, out) = pg_ctl(
                     &bin,
                     owner,
                     &[
@@ -510,7 +482,7 @@ impl PitrRestore {
                 )
                 .await?;
                 if !ok {
-                    return Err(WalError::RecoveryFailed {
+                    return Err(PitrError::RecoveryFailed {
                         dir: self.data_dir.clone(),
                         reason: format!("pg_ctl start: {}", out.trim()),
                     }
@@ -520,7 +492,7 @@ impl PitrRestore {
             let dsn = self.probe(started.port).await?;
             let backup_id = marker(&self.data_dir)
                 .and_then(|m| {
-                    m.strip_prefix(MARKER)
+                    m.strip_prefix(RESTORE_MARKER)
                         .and_then(|r| r.split_whitespace().next().map(str::to_string))
                 })
                 .unwrap_or_default();
@@ -617,7 +589,7 @@ impl Action for PitrRestore {
             }
         }
         if !is_empty_dir(&self.data_dir) {
-            return Err(WalError::TargetNotEmpty {
+            return Err(PitrError::TargetNotEmpty {
                 dir: self.data_dir.clone(),
                 reason: "is not empty and was not created by this step; restore into an empty or absent directory".into(),
             }
@@ -628,7 +600,10 @@ impl Action for PitrRestore {
         let port = match (self.port, &previous) {
             (Some(p), _) => p,
             (None, Some(s)) => s.port,
-            (None, None) => free_port()?,
+            (None, None) => free_port().map_err(|e| dr_core::Error::Failed {
+                what: "finding a free port".into(),
+                source: Box::new(e),
+            })?,
         };
         let opts = self.options(port, wait);
         let plan = plan_pitr(

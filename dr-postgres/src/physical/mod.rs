@@ -1,33 +1,49 @@
 //! Physical base backups and point-in-time restore.
 //!
-//! - [`PostgresPhysical`] (kind `postgres-physical`): preflight (archiving
-//!   on and reaching the repository), every tablespace streamed into the
-//!   repository as its own tar artifact by the `BASE_BACKUP` client
-//!   ([`crate::basebackup`], PostgreSQL 15+; `pg_basebackup` for older
-//!   servers without tablespaces), a bounded wait for the WAL the backup needs.
-//! - [`plan_pitr`] / [`pitr_restore`]: choose the backup for a
-//!   [`RecoveryTarget`], check the timeline history, restore (tablespaces
-//!   into their original directories or a [`TablespaceMapping`]), write
-//!   `recovery.signal` and the recovery settings, optionally start and wait.
+//! - [`PostgresPhysical`] (kind `postgres-physical`): preflight
+//!   (archiving on and reaching the repository), every tablespace streamed
+//!   into the repository as its own tar artifact by the `BASE_BACKUP`
+//!   client ([`crate::basebackup`], PostgreSQL 15+; `pg_basebackup` for
+//!   older servers without tablespaces), a bounded wait for the WAL the
+//!   backup needs. It records [`PhysicalMetadata`]. Its errors are
+//!   [`WalError`](crate::WalError)s (archiving).
+//! - Point-in-time restore, plan first, then execute:
+//!   - planning ([`plan_pitr`] → [`PitrPlan`]): choose the backup for a
+//!     [`RecoveryTarget`], check the timeline history and the archive for
+//!     gaps, place the tablespaces (original directories or a
+//!     [`TablespaceMapping`]);
+//!   - restoring ([`pitr_restore`] → [`PitrReport`]): unpack the tars, write
+//!     `recovery.signal` and the recovery settings;
+//!   - the server's lifecycle: start it and wait for the recovery to end
+//!     ([`RecoveryPoint`]), [`stop_server`].
+//!
+//!   Its error is [`PitrError`].
+//! - [`PhysicalScratchRestorer`] (`dr verify --restore`), a
+//!   [`dr_core::Restorer`].
+//! - The plan step `postgres.pitr_restore` ([`PitrRestore`], [`register`]).
 
 mod action;
+mod error;
 mod extract;
+mod plan;
 mod restore;
+mod server;
 mod source;
+mod stream;
 mod target;
 mod verify;
 
+pub use crate::metadata::{
+    BackupMethod, PhysicalMetadata, TablespaceInfo, BASE_ARTIFACT, KIND_PHYSICAL, MANIFEST_ARTIFACT,
+};
 pub use action::{
     register, PitrActionEnv, PitrRestore, PitrRestoreParams, PitrRestoreState, ReachedPoint,
     PITR_RESTORE,
 };
-pub use restore::{
-    pitr_restore, plan_pitr, stop_server, PitrOptions, PitrPlan, PitrReport, RecoveryPoint,
-    TablespaceMapping, TablespacePlacement,
-};
-pub use source::{
-    BackupMethod, PhysicalMetadata, PhysicalOptions, PostgresPhysical, TablespaceInfo,
-    BASE_ARTIFACT, KIND_PHYSICAL, MANIFEST_ARTIFACT,
-};
+pub use error::PitrError;
+pub use plan::{plan_pitr, PitrOptions, PitrPlan, TablespaceMapping, TablespacePlacement};
+pub use restore::{pitr_restore, PitrReport};
+pub use server::{stop_server, RecoveryPoint};
+pub use source::{PhysicalOptions, PostgresPhysical};
 pub use target::{format_time, parse_target_time, RecoveryTarget, TargetAction};
 pub use verify::PhysicalScratchRestorer;

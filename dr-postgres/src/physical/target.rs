@@ -5,7 +5,8 @@ use std::fmt;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::wal::{Lsn, WalError};
+use super::error::PitrError;
+use crate::format::Lsn;
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,8 +50,8 @@ pub fn format_time(t: &DateTime<FixedOffset>) -> String {
 /// so the caller can print the resolved instant.
 ///
 /// # Errors
-/// [`WalError::InvalidInput`] naming the value and the accepted forms.
-pub fn parse_target_time(s: &str) -> Result<(DateTime<FixedOffset>, bool), WalError> {
+/// [`PitrError::InvalidInput`] naming the value and the accepted forms.
+pub fn parse_target_time(s: &str) -> Result<(DateTime<FixedOffset>, bool), PitrError> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok((t, true));
@@ -73,7 +74,7 @@ pub fn parse_target_time(s: &str) -> Result<(DateTime<FixedOffset>, bool), WalEr
             return Ok((n.and_utc().fixed_offset(), false));
         }
     }
-    Err(WalError::InvalidInput {
+    Err(PitrError::InvalidInput {
         what: "target time".into(),
         value: s.to_string(),
         reason: "expected 'YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]' (an offset is recommended; without one UTC is \
@@ -129,13 +130,13 @@ impl TargetAction {
 }
 
 impl std::str::FromStr for TargetAction {
-    type Err = WalError;
-    fn from_str(s: &str) -> Result<Self, WalError> {
+    type Err = PitrError;
+    fn from_str(s: &str) -> Result<Self, PitrError> {
         match s {
             "promote" => Ok(TargetAction::Promote),
             "pause" => Ok(TargetAction::Pause),
             "shutdown" => Ok(TargetAction::Shutdown),
-            _ => Err(WalError::InvalidInput {
+            _ => Err(PitrError::InvalidInput {
                 what: "target action".into(),
                 value: s.into(),
                 reason: "expected promote, pause or shutdown".into(),

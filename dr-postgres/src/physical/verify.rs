@@ -24,11 +24,14 @@ use dr_core::{BackupReader, Check, CheckReport, RestoreReport, Restorer};
 use dr_storage::{Identities, Manifest};
 use tokio::sync::Mutex;
 
-use super::restore::{pitr_restore, plan_pitr, stop_server, PitrOptions};
-use super::source::{PhysicalMetadata, KIND_PHYSICAL};
+use super::error::PitrError;
+use super::plan::{plan_pitr, PitrOptions};
+use super::restore::{restore_from, Artifacts};
+use super::server::stop_server;
 use super::target::RecoveryTarget;
 use crate::conn::ConnectionSettings;
-use crate::wal::WalError;
+use crate::host::free_port;
+use crate::metadata::{PhysicalMetadata, KIND_PHYSICAL};
 
 /// A scratch restore of a physical backup for `dr verify --restore`.
 #[derive(Debug)]
@@ -63,9 +66,11 @@ impl std::fmt::Display for PhysicalScratchRestorer {
 
 impl PhysicalScratchRestorer {
     /// A restorer making its scratch directory under the system temporary
-    /// directory. `identities` decrypt the base backup; the scratch server's
-    /// `restore_command` runs `dr_program wal-fetch <fetch_args> --source ...`
-    /// (the repository and the key *file*, never a key).
+    /// directory. `identities` read the WAL archive's timeline history
+    /// files (the base backup is read with the restore job's keys); the
+    /// scratch server's `restore_command` runs `dr_program wal-fetch
+    /// <fetch_args> --source ...` (the repository and the key *file*, never
+    /// a key).
     pub fn new(identities: Identities, dr_program: PathBuf, fetch_args: Vec<String>) -> Self {
         PhysicalScratchRestorer {
             identities,
@@ -120,19 +125,6 @@ impl PhysicalScratchRestorer {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
-    move |source| WalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn connection(s: &Scratch) -> dr_core::Result<ConnectionSettings> {
     Ok(ConnectionSettings::from_dsn(&format!(
         "host={} port={} user={} dbname=postgres",
@@ -161,14 +153,14 @@ impl Restorer for PhysicalScratchRestorer {
         let root = self
             .parent
             .join(format!("drv-{}", hex::encode(rand::random::<[u8; 5]>())));
-        std::fs::create_dir(&root).map_err(io(&root))?;
+        std::fs::create_dir(&root).map_err(PitrError::io(&root))?;
         {
             // The server's owner must reach the data directory below.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
-                .map_err(io(&root))?;
+                .map_err(PitrError::io(&root))?;
         }
-        let port = free_port().map_err(io(&root))?;
+        let port = free_port().map_err(PitrError::io(&root))?;
         let mut opts = PitrOptions::new(
             root.join("data"),
             RecoveryTarget::Immediate,
@@ -185,20 +177,11 @@ impl Restorer for PhysicalScratchRestorer {
         // Every tablespace inside the scratch directory: a verification
         // never writes to the production tablespaces' paths.
         opts.tablespace_root = Some(root.join("ts"));
-        let meta: PhysicalMetadata =
-            serde_json::from_value(manifest.metadata.clone()).map_err(|e| {
-                dr_core::Error::InvalidConfig {
-                    key: "manifest.metadata".into(),
-                    reason: format!(
-                        "{}: not a physical backup's metadata: {e}",
-                        manifest.backup_id
-                    ),
-                }
-            })?;
+        let meta = PhysicalMetadata::from_manifest(manifest)?;
         let scratch = Scratch {
             root: root.clone(),
             opts: opts.clone(),
-            major: meta.server_version_num / 10000,
+            major: meta.server_major(),
             port,
         };
         // Recorded before anything can fail, so that discard() cleans up.
@@ -210,7 +193,8 @@ impl Restorer for PhysicalScratchRestorer {
             &opts,
         )
         .await?;
-        let report = pitr_restore(backup.repository(), &self.identities, &plan, &opts).await?;
+        // The base backup through the job's reader, with its keys.
+        let report = restore_from(&Artifacts::Reader(backup), &plan, &opts).await?;
         let mut out = RestoreReport::new(format!(
             "scratch cluster {} on port {port}",
             opts.pgdata.display()
@@ -231,13 +215,7 @@ impl Restorer for PhysicalScratchRestorer {
             key: "verify".into(),
             reason: "check() before restore(): no scratch cluster".into(),
         })?;
-        let meta: PhysicalMetadata =
-            serde_json::from_value(manifest.metadata.clone()).map_err(|e| {
-                dr_core::Error::InvalidConfig {
-                    key: "manifest.metadata".into(),
-                    reason: format!("not a physical backup's metadata: {e}"),
-                }
-            })?;
+        let meta = PhysicalMetadata::from_manifest(manifest)?;
         let conn = connection(scratch)?;
         let client = conn.connect().await?;
         let q = |what: &'static str| {
@@ -309,7 +287,7 @@ impl Restorer for PhysicalScratchRestorer {
         match std::fs::remove_dir_all(&scratch.root) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&scratch.root)(e).into()),
+            Err(e) => return Err(PitrError::io(&scratch.root)(e).into()),
         }
         tracing::info!(dir = %scratch.root.display(), "scratch cluster removed");
         *slot = None;
@@ -339,7 +317,7 @@ async fn run_amcheck(program: &Path, s: &Scratch) -> dr_core::Result<Check> {
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(io(program))?;
+        .map_err(PitrError::io(program))?;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = text.lines().take(10).collect();

@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 use dr_storage::{Identities, PushOutcome, Registration, WalArchive};
 use serde::Serialize;
 
-use super::control::{read_control, segment_header};
 use super::error::WalError;
-use super::names::{WalFileKind, WalFileName};
+use crate::format::{read_control, segment_header, WalFileKind, WalFileName};
 
 /// The exit status that makes PostgreSQL abort recovery (any status above 125).
 pub const EXIT_ABORT_RECOVERY: i32 = 200;

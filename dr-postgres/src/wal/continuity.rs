@@ -28,10 +28,9 @@ use chrono::{DateTime, Utc};
 use dr_core::status::{WalGap, WalStatus};
 use dr_storage::{Identities, Manifest, Repository, WalArchive};
 
-use super::names::{segment_file_name, Lsn, WalFileKind, WalFileName};
 use super::retention::{archived_sources, list_chains, segment_size_for, segment_sizes};
-use super::timeline::History;
-use crate::physical::{PhysicalMetadata, KIND_PHYSICAL};
+use crate::format::{segment_file_name, History, Lsn, WalFileKind, WalFileName};
+use crate::metadata::{PhysicalMetadata, KIND_PHYSICAL};
 
 /// Where a kept physical base backup starts: recovery from it needs every
 /// segment from its start segment on.
@@ -302,14 +301,17 @@ pub fn check_chain(chain: &ChainFacts) -> ChainCheck {
 fn bases(manifests: &[Manifest]) -> BTreeMap<(String, u64), Vec<BaseStart>> {
     let mut out: BTreeMap<(String, u64), Vec<BaseStart>> = BTreeMap::new();
     for m in manifests.iter().filter(|m| m.source.kind == KIND_PHYSICAL) {
-        if m.metadata.get("status").and_then(|s| s.as_str()) == Some("failed") {
+        let md = match PhysicalMetadata::from_manifest(m) {
+            Ok(md) => md,
+            Err(e) => {
+                tracing::warn!(backup_id = %m.backup_id, error = %e, "physical backup without readable metadata: not a WAL anchor");
+                continue;
+            }
+        };
+        if md.is_failed() {
             continue;
         }
-        let Ok(md) = serde_json::from_value::<PhysicalMetadata>(m.metadata.clone()) else {
-            tracing::warn!(backup_id = %m.backup_id, "physical backup without readable metadata: not a WAL anchor");
-            continue;
-        };
-        let Ok(sysid) = md.system_identifier.parse::<u64>() else {
+        let Some(sysid) = md.system_id() else {
             continue;
         };
         out.entry((md.wal_source.clone(), sysid))

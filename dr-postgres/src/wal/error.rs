@@ -1,17 +1,25 @@
-//! The error of WAL archiving, physical backups and point-in-time restore.
+//! The error of WAL archiving: `wal-push`, `wal-fetch`, and the archiving
+//! checks of a physical backup (preflight, waiting for its WAL).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Errors of [`crate::wal`] and [`crate::physical`]. Every variant names the
-/// file, object or setting concerned; none carries a secret.
+use crate::format::FormatError;
+
+/// Errors of [`crate::wal`] (`wal-push`, `wal-fetch`, whose exit codes
+/// [`push_exit_code`](crate::wal::push_exit_code) and
+/// [`fetch_exit_code`](crate::wal::fetch_exit_code) derive from it) and of
+/// the archiving side of a physical backup ([`crate::physical::PostgresPhysical`]:
+/// preflight, waiting for the backup's WAL). Point-in-time restore has its
+/// own [`crate::physical::PitrError`]. Every variant names the file, object
+/// or setting concerned; none carries a secret.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WalError {
     /// A value given by the user or by PostgreSQL is malformed.
     #[error("invalid {what} {value:?}: {reason}")]
     InvalidInput {
-        /// What it should be (`WAL file name`, `LSN`, `--target-time`).
+        /// What it should be (`WAL file name`, `LSN`).
         what: String,
         /// The value.
         value: String,
@@ -126,84 +134,6 @@ pub enum WalError {
         /// The bound.
         waited: Duration,
     },
-    /// Archived WAL has a hole on the path from the backup to the end of
-    /// the archive: recovery to "latest" would silently stop there.
-    #[error(
-        "WAL segment {missing} is not archived (the last one before it is {after}, the next archived is {next}): \
-         recovery to latest of {source_name:?} would stop at the gap and promote there; recover to a target \
-         before it (--target-lsn / --target-time) or pass --allow-wal-gap to recover as far as the archive goes"
-    )]
-    WalGap {
-        /// The source name.
-        source_name: String,
-        /// The first missing segment.
-        missing: String,
-        /// The last archived segment before it.
-        after: String,
-        /// The next archived segment on the path.
-        next: String,
-    },
-    /// No base backup can reach the recovery target.
-    #[error("no physical backup of {source_name:?} can reach {target}: {reason}")]
-    NoBackupForTarget {
-        /// The source name.
-        source_name: String,
-        /// The target.
-        target: String,
-        /// Why each candidate was refused.
-        reason: String,
-    },
-    /// The target timeline does not descend from the backup's timeline at the
-    /// backup's position.
-    #[error("timeline {target_timeline} does not contain timeline {backup_timeline} at {backup_lsn}: {reason}")]
-    TimelineUnreachable {
-        /// The timeline recovery would follow.
-        target_timeline: u32,
-        /// The backup's timeline.
-        backup_timeline: u32,
-        /// The backup's stop location.
-        backup_lsn: String,
-        /// Details.
-        reason: String,
-    },
-    /// The restore target directory is not empty.
-    #[error("data directory {}: {reason}", dir.display())]
-    TargetNotEmpty {
-        /// The directory.
-        dir: PathBuf,
-        /// Why it is refused.
-        reason: String,
-    },
-    /// A tablespace's restore directory is not empty.
-    #[error(
-        "tablespace {name} (oid {oid}): directory {} is not empty; restore into an empty or absent \
-         directory, or map the tablespace elsewhere (--tablespace-mapping {name}=DIR)",
-        dir.display()
-    )]
-    TablespaceNotEmpty {
-        /// The tablespace's name.
-        name: String,
-        /// Its oid.
-        oid: u32,
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// The restored server did not reach its target.
-    #[error("recovery of {} failed: {reason}", dir.display())]
-    RecoveryFailed {
-        /// The data directory.
-        dir: PathBuf,
-        /// What happened (the end of the server log).
-        reason: String,
-    },
-    /// A bound was exceeded.
-    #[error("{what} did not finish within {after:?}")]
-    Timeout {
-        /// The operation.
-        what: String,
-        /// The bound.
-        after: Duration,
-    },
     /// One attempt of a retried store operation got no answer before the
     /// retry deadline (retryable: the retry policy turns it into
     /// [`WalError::RetriesExhausted`]).
@@ -260,6 +190,27 @@ impl WalError {
     }
 }
 
+impl From<FormatError> for WalError {
+    /// The same variant: a malformed name or LSN stays
+    /// [`WalError::InvalidInput`], a file that is not WAL
+    /// [`WalError::NotWal`].
+    fn from(e: FormatError) -> Self {
+        match e {
+            FormatError::InvalidInput {
+                what,
+                value,
+                reason,
+            } => WalError::InvalidInput {
+                what,
+                value,
+                reason,
+            },
+            FormatError::NotWal { file, reason } => WalError::NotWal { file, reason },
+            FormatError::Io { path, source } => WalError::Io { path, source },
+        }
+    }
+}
+
 impl From<WalError> for dr_core::Error {
     fn from(e: WalError) -> Self {
         match e {
@@ -281,30 +232,14 @@ impl From<WalError> for dr_core::Error {
                 what: file.clone(),
                 reason: e.to_string(),
             },
-            WalError::TargetNotEmpty { ref dir, .. } => dr_core::Error::Conflict {
-                what: dir.display().to_string(),
-                reason: e.to_string(),
-            },
-            WalError::TablespaceNotEmpty { ref dir, .. } => dr_core::Error::Conflict {
-                what: dir.display().to_string(),
-                reason: e.to_string(),
-            },
-            WalError::WalGap { .. } => dr_core::Error::Failed {
-                what: "the WAL archive".into(),
-                source: Box::new(e),
-            },
-            WalError::NotArchived { .. }
-            | WalError::NoArchive { .. }
-            | WalError::NoBackupForTarget { .. } => dr_core::Error::NotFound {
+            WalError::NotArchived { .. } | WalError::NoArchive { .. } => dr_core::Error::NotFound {
                 what: e.to_string(),
             },
             WalError::Preflight { ref check, .. } => dr_core::Error::InvalidConfig {
                 key: check.clone(),
                 reason: e.to_string(),
             },
-            WalError::Timeout { what, after } | WalError::AttemptTimedOut { what, after } => {
-                dr_core::Error::Timeout { what, after }
-            }
+            WalError::AttemptTimedOut { what, after } => dr_core::Error::Timeout { what, after },
             WalError::ArchiveStalled { .. } | WalError::ArchiveFailing { .. } => {
                 dr_core::Error::Failed {
                     what: "WAL archiving".into(),

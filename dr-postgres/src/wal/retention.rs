@@ -13,12 +13,18 @@ use dr_core::retention::WalFacts;
 use dr_storage::object_store::path::Path;
 use dr_storage::{Manifest, Repository, WalArchive, WalObject};
 
-use super::names::{WalFileKind, WalFileName};
-use crate::physical::KIND_PHYSICAL;
+pub use crate::format::DEFAULT_SEGMENT_SIZE;
+use crate::format::{WalFileKind, WalFileName};
+use crate::metadata::KIND_PHYSICAL;
 
-/// The WAL segment size assumed for a cluster that no physical backup
-/// describes: PostgreSQL's default, 16 MiB.
-pub const DEFAULT_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;
+/// The two fields of [`crate::metadata::PhysicalMetadata`] that segment
+/// sizes need, read leniently: a manifest whose other fields do not parse
+/// still tells its cluster's segment size.
+#[derive(serde::Deserialize)]
+struct SegmentFacts {
+    system_identifier: Option<String>,
+    wal_segment_size: Option<u64>,
+}
 
 /// The WAL segment size of each cluster (by system identifier) that a
 /// physical backup in `manifests` describes (`wal_segment_size` of its
@@ -33,14 +39,12 @@ pub fn segment_sizes(manifests: &[Manifest]) -> BTreeMap<u64, u32> {
     physical.sort_by_key(|m| m.started_at);
     let mut out = BTreeMap::new();
     for m in physical {
-        let md = &m.metadata;
-        let sysid = md
-            .get("system_identifier")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse::<u64>().ok());
+        let Ok(md) = serde_json::from_value::<SegmentFacts>(m.metadata.clone()) else {
+            continue;
+        };
+        let sysid = md.system_identifier.and_then(|s| s.parse::<u64>().ok());
         let size = md
-            .get("wal_segment_size")
-            .and_then(|v| v.as_u64())
+            .wal_segment_size
             .and_then(|v| u32::try_from(v).ok())
             .filter(|v| v.is_power_of_two() && *v >= 1 << 20);
         if let (Some(sysid), Some(size)) = (sysid, size) {

@@ -164,17 +164,8 @@ pub fn pitr_options(
     pgdata: PathBuf,
     target: dr_postgres::physical::RecoveryTarget,
 ) -> dr_postgres::physical::PitrOptions {
-    let mut o = dr_postgres::physical::PitrOptions::new(
-        pgdata,
-        target,
-        f.helper.clone(),
-        vec![
-            "--repo".into(),
-            f.url.clone(),
-            "--identity".into(),
-            f.key_file.display().to_string(),
-        ],
-    );
+    let mut o =
+        dr_postgres::physical::PitrOptions::new(pgdata, target, f.helper.clone(), f.fetch_args());
     o.start = true;
     o.archive_mode_off = true;
     o.port = Some(free_port());
@@ -182,14 +173,7 @@ pub fn pitr_options(
     o
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use dr_postgres::testing::free_port;
 
 /// Entry point when PostgreSQL runs the helper (`archive_command`,
 /// `restore_command`): `wal-push --repo URL --source S FILE` or
@@ -208,6 +192,17 @@ fn helper_entry() {
 }
 
 impl Fixture {
+    /// The arguments `restore_command` passes to the helper's `wal-fetch`:
+    /// the repository and the key file.
+    pub fn fetch_args(&self) -> Vec<String> {
+        vec![
+            "--repo".into(),
+            self.url.clone(),
+            "--identity".into(),
+            self.key_file.display().to_string(),
+        ]
+    }
+
     /// `archive_command` pushing into this repository as `source`.
     pub fn archive_command(&self, source: &str) -> String {
         format!(

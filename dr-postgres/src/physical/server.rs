@@ -1,0 +1,321 @@
+//! The restored server's lifecycle: the recovery configuration written
+//! into the data directory (`recovery.signal` and the settings in
+//! `postgresql.auto.conf`, PostgreSQL 15 docs §26.3.4 and §20.5.5), then
+//! `pg_ctl start` as the data directory's owner, the wait until recovery
+//! ends (promoted, paused or shut down at the target), and `pg_ctl stop`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::error::PitrError;
+use super::plan::{PitrOptions, PitrPlan};
+use super::target::TargetAction;
+use crate::conn::ConnectionSettings;
+use crate::format::{read_control, Lsn};
+use crate::host::default_owner;
+
+/// The start of the line [`write_recovery_config`] adds to
+/// `postgresql.auto.conf`, followed by the backup id and the target: how a
+/// later run recognises a data directory this restore wrote.
+pub(crate) const RESTORE_MARKER: &str = "# written by dr: point-in-time restore of backup";
+
+/// Where recovery ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryPoint {
+    /// The WAL position of the server after recovery.
+    pub lsn: String,
+    /// Its timeline.
+    pub timeline: u32,
+    /// The commit time of the last transaction replayed.
+    pub last_replayed_commit: Option<DateTime<Utc>>,
+    /// Whether the server is still in recovery (paused at the target).
+    pub in_recovery: bool,
+}
+
+/// `postgresql.conf` string quoting: single quotes doubled.
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// The server programs' directory for `major`: `opts.bin_dir`, else
+/// Debian's `/usr/lib/postgresql/<major>/bin`.
+pub(super) fn server_bin(opts: &PitrOptions, major: u32) -> PathBuf {
+    opts.bin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
+}
+
+/// Runs `pg_ctl` as the owner.
+///
+/// # Errors
+/// [`PitrError::Io`] when `pg_ctl` cannot be run; its exit status is
+/// returned, with its output, as `(success, output)`.
+pub(crate) async fn pg_ctl(
+    bin: &Path,
+    owner: Option<(u32, u32)>,
+    args: &[&str],
+) -> Result<(bool, String), PitrError> {
+    let path = bin.join("pg_ctl");
+    let mut cmd = tokio::process::Command::new(&path);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    // The server inherits this directory; make it one the owner can enter.
+    cmd.current_dir("/");
+    let out = cmd.output().await.map_err(PitrError::io(&path))?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// The server log of a restored cluster, inside its data directory.
+pub(super) fn log_path(pgdata: &Path) -> PathBuf {
+    pgdata.join("dr-restore.log")
+}
+
+/// The last 15 lines of [`log_path`].
+fn log_tail(pgdata: &Path) -> String {
+    let text = std::fs::read_to_string(log_path(pgdata)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Starts the restored server as `owner` on `port` (socket in `sock`) and
+/// waits, bounded by `opts.wait_timeout`, until recovery ends the way
+/// `opts.action` says: promoted, paused at the target, or shut down there.
+///
+/// # Errors
+/// [`PitrError::RecoveryFailed`] with the end of the server log (the
+/// server did not start, stopped during recovery, or shut down without
+/// reaching the target); [`PitrError::Timeout`].
+pub(super) async fn start_and_wait(
+    plan: &PitrPlan,
+    opts: &PitrOptions,
+    owner: Option<(u32, u32)>,
+    port: u16,
+    sock: &Path,
+) -> Result<RecoveryPoint, PitrError> {
+    let bin = server_bin(opts, plan.backup.server_version_num / 10000);
+    let pgdata = opts.pgdata.to_string_lossy().to_string();
+    let log = log_path(&opts.pgdata).to_string_lossy().to_string();
+    let timeout = opts.wait_timeout.as_secs().max(1).to_string();
+    let failed = |reason: String| PitrError::RecoveryFailed {
+        dir: opts.pgdata.clone(),
+        reason,
+    };
+    let (ok, out) = pg_ctl(
+        &bin,
+        owner,
+        &["-D", &pgdata, "-l", &log, "-w", "-t", &timeout, "start"],
+    )
+    .await?;
+    if opts.action == TargetAction::Shutdown {
+        // The server shuts down at the target; pg_ctl may or may not have
+        // seen it accept connections first.
+        let deadline = Instant::now() + opts.wait_timeout;
+        while opts.pgdata.join("postmaster.pid").exists() {
+            if Instant::now() > deadline {
+                return Err(PitrError::Timeout {
+                    what: "recovery to the target".into(),
+                    after: opts.wait_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Only the postmaster's "shutdown at recovery target" (exit status 3
+        // of the startup process, src/backend/postmaster/postmaster.c) means
+        // the target was reached; "database system is shut down" also ends a
+        // recovery that failed ("recovery ended before configured recovery
+        // target was reached").
+        let tail = log_tail(&opts.pgdata);
+        if !tail.contains("shutdown at recovery target")
+            || tail.contains("recovery ended before configured recovery target was reached")
+        {
+            return Err(failed(format!(
+                "the server shut down without reaching the recovery target\n{out}\n{tail}"
+            )));
+        }
+        let control = read_control(&opts.pgdata)?;
+        return Ok(RecoveryPoint {
+            lsn: control.checkpoint.to_string(),
+            timeline: control.timeline,
+            last_replayed_commit: None,
+            in_recovery: true,
+        });
+    }
+    if !ok {
+        return Err(failed(format!(
+            "pg_ctl start: {}\nserver log:\n{}\nThe restored data directory is left in place: fix the cause (a port \
+             in use: --port) and start it with `pg_ctl -D {} start`, or remove it to restore again.",
+            out.trim(),
+            log_tail(&opts.pgdata),
+            opts.pgdata.display()
+        )));
+    }
+    let conn = ConnectionSettings::from_dsn(&format!(
+        "host={} port={port} user={} dbname=postgres",
+        sock.display(),
+        opts.user
+    ))?;
+    // A server that stops during recovery (the target is past the end of
+    // the archive, a WAL file cannot be fetched) closes the connection: its
+    // log says why, the closed connection does not.
+    let died = |e: String| {
+        let tail = log_tail(&opts.pgdata);
+        if tail.contains("recovery ended before configured recovery target was reached") {
+            failed(format!(
+                "recovery ended before the target was reached (the archive holds no WAL up to it)\n{tail}"
+            ))
+        } else {
+            failed(format!("the server stopped during recovery ({e})\n{tail}"))
+        }
+    };
+    let client = match conn.connect().await {
+        Ok(c) => c,
+        Err(_) if !opts.pgdata.join("postmaster.pid").exists() => {
+            return Err(died("it was not running".into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let deadline = Instant::now() + opts.wait_timeout;
+    loop {
+        let row = match client
+            .query_one(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() \
+                 ELSE 'not paused' END",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => row,
+            Err(e) if e.is_closed() || client.is_closed() => {
+                // Give the postmaster a moment to write its last lines.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Err(died(e.to_string()));
+            }
+            Err(e) => {
+                return Err(PitrError::Postgres(crate::Error::Query {
+                    what: "waiting for recovery".into(),
+                    target: conn.target(),
+                    source: e,
+                }))
+            }
+        };
+        let in_recovery: bool = row.get(0);
+        let pause: String = row.get(1);
+        if !in_recovery || (opts.action == TargetAction::Pause && pause == "paused") {
+            break;
+        }
+        if !opts.pgdata.join("postmaster.pid").exists() {
+            return Err(failed(log_tail(&opts.pgdata)));
+        }
+        if Instant::now() > deadline {
+            return Err(PitrError::Timeout {
+                what: "recovery to the target".into(),
+                after: opts.wait_timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let q = |e| {
+        PitrError::Postgres(crate::Error::Query {
+            what: "reading the recovery point".into(),
+            target: conn.target(),
+            source: e,
+        })
+    };
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(q)?
+        .get(0);
+    if !in_recovery {
+        client.batch_execute("CHECKPOINT").await.map_err(q)?;
+    }
+    let row = client
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+             (SELECT timeline_id FROM pg_control_checkpoint()), pg_last_xact_replay_timestamp()",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let lsn: String = row.get(0);
+    let _: Lsn = lsn.parse()?;
+    Ok(RecoveryPoint {
+        lsn,
+        timeline: row.get::<_, i32>(1) as u32,
+        last_replayed_commit: row
+            .get::<_, Option<std::time::SystemTime>>(2)
+            .map(Into::into),
+        in_recovery,
+    })
+}
+
+/// Stops a server started by [`pitr_restore`](super::pitr_restore) (fast
+/// shutdown), running `pg_ctl` of `server_major` as `opts.owner` (default
+/// when root: the `postgres` user).
+///
+/// # Errors
+/// [`PitrError::RecoveryFailed`] when `pg_ctl stop` fails and the server
+/// still runs; [`PitrError::Io`] when `pg_ctl` cannot be run.
+pub async fn stop_server(opts: &PitrOptions, server_major: u32) -> Result<(), PitrError> {
+    let bin = server_bin(opts, server_major);
+    let owner = opts.owner.or_else(default_owner);
+    let pgdata = opts.pgdata.to_string_lossy().to_string();
+    let (ok, out) = pg_ctl(&bin, owner, &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await?;
+    if !ok && opts.pgdata.join("postmaster.pid").exists() {
+        return Err(PitrError::RecoveryFailed {
+            dir: opts.pgdata.clone(),
+            reason: format!("pg_ctl stop: {out}"),
+        });
+    }
+    Ok(())
+}
+
+/// Makes the restored data directory start as a recovery
+/// (PostgreSQL 15 docs §26.3.4 steps 7 and 8): removes `postmaster.pid` and
+/// `postmaster.opts` left from the source, creates `recovery.signal` (mode
+/// 0600, as the server's own files) and appends the plan's settings to
+/// `postgresql.auto.conf` after a [`RESTORE_MARKER`] line.
+///
+/// # Errors
+/// [`PitrError::Io`] naming the file.
+pub(super) fn write_recovery_config(pgdata: &Path, plan: &PitrPlan) -> Result<(), PitrError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Files that must not survive into the restored cluster.
+    for stale in ["postmaster.pid", "postmaster.opts"] {
+        let _ = std::fs::remove_file(pgdata.join(stale));
+    }
+    let signal = pgdata.join("recovery.signal");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&signal)
+        .map_err(PitrError::io(&signal))?;
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&format!(
+        "\n{RESTORE_MARKER} {} to {}\n",
+        plan.backup_id, plan.target
+    ));
+    for (k, v) in &plan.settings {
+        text.push_str(&format!("{k} = {}\n", conf_quote(v)));
+    }
+    std::fs::write(&auto, text).map_err(PitrError::io(&auto))
+}
