@@ -20,8 +20,10 @@
 //! - [`basebackup`]: a `BASE_BACKUP` client over a physical replication
 //!   connection (every tablespace, no local copy).
 //! - [`physical`]: physical base backups ([`PostgresPhysical`], kind
-//!   `postgres-physical`) and point-in-time restore ([`plan_pitr`],
-//!   [`pitr_restore`]).
+//!   `postgres-physical`) and point-in-time restore: [`plan_pitr`] then
+//!   [`pitr_restore`] (choosing the backup by target), or
+//!   [`PostgresPitrRestorer`] for a given backup; [`PhysicalScratchRestorer`]
+//!   for `dr verify --restore`.
 //! - With the `test-cluster` feature, [`testing::TestCluster`] makes
 //!   throwaway clusters with `initdb`/`pg_ctl`.
 
@@ -48,8 +50,8 @@ pub use logical::{
 };
 pub use metadata::PhysicalMetadata;
 pub use physical::{
-    pitr_restore, plan_pitr, PitrError, PitrOptions, PostgresPhysical, RecoveryTarget,
-    KIND_PHYSICAL,
+    pitr_restore, plan_pitr, PhysicalScratchRestorer, PitrError, PitrOptions, PostgresPhysical,
+    PostgresPitrRestorer, RecoveryTarget, KIND_PHYSICAL,
 };
 pub use tools::{find as find_tool, Tool};
 pub use wal::{wal_fetch, wal_push, WalError};

@@ -18,8 +18,9 @@
 //!     ([`RecoveryPoint`]), [`stop_server`].
 //!
 //!   Its error is [`PitrError`].
-//! - [`PhysicalScratchRestorer`] (`dr verify --restore`), a
-//!   [`dr_core::Restorer`].
+//! - Restorers: [`PostgresPitrRestorer`] (a restore of the given backup into
+//!   a data directory) and [`PhysicalScratchRestorer`] (`dr verify
+//!   --restore`), both [`dr_core::Restorer`]s.
 //! - The plan step `postgres.pitr_restore` ([`PitrRestore`], [`register`]).
 
 mod action;
@@ -27,6 +28,7 @@ mod error;
 mod extract;
 mod plan;
 mod restore;
+mod restorer;
 mod server;
 mod source;
 mod stream;
@@ -43,6 +45,7 @@ pub use action::{
 pub use error::PitrError;
 pub use plan::{plan_pitr, PitrOptions, PitrPlan, TablespaceMapping, TablespacePlacement};
 pub use restore::{pitr_restore, PitrReport};
+pub use restorer::PostgresPitrRestorer;
 pub use server::{stop_server, RecoveryPoint};
 pub use source::{PhysicalOptions, PostgresPhysical};
 pub use target::{format_time, parse_target_time, RecoveryTarget, TargetAction};

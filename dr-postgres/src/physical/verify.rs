@@ -8,12 +8,13 @@
 //! tablespaces' paths), `archive_mode = off` (the scratch cluster never
 //! pushes WAL), on a free
 //! port with its socket in the data directory, starts it and waits until it
-//! is promoted. Its [`check`](Restorer::check) compares with the manifest:
-//! the system identifier, the list of databases, that recovery ended, and
-//! (where `pg_amcheck` is installed) the B-tree indexes and heap of every
-//! database (PostgreSQL 15 docs, "pg_amcheck": exit status 0 when no
+//! is promoted: a [`PostgresPitrRestorer`] with these options. Its
+//! [`check`](Restorer::check) is that restorer's (recovery ended, the system
+//! identifier, WAL replayed to the backup's end, the list of databases)
+//! and, where `pg_amcheck` is installed, the B-tree indexes and heap of
+//! every database (PostgreSQL 15 docs, "pg_amcheck": exit status 0 when no
 //! corruption is found). [`discard`](Restorer::discard) stops the server and
-//! removes the directory.
+//! removes the scratch directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,11 +26,9 @@ use dr_storage::{Identities, Manifest};
 use tokio::sync::Mutex;
 
 use super::error::PitrError;
-use super::plan::{plan_pitr, PitrOptions};
-use super::restore::{restore_from, Artifacts};
-use super::server::stop_server;
+use super::plan::PitrOptions;
+use super::restorer::PostgresPitrRestorer;
 use super::target::RecoveryTarget;
-use crate::conn::ConnectionSettings;
 use crate::host::free_port;
 use crate::metadata::{PhysicalMetadata, KIND_PHYSICAL};
 
@@ -46,11 +45,11 @@ pub struct PhysicalScratchRestorer {
     scratch: Mutex<Option<Scratch>>,
 }
 
-#[derive(Debug, Clone)]
+/// One scratch restore: its directory and the restorer writing into it.
+#[derive(Debug)]
 struct Scratch {
     root: PathBuf,
-    opts: PitrOptions,
-    major: u32,
+    restorer: PostgresPitrRestorer,
     port: u16,
 }
 
@@ -115,7 +114,7 @@ impl PhysicalScratchRestorer {
             .lock()
             .await
             .as_ref()
-            .map(|s| s.opts.pgdata.clone())
+            .map(|s| s.restorer.options().pgdata.clone())
     }
 
     fn bin(&self, major: u32) -> PathBuf {
@@ -123,15 +122,26 @@ impl PhysicalScratchRestorer {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
     }
-}
 
-fn connection(s: &Scratch) -> dr_core::Result<ConnectionSettings> {
-    Ok(ConnectionSettings::from_dsn(&format!(
-        "host={} port={} user={} dbname=postgres",
-        s.opts.pgdata.display(),
-        s.port,
-        s.opts.user
-    ))?)
+    /// The options of a scratch restore into `root` on `port`.
+    fn options(&self, root: &Path, port: u16) -> PitrOptions {
+        let mut opts = PitrOptions::new(
+            root.join("data"),
+            RecoveryTarget::Immediate,
+            self.dr_program.clone(),
+            self.fetch_args.clone(),
+        );
+        opts.start = true;
+        opts.archive_mode_off = true;
+        opts.port = Some(port);
+        opts.owner = self.owner;
+        opts.bin_dir = self.bin_dir.clone();
+        opts.wait_timeout = self.wait_timeout;
+        // Every tablespace inside the scratch directory: a verification
+        // never writes to the production tablespaces' paths.
+        opts.tablespace_root = Some(root.join("ts"));
+        opts
+    }
 }
 
 #[async_trait]
@@ -149,7 +159,6 @@ impl Restorer for PhysicalScratchRestorer {
                 reason: "a scratch restore is already in place; discard it first".into(),
             });
         }
-        let manifest = backup.manifest();
         let root = self
             .parent
             .join(format!("drv-{}", hex::encode(rand::random::<[u8; 5]>())));
@@ -161,50 +170,26 @@ impl Restorer for PhysicalScratchRestorer {
                 .map_err(PitrError::io(&root))?;
         }
         let port = free_port().map_err(PitrError::io(&root))?;
-        let mut opts = PitrOptions::new(
-            root.join("data"),
-            RecoveryTarget::Immediate,
-            self.dr_program.clone(),
-            self.fetch_args.clone(),
-        );
-        opts.backup = Some(manifest.backup_id.clone());
-        opts.start = true;
-        opts.archive_mode_off = true;
-        opts.port = Some(port);
-        opts.owner = self.owner;
-        opts.bin_dir = self.bin_dir.clone();
-        opts.wait_timeout = self.wait_timeout;
-        // Every tablespace inside the scratch directory: a verification
-        // never writes to the production tablespaces' paths.
-        opts.tablespace_root = Some(root.join("ts"));
-        let meta = PhysicalMetadata::from_manifest(manifest)?;
-        let scratch = Scratch {
-            root: root.clone(),
-            opts: opts.clone(),
-            major: meta.server_major(),
-            port,
-        };
+        let restorer =
+            PostgresPitrRestorer::new(self.options(&root, port), self.identities.clone());
         // Recorded before anything can fail, so that discard() cleans up.
-        *slot = Some(scratch);
-        let plan = plan_pitr(
-            backup.repository(),
-            &self.identities,
-            &manifest.source.name,
-            &opts,
-        )
-        .await?;
-        // The base backup through the job's reader, with its keys.
-        let report = restore_from(&Artifacts::Reader(backup), &plan, &opts).await?;
+        let scratch = slot.insert(Scratch {
+            root,
+            restorer,
+            port,
+        });
+        let inner = scratch.restorer.restore(backup).await?;
+        let pgdata = &scratch.restorer.options().pgdata;
         let mut out = RestoreReport::new(format!(
             "scratch cluster {} on port {port}",
-            opts.pgdata.display()
+            pgdata.display()
         ));
-        out.bytes_read = report.bytes;
+        out.bytes_read = inner.bytes_read;
         out.duration = started.elapsed();
         out.details = serde_json::json!({
-            "pgdata": opts.pgdata,
+            "pgdata": pgdata,
             "port": port,
-            "reached": report.reached,
+            "reached": inner.details.get("reached"),
         });
         Ok(out)
     }
@@ -216,64 +201,14 @@ impl Restorer for PhysicalScratchRestorer {
             reason: "check() before restore(): no scratch cluster".into(),
         })?;
         let meta = PhysicalMetadata::from_manifest(manifest)?;
-        let conn = connection(scratch)?;
-        let client = conn.connect().await?;
-        let q = |what: &'static str| {
-            let target = conn.target();
-            move |e: tokio_postgres::Error| dr_core::Error::Failed {
-                what: format!("{what} on the scratch cluster {target}"),
-                source: Box::new(e),
-            }
-        };
-        let mut checks = Vec::new();
-        let in_recovery: bool = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map_err(q("reading the recovery state"))?
-            .get(0);
-        checks.push(Check {
-            name: "recovery reached a consistent state and ended".into(),
-            expected: "promoted".into(),
-            actual: if in_recovery {
-                "still in recovery".into()
-            } else {
-                "promoted".into()
-            },
-        });
-        let sysid: i64 = client
-            .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-            .await
-            .map_err(q("reading the system identifier"))?
-            .get(0);
-        checks.push(Check {
-            name: "system identifier".into(),
-            expected: meta.system_identifier.clone(),
-            actual: (sysid as u64).to_string(),
-        });
-        let dbs: Vec<String> = client
-            .query(
-                "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1",
-                &[],
-            )
-            .await
-            .map_err(q("listing the databases"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut expected = meta.databases.clone();
-        expected.sort();
-        checks.push(Check {
-            name: "databases".into(),
-            expected: expected.join(","),
-            actual: dbs.join(","),
-        });
-        let amcheck = self.bin(scratch.major).join("pg_amcheck");
+        let mut report = scratch.restorer.check(manifest).await?;
+        let amcheck = self.bin(meta.server_major()).join("pg_amcheck");
         if amcheck.exists() {
-            checks.push(run_amcheck(&amcheck, scratch).await?);
+            report.checks.push(run_amcheck(&amcheck, scratch).await?);
         } else {
             tracing::info!(program = %amcheck.display(), "pg_amcheck not installed; skipping the corruption check");
         }
-        Ok(CheckReport { checks })
+        Ok(report)
     }
 
     async fn discard(&self) -> dr_core::Result<()> {
@@ -281,9 +216,7 @@ impl Restorer for PhysicalScratchRestorer {
         let Some(scratch) = slot.as_ref() else {
             return Ok(());
         };
-        if scratch.opts.pgdata.join("postmaster.pid").exists() {
-            stop_server(&scratch.opts, scratch.major).await?;
-        }
+        scratch.restorer.discard().await?;
         match std::fs::remove_dir_all(&scratch.root) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -299,7 +232,8 @@ impl Restorer for PhysicalScratchRestorer {
 /// corruption, 2 corruption found, anything else that it could not run.
 async fn run_amcheck(program: &Path, s: &Scratch) -> dr_core::Result<Check> {
     let port = s.port.to_string();
-    let host = s.opts.pgdata.display().to_string();
+    let opts = s.restorer.options();
+    let host = opts.pgdata.display().to_string();
     let out = tokio::process::Command::new(program)
         .args([
             "-h",
@@ -307,7 +241,7 @@ async fn run_amcheck(program: &Path, s: &Scratch) -> dr_core::Result<Check> {
             "-p",
             &port,
             "-U",
-            &s.opts.user,
+            &opts.user,
             "--all",
             "--install-missing",
             "--heapallindexed",
