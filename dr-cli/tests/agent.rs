@@ -889,7 +889,13 @@ async fn scheduled_verification_is_recorded_as_dr_verify_records_it() {
         .await
         .unwrap()
         .with_clock(clock.clone(), Duration::from_millis(10));
+    let ready = agent.ready_flag();
     let (stop, h) = spawn(agent);
+    // Only once the agent has scheduled its jobs does the clock move.
+    wait_for("the agent to start", || async {
+        ready.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
     clock.advance(chrono::Duration::seconds(61));
     wait_for("the scheduled verification", || async {
         metrics

@@ -865,12 +865,18 @@ fn the_agents_prune_removes_the_same_wal_as_dr_prune() {
             .await
             .unwrap()
             .with_clock(clock.clone(), std::time::Duration::from_millis(10));
+        let ready = agent.ready_flag();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(agent.run(async move {
             let _ = stopped.await;
         }));
-        clock.advance(chrono::Duration::seconds(61));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Only once the agent has scheduled its jobs does the clock move.
+        while !ready.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "the agent did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        clock.advance(chrono::Duration::seconds(61));
         let pruned = || {
             metrics.encode().lines().any(|l| {
                 l.strip_prefix("prune_last_success_timestamp_seconds ")
