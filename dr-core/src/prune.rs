@@ -1,15 +1,25 @@
 //! Prune: plan, then carry out, under the repository's `prune` lease.
+//!
+//! A backup directory whose `manifest.json` exists but cannot be read,
+//! parsed or verified (see [`dr_storage::DamagedManifest`]) is never an
+//! orphan: the plan names it in [`PrunePlan::damaged`], nothing under it is
+//! deleted, it counts toward no `keep_*` rule, no WAL of its source is
+//! deleted (its WAL range is unknown), and [`prune`] ends in an error after
+//! the rest of the plan is carried out, so that every front end exits
+//! non-zero. [`prune_with_report`] returns the report instead, with
+//! [`PruneReport::damaged`] for a caller that renders it and decides the exit
+//! status itself ([`PruneReport::ok`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dr_storage::object_store::path::Path;
-use dr_storage::{LeaseOptions, Manifest, Repository};
+use dr_storage::{DamagedManifest, LeaseOptions, Manifest, Repository};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::retention::{plan_retention, BackupFacts, RetentionPlan, RetentionPolicy, WalFacts};
 
 /// An object under `backups/` that no manifest lists: left by an interrupted
@@ -37,6 +47,13 @@ pub struct PrunePlan {
     /// ([`crate::verification::stale_records`]).
     #[serde(default)]
     pub verifications: Vec<String>,
+    /// Backups whose manifest exists but cannot be read, parsed or verified.
+    /// Nothing under their directories is deleted, and no WAL of their
+    /// sources; [`prune`] fails naming them once the rest is done. Repair or
+    /// remove them by hand (the data objects are intact as far as anyone
+    /// knows).
+    #[serde(default)]
+    pub damaged: Vec<DamagedManifest>,
 }
 
 impl PrunePlan {
@@ -124,7 +141,10 @@ pub async fn plan_prune(
     options: &PruneOptions,
     now: DateTime<Utc>,
 ) -> Result<PrunePlan> {
-    let manifests = repo.list_backups(None).await?;
+    let (manifests, damaged_manifests) = repo.list_backups_checked(None).await?;
+    for d in &damaged_manifests {
+        tracing::warn!(object = %d.object, reason = %d.reason, "damaged manifest: its backup is kept");
+    }
     let mut facts: Vec<BackupFacts> = manifests.iter().map(facts).collect();
     // Before anything is deleted because a newer backup exists, that newer
     // backup must be intact: per source with a policy, newest first, check
@@ -166,10 +186,29 @@ pub async fn plan_prune(
             d.kept_by = vec![format!("damaged, kept for inspection: {why}")];
         }
     }
-    // Orphans: objects in backup directories without a manifest.
+    // A source with a damaged manifest may hold a base backup whose WAL
+    // range nobody can read now: none of its WAL goes.
+    let damaged_sources: std::collections::BTreeSet<&str> = damaged_manifests
+        .iter()
+        .map(|d| d.source.as_str())
+        .collect();
+    for w in retention.wal.iter_mut() {
+        if damaged_sources.contains(w.source.as_str()) && !w.deleted.is_empty() {
+            w.kept.append(&mut w.deleted);
+            w.kept.sort();
+            w.bytes_freed = 0;
+        }
+    }
+    // Orphans: objects in backup directories without a manifest. A
+    // directory whose manifest exists but is damaged is not one.
     let listed: std::collections::BTreeSet<String> = manifests
         .iter()
         .map(|m| format!("backups/{}/{}/", m.source.name, m.backup_id))
+        .chain(
+            damaged_manifests
+                .iter()
+                .map(|d| format!("backups/{}/{}/", d.source, d.backup_id)),
+        )
         .collect();
     let mut orphans = Vec::new();
     let mut in_grace = 0;
@@ -201,6 +240,11 @@ pub async fn plan_prune(
         .iter()
         .filter(|d| d.keep())
         .map(|d| (d.backup.source.as_str(), d.backup.id.as_str()))
+        .chain(
+            damaged_manifests
+                .iter()
+                .map(|d| (d.source.as_str(), d.backup_id.as_str())),
+        )
         .collect();
     let records = crate::verification::list_records(repo).await?;
     let verifications =
@@ -210,6 +254,7 @@ pub async fn plan_prune(
         orphans,
         orphans_in_grace: in_grace,
         verifications,
+        damaged: damaged_manifests,
     })
 }
 
@@ -227,16 +272,75 @@ pub struct PruneReport {
     pub verifications_deleted: usize,
     /// Bytes freed.
     pub bytes_freed: u64,
+    /// Manifest objects that exist but are damaged; their backups were kept
+    /// ([`PrunePlan::damaged`]). Not empty means the prune is not clean.
+    #[serde(default)]
+    pub damaged: Vec<String>,
+}
+
+impl PruneReport {
+    /// Whether the repository held nothing prune had to leave alone for
+    /// damage (no damaged manifest).
+    pub fn ok(&self) -> bool {
+        self.damaged.is_empty()
+    }
+
+    /// A one-line summary of what was deleted.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} backup(s), {} WAL object(s), {} orphan(s), {} verification record(s) deleted; {} bytes freed",
+            self.backups_deleted.len(),
+            self.wal_deleted,
+            self.orphans_deleted,
+            self.verifications_deleted,
+            self.bytes_freed
+        )
+    }
+}
+
+/// Carries out `plan` under the exclusive `prune` lease, as
+/// [`prune_with_report`], and fails when the plan found damaged manifests.
+///
+/// # Errors
+/// As [`prune_with_report`]; [`Error::VerificationFailed`] naming every
+/// damaged manifest (and saying what was deleted meanwhile) when
+/// [`PrunePlan::damaged`] is not empty: their backups were kept, and the
+/// repository needs an operator.
+pub async fn prune(
+    repo: &Repository,
+    plan: &PrunePlan,
+    options: &PruneOptions,
+) -> Result<PruneReport> {
+    let report = prune_with_report(repo, plan, options).await?;
+    if report.ok() {
+        return Ok(report);
+    }
+    Err(Error::VerificationFailed {
+        what: format!("repository {repo}"),
+        reason: format!(
+            "{} backup(s) kept because their manifest is damaged ({}); the rest of the plan was carried out: {}",
+            plan.damaged.len(),
+            plan.damaged
+                .iter()
+                .map(|d| format!("{}: {}", d.object, d.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+            report.summary()
+        ),
+    })
 }
 
 /// Carries out `plan` under the exclusive `prune` lease. Each backup loses
 /// its manifest first, then its data, so an interruption leaves orphans,
 /// never a listed backup with missing objects. Running it again is harmless.
+/// Backups of [`PrunePlan::damaged`] are left alone and named in
+/// [`PruneReport::damaged`]: the caller must treat a report that is not
+/// [`PruneReport::ok`] as a failure (exit non-zero).
 ///
 /// # Errors
 /// [`dr_storage::Error::Locked`] when another prune holds the lease;
 /// repository errors.
-pub async fn prune(
+pub async fn prune_with_report(
     repo: &Repository,
     plan: &PrunePlan,
     options: &PruneOptions,
@@ -247,13 +351,17 @@ pub async fn prune(
     lease_opts.purpose = "dr prune".into();
     let mut lease = repo.acquire_lease("prune", &lease_opts).await?;
     let result = async {
-        let mut report = PruneReport::default();
-        let manifests = repo.list_backups(None).await?;
+        let mut report = PruneReport {
+            damaged: plan.damaged.iter().map(|d| d.object.clone()).collect(),
+            ..PruneReport::default()
+        };
+        let (manifests, _) = repo.list_backups_checked(None).await?;
         for b in plan.retention.deletions() {
             if let Some(m) = manifests
                 .iter()
                 .find(|m| m.source.name == b.source && m.backup_id == b.id)
             {
+                tracing::info!(source = %b.source, backup_id = %b.id, "deleting backup");
                 repo.delete_backup(m).await?;
                 report.backups_deleted.push(b.id.clone());
                 report.bytes_freed += b.stored_bytes;
@@ -289,5 +397,212 @@ async fn delete_if_present(repo: &Repository, object: &str) -> Result<()> {
     match repo.store().delete(&Path::from(object)).await {
         Ok(()) | Err(dr_storage::object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(dr_storage::Error::store(object, e).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retention::RetentionPolicy;
+    use dr_storage::object_store::PutPayload;
+    use dr_storage::{Identities, InitOptions, Location, StoreOptions};
+    use futures::TryStreamExt as _;
+
+    async fn repo(name: &str) -> Repository {
+        let key = Identities::generate();
+        Repository::init(
+            &Location::parse(&format!("memory://prune-{name}-{}", rand_suffix())).unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn rand_suffix() -> u64 {
+        Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64
+    }
+
+    async fn backup(repo: &Repository, metadata: serde_json::Value) -> Manifest {
+        let b = repo.begin_backup("test", "db").unwrap();
+        b.write_artifact("data", &mut &b"rows"[..]).await.unwrap();
+        let m = b.commit(metadata).await.unwrap();
+        // Distinct start times, in order.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        m
+    }
+
+    async fn objects_of(repo: &Repository, m: &Manifest) -> Vec<String> {
+        let prefix = Path::from(format!("backups/{}/{}", m.source.name, m.backup_id));
+        let listed: Vec<_> = repo
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut v: Vec<String> = listed.iter().map(|o| o.location.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Flips one byte of the stored manifest of `m` so that it no longer
+    /// parses.
+    async fn damage_manifest(repo: &Repository, m: &Manifest) {
+        let path = Path::from(format!(
+            "backups/{}/{}/manifest.json",
+            m.source.name, m.backup_id
+        ));
+        let mut body = repo
+            .store()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        body[0] ^= 0x01; // '{' becomes 'z'
+        repo.store()
+            .put(&path, PutPayload::from(body))
+            .await
+            .unwrap();
+    }
+
+    fn keep_last(n: u32) -> BTreeMap<String, RetentionPolicy> {
+        let mut p = BTreeMap::new();
+        p.insert(
+            "db".to_string(),
+            RetentionPolicy {
+                keep_last: Some(n),
+                ..Default::default()
+            },
+        );
+        p
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_damaged_newest_manifest_keeps_its_backup_and_fails_the_prune() {
+        let repo = repo("damaged").await;
+        let b1 = backup(&repo, serde_json::json!({})).await;
+        let b2 = backup(&repo, serde_json::json!({})).await;
+        let b3 = backup(&repo, serde_json::json!({})).await;
+        let b3_objects = objects_of(&repo, &b3).await;
+        assert_eq!(b3_objects.len(), 2);
+        damage_manifest(&repo, &b3).await;
+
+        let options = PruneOptions {
+            orphan_grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let later = Utc::now() + chrono::Duration::days(30);
+        let plan = plan_prune(&repo, &keep_last(2), &[], &options, later)
+            .await
+            .unwrap();
+        // Named in the plan, never an orphan.
+        assert_eq!(plan.damaged.len(), 1, "{plan:?}");
+        assert_eq!(plan.damaged[0].backup_id, b3.backup_id);
+        assert!(plan.orphans.is_empty(), "{:?}", plan.orphans);
+        // The two intact backups are what keep_last = 2 keeps.
+        assert_eq!(plan.retention.deletions().count(), 0, "{plan:?}");
+
+        let err = prune(&repo, &plan, &options).await.unwrap_err();
+        assert!(matches!(err, Error::VerificationFailed { .. }), "{err:?}");
+        assert!(err.to_string().contains("manifest.json"), "{err}");
+        assert_eq!(
+            objects_of(&repo, &b3).await,
+            b3_objects,
+            "nothing of it deleted"
+        );
+        let listed: Vec<String> = repo
+            .list_backups(Some("db"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.backup_id)
+            .collect();
+        assert_eq!(listed, vec![b1.backup_id.clone(), b2.backup_id.clone()]);
+
+        // The report form names it too, and a second run deletes nothing.
+        let again = plan_prune(&repo, &keep_last(2), &[], &options, later)
+            .await
+            .unwrap();
+        let report = prune_with_report(&repo, &again, &options).await.unwrap();
+        assert!(!report.ok());
+        assert_eq!(report.damaged, vec![again.damaged[0].object.clone()]);
+        assert_eq!(report.orphans_deleted + report.backups_deleted.len(), 0);
+        assert_eq!(objects_of(&repo, &b3).await, b3_objects);
+
+        // keep_last = 1: the newest intact backup stays, the older goes;
+        // the damaged one still stays.
+        let plan = plan_prune(&repo, &keep_last(1), &[], &options, later)
+            .await
+            .unwrap();
+        let report = prune_with_report(&repo, &plan, &options).await.unwrap();
+        assert_eq!(report.backups_deleted, vec![b1.backup_id.clone()]);
+        assert_eq!(objects_of(&repo, &b3).await, b3_objects);
+        assert_eq!(repo.list_backups(Some("db")).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_wal_of_a_source_with_a_damaged_manifest_is_deleted() {
+        let repo = repo("damaged-wal").await;
+        let physical = |start: &str, stop: &str| {
+            serde_json::json!({
+                "system_identifier": "7",
+                "start_lsn": start,
+                "stop_lsn": stop,
+            })
+        };
+        backup(&repo, physical("0/1000000", "0/1000100")).await;
+        backup(&repo, physical("0/5000000", "0/5000100")).await;
+        let newest = backup(&repo, physical("0/9000000", "0/9000100")).await;
+        let wal: Vec<WalFacts> = (0u64..10)
+            .map(|i| WalFacts {
+                source: "db".into(),
+                system_id: "7".into(),
+                object: format!("wal/db/7/seg{i}"),
+                start_lsn: Some(i << 24),
+                end_lsn: Some((i + 1) << 24),
+                stored_bytes: 1,
+            })
+            .collect();
+        let mut policies = BTreeMap::new();
+        policies.insert(
+            "db".to_string(),
+            RetentionPolicy {
+                keep_last: Some(1),
+                pitr_window: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        );
+        let options = PruneOptions::default();
+        let later = Utc::now() + chrono::Duration::days(1);
+        let intact = plan_prune(&repo, &policies, &wal, &options, later)
+            .await
+            .unwrap();
+        assert!(
+            intact.retention.wal.iter().any(|w| !w.deleted.is_empty()),
+            "{intact:?}"
+        );
+        damage_manifest(&repo, &newest).await;
+        let plan = plan_prune(&repo, &policies, &wal, &options, later)
+            .await
+            .unwrap();
+        assert_eq!(plan.damaged.len(), 1);
+        assert!(
+            plan.retention
+                .wal
+                .iter()
+                .all(|w| w.deleted.is_empty() && w.bytes_freed == 0),
+            "{plan:?}"
+        );
+        assert_eq!(
+            plan.retention
+                .wal
+                .iter()
+                .map(|w| w.kept.len())
+                .sum::<usize>(),
+            wal.len()
+        );
     }
 }

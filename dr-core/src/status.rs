@@ -221,7 +221,12 @@ pub async fn status_with_wal(
         let mut problems: Vec<String> = damaged
             .iter()
             .filter(|d| d.source == name)
-            .map(|d| format!("damaged manifest {}: {}", d.object, d.reason))
+            .map(|d| {
+                format!(
+                    "damaged manifest {}: {} (prune keeps this backup and fails until the manifest is repaired or removed)",
+                    d.object, d.reason
+                )
+            })
             .collect();
         match age {
             None => problems.push("no backup".to_string()),
@@ -466,6 +471,58 @@ mod tests {
         assert!(
             text.contains("wal_archive_gaps{source=\"other\"} 0"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_manifest_is_a_problem_of_its_source() {
+        use dr_storage::object_store::path::Path;
+        let key = Identities::generate();
+        let repo = Repository::init(
+            &Location::parse("memory://status-damaged").unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        let b = repo.begin_backup("test", "db").unwrap();
+        b.write_artifact("data", &mut &b"rows"[..]).await.unwrap();
+        let good = b.commit(serde_json::json!({})).await.unwrap();
+        let b = repo.begin_backup("test", "db").unwrap();
+        b.write_artifact("data", &mut &b"rows"[..]).await.unwrap();
+        let newest = b.commit(serde_json::json!({})).await.unwrap();
+        let path = Path::from(format!("backups/db/{}/manifest.json", newest.backup_id));
+        let mut body = repo
+            .store()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        body[0] ^= 1;
+        repo.store().put(&path, body.into()).await.unwrap();
+        let s = status_with_wal(
+            &repo,
+            &[],
+            &ObjectivesConfig::default(),
+            &BTreeMap::new(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.len(), 1);
+        assert!(!s[0].ok(), "{s:?}");
+        assert_eq!(
+            s[0].last_backup_id.as_deref(),
+            Some(good.backup_id.as_str())
+        );
+        assert!(
+            s[0].problems
+                .iter()
+                .any(|p| p.starts_with("damaged manifest ") && p.contains(&newest.backup_id)),
+            "{s:?}"
         );
     }
 }
