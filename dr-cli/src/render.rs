@@ -101,10 +101,13 @@ pub fn show(m: &Manifest) -> String {
         ]);
     }
     out.push_str(&t.to_string());
-    if let Some(counts) = m.metadata.get("row_counts").and_then(|c| c.as_object()) {
+    let logical = (m.source.kind == dr_postgres::KIND_LOGICAL)
+        .then(|| dr_postgres::LogicalMetadata::from_manifest(m).ok())
+        .flatten();
+    if let Some(meta) = logical {
         out.push_str("\n\n");
         let mut t = table(&["TABLE", "ROWS"]);
-        for (name, n) in counts {
+        for (name, n) in &meta.row_counts {
             t.add_row(vec![
                 Cell::new(name),
                 Cell::new(n).set_alignment(CellAlignment::Right),

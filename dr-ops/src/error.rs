@@ -136,6 +136,8 @@ macro_rules! from_system_error {
 from_system_error!(
     dr_postgres::Error,
     dr_postgres::WalError,
+    dr_postgres::PitrError,
+    dr_postgres::FormatError,
     dr_vault::VaultError,
     dr_k8s::Error,
     dr_dns::DnsError,

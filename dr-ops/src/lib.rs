@@ -236,3 +236,19 @@ pub fn generate_key(output: &std::path::Path, force: bool) -> Result<String> {
         .map_err(|e| Error::io(what(), e))?;
     Ok(id.recipients().to_strings().remove(0))
 }
+
+impl Ops {
+    /// The DNS provider of `[dns]`, for `dr dns` and the `dns.*` plan steps.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] without a `[dns]` section; the provider cannot be
+    /// set up (credentials, a TSIG key file).
+    pub async fn dns_provider(&self) -> Result<Arc<dyn dr_core::dns::DnsProvider>> {
+        let dns = self.config.dns.as_ref().ok_or_else(|| {
+            Error::usage(
+                "dr dns needs a [dns] section in dr.toml (provider = \"route53\" or \"rfc2136\")",
+            )
+        })?;
+        Ok(dr_dns::connect(dns).await?)
+    }
+}

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use dr_core::dns::{Expect, RecordKey, RecordSet, RecordType, WaitOptions};
 use dr_dns::{FailoverOptions, FailoverSpec};
 
-use dr_ops::DrConfig;
+use dr_ops::Ops;
 
 use crate::args::DnsCommand;
 use crate::exit::{Usage, EXIT_OK};
@@ -14,13 +14,8 @@ use crate::exit::{Usage, EXIT_OK};
 ///
 /// # Errors
 /// No `[dns]` section, bad record names, provider errors.
-pub(super) async fn run(config: &DrConfig, cmd: &DnsCommand, json: bool) -> Result<i32> {
-    let dns = config.dns.as_ref().ok_or_else(|| {
-        Usage::msg(
-            "dr dns needs a [dns] section in dr.toml (provider = \"route53\" or \"rfc2136\")",
-        )
-    })?;
-    let provider = dr_dns::connect(dns).await.map_err(dr_core::Error::from)?;
+pub(super) async fn run(ops: &Ops, cmd: &DnsCommand, json: bool) -> Result<i32> {
+    let provider = ops.dns_provider().await?;
     let rtype = |t: &str| -> Result<RecordType> {
         t.parse::<RecordType>()
             .map_err(|e| Usage::msg(format!("record type {t:?}: {e}")))

@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::WalFetch(a) => Ok(wal::fetch(&ctx.ops(&a.repo), a, cli.json).await),
         Command::Plan(c) => plan::run(&ctx, c).await,
         Command::Drill(a) => plan::drill(&ctx, a).await,
-        Command::Dns(c) => dns::run(&ctx.config, c, cli.json).await,
+        Command::Dns(c) => dns::run(&ctx.ops(&RepoArgs::default()), c, cli.json).await,
     }
 }
 
