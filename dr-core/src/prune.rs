@@ -544,6 +544,52 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_flipped_digit_in_the_newest_manifest_keeps_its_backup() {
+        let repo = repo("digit").await;
+        let b1 = backup(&repo, serde_json::json!({ "rows": 100 })).await;
+        let b2 = backup(&repo, serde_json::json!({ "rows": 100 })).await;
+        let b3 = backup(&repo, serde_json::json!({ "rows": 100 })).await;
+        let b3_objects = objects_of(&repo, &b3).await;
+        let path = Path::from(format!("backups/db/{}/manifest.json", b3.backup_id));
+        let text = repo
+            .store()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let text = String::from_utf8(text.to_vec())
+            .unwrap()
+            .replace("\"rows\": 100", "\"rows\": 101");
+        repo.store()
+            .put(&path, PutPayload::from(text.into_bytes()))
+            .await
+            .unwrap();
+        let options = PruneOptions {
+            orphan_grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let later = Utc::now() + chrono::Duration::days(30);
+        let plan = plan_prune(&repo, &keep_last(2), &[], &options, later)
+            .await
+            .unwrap();
+        assert_eq!(plan.damaged.len(), 1, "{plan:?}");
+        assert!(plan.damaged[0].reason.contains("digest"), "{plan:?}");
+        assert!(plan.orphans.is_empty());
+        assert!(prune(&repo, &plan, &options).await.is_err());
+        assert_eq!(objects_of(&repo, &b3).await, b3_objects);
+        let listed: Vec<String> = repo
+            .list_backups(Some("db"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.backup_id)
+            .collect();
+        assert_eq!(listed, vec![b1.backup_id, b2.backup_id]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn no_wal_of_a_source_with_a_damaged_manifest_is_deleted() {
         let repo = repo("damaged-wal").await;
         let physical = |start: &str, stop: &str| {

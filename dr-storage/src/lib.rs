@@ -14,6 +14,11 @@
 //! - [`Recipients`] / [`Identities`]: age X25519 keys.
 //! - [`WalArchive`]: archived PostgreSQL WAL, create-only, named by digest.
 //!
+//! Manifests and `dr-repo.json` carry a SHA-256 digest of their canonical
+//! JSON, checked on every read: a flipped byte in one is damage naming it
+//! ([`Error::Corrupt`]), and a backup whose manifest is damaged is reported,
+//! never taken for an orphan (see [`Manifest`] and [`DamagedManifest`]).
+//!
 //! The codec compresses with zstd, encrypts with age, and records size and
 //! SHA-256 of plaintext and stored bytes. Everything streams: memory stays at a
 //! few chunk buffers plus `part_size * (upload_concurrency + 1)` of upload

@@ -1,12 +1,25 @@
-//! Manifests: the commit point of a backup.
+//! Manifests: the commit point of a backup, and the digest that protects
+//! them and `dr-repo.json` (see [`Manifest`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::codec::ArtifactInfo;
+use crate::error::{Error, Result};
 
-/// The manifest format this build writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest format this build writes: 2, a manifest with a
+/// [`Manifest::digest`]. Version 1 (no digest) is still read.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// The first manifest format version that must carry a digest.
+const FIRST_DIGESTED_VERSION: u32 = 2;
+
+/// The prefix of a digest value: the algorithm.
+const DIGEST_PREFIX: &str = "sha256:";
+
+/// The name of the digest field in a protected JSON document.
+const DIGEST_FIELD: &str = "digest";
 
 /// Which source a backup came from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,8 +43,32 @@ pub struct CodecInfo {
 
 /// `backups/<source>/<backup-id>/manifest.json`: written last, with a
 /// conditional create, never overwritten. A backup exists exactly when its
-/// manifest does. Readable without any key.
+/// manifest does. Readable without any key; its [`digest`](Manifest::digest)
+/// is checked on every read.
+///
+/// # Digests
+/// A manifest (format version 2 on) and `dr-repo.json` carry a `"digest"`
+/// field: `sha256:` and the hex SHA-256 of the document's *canonical form*
+/// without that field. The canonical form is the document as a JSON value,
+/// written with no whitespace, object keys sorted by their UTF-8 bytes, and
+/// strings and numbers as `serde_json` writes them (RFC 8785's idea, not its
+/// exact number format: a reader and a writer of dr agree). Every read checks
+/// it, so a flipped digit in a row count, a time or an LSN is found without
+/// any key, and reported as [`Error::Corrupt`] naming the object.
+///
+/// The repository id a manifest records is not compared with
+/// `dr-repo.json`'s: `dr repo sync` (issue 15) copies manifests as stored
+/// bytes into repositories with their own ids. `dr-repo.json` is protected by
+/// its own digest instead ([`crate::RepoConfig::digest`]).
+///
+/// Format compatibility: a version 1 manifest (written before digests) has no
+/// digest and is read without one: it is *unprotected*
+/// ([`Manifest::digest`] is `None`). A version 2 manifest without a digest is
+/// damage (a flip in the field's name or its removal), as is any unknown
+/// field. A manifest of a newer version than [`MANIFEST_VERSION`] is refused
+/// ([`Error::UnsupportedFormat`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// [`MANIFEST_VERSION`] at the time of writing.
     pub format_version: u32,
@@ -55,6 +92,10 @@ pub struct Manifest {
     pub artifacts: Vec<ArtifactInfo>,
     /// What the source recorded (server version, LSNs, row counts, ...).
     pub metadata: serde_json::Value,
+    /// `sha256:<hex>` of the canonical form of every other field (see [`Manifest`]). `None` only for a version 1 manifest, written before
+    /// digests: such a manifest is read unprotected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl Manifest {
@@ -76,6 +117,149 @@ impl Manifest {
     /// Wall time of the backup.
     pub fn duration(&self) -> chrono::Duration {
         self.finished_at - self.started_at
+    }
+
+    /// Whether this manifest carries a digest (false only for a version 1
+    /// manifest, read without an integrity check).
+    pub fn is_protected(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    /// This manifest with [`Manifest::digest`] set to the digest of its other
+    /// fields (whatever it held before).
+    pub fn sealed(mut self) -> Self {
+        self.digest = None;
+        let value = serde_json::to_value(&self).expect("a manifest serialises");
+        self.digest = Some(digest_of(&value));
+        self
+    }
+
+    /// The bytes stored as `manifest.json`: pretty JSON of
+    /// [`Manifest::sealed`].
+    pub fn to_stored_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.clone().sealed()).expect("a manifest serialises")
+    }
+
+    /// Parses and checks the stored bytes of the manifest `object`.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when it is not JSON or not a manifest (an unknown
+    /// field included); [`Error::UnsupportedFormat`] (its `location` is
+    /// `object`) for a newer format version; [`Error::Corrupt`] naming
+    /// `object` when the digest does not match, or is missing from a
+    /// version 2 manifest.
+    pub fn from_stored(object: &str, bytes: &[u8]) -> Result<Self> {
+        let format = |source| Error::Format {
+            object: object.to_string(),
+            what: "manifest",
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(format)?;
+        let version = value
+            .get("format_version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if version == 0 {
+            return Err(Error::Corrupt {
+                object: object.to_string(),
+                reason: "its format_version is missing or not a positive number".into(),
+            });
+        }
+        if version > u64::from(MANIFEST_VERSION) {
+            return Err(Error::UnsupportedFormat {
+                location: object.to_string(),
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+                supported: MANIFEST_VERSION,
+            });
+        }
+        let digested = check_digest(object, &value)?;
+        if !digested && version >= u64::from(FIRST_DIGESTED_VERSION) {
+            return Err(Error::Corrupt {
+                object: object.to_string(),
+                reason: format!(
+                    "a format version {version} manifest must carry a digest and this one has none"
+                ),
+            });
+        }
+        serde_json::from_value(value).map_err(format)
+    }
+}
+
+/// `sha256:<hex>` of the canonical form of `value` without its top-level
+/// `digest` field (see [`Manifest`]).
+pub(crate) fn digest_of(value: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut without = map.clone();
+            without.remove(DIGEST_FIELD);
+            write_canonical(&serde_json::Value::Object(without), &mut out);
+        }
+        other => write_canonical(other, &mut out),
+    }
+    format!("{DIGEST_PREFIX}{}", hex::encode(Sha256::digest(&out)))
+}
+
+/// Checks the `digest` field of the JSON document `object`, when it has one.
+/// Returns whether it had one.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `object` when the digest is not a `sha256:`
+/// digest or does not match the document.
+pub(crate) fn check_digest(object: &str, value: &serde_json::Value) -> Result<bool> {
+    let Some(recorded) = value.get(DIGEST_FIELD) else {
+        return Ok(false);
+    };
+    let corrupt = |reason: String| Error::Corrupt {
+        object: object.to_string(),
+        reason,
+    };
+    let Some(recorded) = recorded.as_str() else {
+        return Err(corrupt(format!("its digest {recorded} is not a string")));
+    };
+    if !recorded.starts_with(DIGEST_PREFIX) {
+        return Err(corrupt(format!(
+            "its digest {recorded:?} is not a {DIGEST_PREFIX} digest"
+        )));
+    }
+    let computed = digest_of(value);
+    if computed != recorded {
+        return Err(corrupt(format!(
+            "its content does not match its digest (recorded {recorded}, content {computed}): \
+             the document was changed or damaged after it was written"
+        )));
+    }
+    Ok(true)
+}
+
+/// Writes `v` in canonical form: no whitespace, object keys sorted by bytes.
+fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            out.push(b'{');
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
+                out.push(b':');
+                write_canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
     }
 }
 

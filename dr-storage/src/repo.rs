@@ -51,6 +51,51 @@ pub struct RepoConfig {
     /// The scrypt work factor of `passphrase_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrypt_work_factor: Option<u8>,
+    /// `sha256:<hex>` of the canonical form of the other fields, checked
+    /// whenever the repository is opened (computed as [`Manifest`]'s digest).
+    /// `None` in a repository made before digests: it is read unprotected.
+    /// A `dr` older than digests cannot open a repository whose
+    /// `dr-repo.json` has one (unknown field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+impl RepoConfig {
+    /// This configuration with [`RepoConfig::digest`] set to the digest of
+    /// its other fields.
+    pub fn sealed(mut self) -> Self {
+        self.digest = None;
+        let value = serde_json::to_value(&self).expect("config serialises");
+        self.digest = Some(crate::manifest::digest_of(&value));
+        self
+    }
+
+    /// Parses and checks the stored bytes of `dr-repo.json`. The format
+    /// version is compared with [`FORMAT_VERSION`] before anything else, so
+    /// that a newer repository is refused as such.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedFormat`] for a newer format (naming `location`);
+    /// [`Error::Format`] when it does not parse; [`Error::Corrupt`] naming
+    /// `dr-repo.json` when its digest does not match.
+    pub fn from_stored(location: &str, bytes: &[u8]) -> Result<Self> {
+        let format = |source| Error::Format {
+            object: REPO_CONFIG.into(),
+            what: "repository configuration",
+            source,
+        };
+        let probe: VersionProbe = serde_json::from_slice(bytes).map_err(format)?;
+        if probe.format_version > FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                location: location.to_string(),
+                found: probe.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(format)?;
+        crate::manifest::check_digest(REPO_CONFIG, &value)?;
+        serde_json::from_value(value).map_err(format)
+    }
 }
 
 #[derive(Deserialize)]
@@ -194,7 +239,9 @@ impl Repository {
             recipients: parsed.to_strings(),
             scrypt_work_factor: passphrase_key.as_ref().map(|_| keys::SCRYPT_WORK_FACTOR),
             passphrase_key,
-        };
+            digest: None,
+        }
+        .sealed();
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
         match put_create(&store, REPO_CONFIG, body.into()).await {
             Ok(()) => {}
@@ -214,11 +261,14 @@ impl Repository {
         ))
     }
 
-    /// Opens the repository at `location`.
+    /// Opens the repository at `location`, checking the digest of
+    /// `dr-repo.json` when it has one.
     ///
     /// # Errors
     /// [`Error::NotInitialized`] without `dr-repo.json`;
-    /// [`Error::UnsupportedFormat`] when a newer `dr` made it.
+    /// [`Error::UnsupportedFormat`] when a newer `dr` made it;
+    /// [`Error::Corrupt`] naming `dr-repo.json` when its digest does not
+    /// match; [`Error::Format`] when it does not parse.
     pub async fn open(location: &Location, store_options: &StoreOptions) -> Result<Self> {
         let store = location.open(store_options, false)?;
         Self::open_store(store, location.to_string()).await
@@ -235,24 +285,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::NotInitialized { location }),
             Err(e) => return Err(e),
         };
-        let probe: VersionProbe =
-            serde_json::from_slice(&body).map_err(|source| Error::Format {
-                object: REPO_CONFIG.into(),
-                what: "repository configuration",
-                source,
-            })?;
-        if probe.format_version > FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                location,
-                found: probe.format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let config: RepoConfig = serde_json::from_slice(&body).map_err(|source| Error::Format {
-            object: REPO_CONFIG.into(),
-            what: "repository configuration",
-            source,
-        })?;
+        let config = RepoConfig::from_stored(&location, &body)?;
         let recipients = Recipients::parse(&config.recipients)?;
         Ok(Self::from_parts(store, location, config, recipients))
     }
@@ -406,8 +439,10 @@ impl Repository {
         Ok(manifests)
     }
 
-    /// As [`Repository::list_backups`], and the manifests that exist but do
-    /// not parse (a damaged manifest hides its own backup, never the others).
+    /// As [`Repository::list_backups`], and the manifests that exist but
+    /// cannot be used: they do not parse, their digest does not match, or a
+    /// newer `dr` wrote them (a damaged manifest hides its own backup, never
+    /// the others). A backup directory without a manifest is in neither list.
     ///
     /// # Errors
     /// Store errors.
@@ -434,15 +469,10 @@ impl Repository {
                 match self.manifest(&source, id).await {
                     Ok(m) => out.push(m),
                     Err(Error::NotFound { .. }) => {}
-                    Err(Error::Format {
-                        object, source: e, ..
-                    }) => damaged.push(DamagedManifest {
-                        source: source.clone(),
-                        backup_id: id.to_string(),
-                        object,
-                        reason: e.to_string(),
-                    }),
-                    Err(e) => return Err(e),
+                    Err(e) => match DamagedManifest::from_error(&source, id, &e) {
+                        Some(d) => damaged.push(d),
+                        None => return Err(e),
+                    },
                 }
             }
         }
@@ -456,33 +486,45 @@ impl Repository {
         Ok((out, damaged))
     }
 
-    /// Reads one manifest.
+    /// Reads one manifest and checks its digest ([`Manifest::from_stored`]).
     ///
     /// # Errors
-    /// [`Error::NotFound`] when the backup has no manifest.
+    /// [`Error::NotFound`] when the backup has no manifest;
+    /// [`Error::Corrupt`] naming the manifest when its digest does not match;
+    /// [`Error::Format`]; [`Error::UnsupportedFormat`]; store errors.
     pub async fn manifest(&self, source: &str, id: &str) -> Result<Manifest> {
         let path = manifest_path(source, id);
         let body = get_bytes(&self.inner.store, &path).await?;
-        serde_json::from_slice(&body).map_err(|source| Error::Format {
-            object: path,
-            what: "manifest",
-            source,
-        })
+        Manifest::from_stored(&path, &body)
     }
 
     /// Finds a backup by id, or `latest`, optionally within one source.
     ///
+    /// A damaged manifest is never skipped silently here: an id naming a
+    /// backup whose manifest is damaged fails with that damage, and `latest`
+    /// fails when a damaged manifest may be the newest backup of the source
+    /// (its directory name, the backup id, starts with a time to the second
+    /// no earlier than the newest readable one's), instead of returning an
+    /// older backup.
+    ///
     /// # Errors
     /// [`Error::BackupNotFound`]; with `latest` and no source in a repository
-    /// holding several sources, [`Error::InvalidName`] asking for a source.
+    /// holding several sources, [`Error::InvalidName`] asking for a source;
+    /// [`Error::Corrupt`], [`Error::Format`] or [`Error::UnsupportedFormat`]
+    /// naming the manifest of the backup asked for (see above).
     pub async fn find_backup(&self, source: Option<&str>, selector: &str) -> Result<Manifest> {
-        let all = self.list_backups(source).await?;
+        let (all, damaged) = self.list_backups_checked(source).await?;
         let not_found = || Error::BackupNotFound {
             source_name: source.unwrap_or("*").to_string(),
             id: selector.to_string(),
         };
         if selector == "latest" {
-            let mut names: Vec<&str> = all.iter().map(|m| m.source.name.as_str()).collect();
+            let mut names: Vec<&str> = all
+                .iter()
+                .map(|m| m.source.name.as_str())
+                .chain(damaged.iter().map(|d| d.source.as_str()))
+                .collect();
+            names.sort_unstable();
             names.dedup();
             if source.is_none() && names.len() > 1 {
                 return Err(Error::InvalidName {
@@ -491,15 +533,42 @@ impl Repository {
                     reason: "several sources have backups: name the source (--source)",
                 });
             }
-            return all.into_iter().next_back().ok_or_else(not_found);
+            let newest = all.into_iter().next_back();
+            // A backup id starts with its start time to the second: a
+            // damaged one of the same second or later may be the newest.
+            let second = |id: &str| id.split('-').next().unwrap_or(id).to_string();
+            let newer_damage = damaged
+                .iter()
+                .filter(|d| {
+                    newest
+                        .as_ref()
+                        .is_none_or(|m| second(&d.backup_id) >= second(&m.backup_id))
+                })
+                .max_by(|a, b| a.backup_id.cmp(&b.backup_id));
+            if let Some(d) = newer_damage {
+                return Err(Error::Corrupt {
+                    object: d.object.clone(),
+                    reason: format!(
+                        "{}; it may be the newest backup of source {}: name an older backup by id to use one",
+                        d.reason, d.source
+                    ),
+                });
+            }
+            return newest.ok_or_else(not_found);
         }
         let matches: Vec<Manifest> = all
             .into_iter()
             .filter(|m| m.backup_id == selector || m.backup_id.starts_with(selector))
             .collect();
-        match matches.len() {
-            1 => Ok(matches.into_iter().next().expect("one")),
-            0 => Err(not_found()),
+        let damaged_matches: Vec<&DamagedManifest> = damaged
+            .iter()
+            .filter(|d| d.backup_id == selector || d.backup_id.starts_with(selector))
+            .collect();
+        match (matches.len(), damaged_matches.as_slice()) {
+            (1, []) => Ok(matches.into_iter().next().expect("one")),
+            (0, []) => Err(not_found()),
+            // The backup asked for: read it again for the typed error.
+            (0, [d]) => self.manifest(&d.source, &d.backup_id).await,
             _ => Err(Error::InvalidName {
                 what: "backup id",
                 name: selector.into(),
@@ -602,7 +671,9 @@ impl Repository {
     }
 }
 
-/// A manifest that exists but does not parse.
+/// A manifest that exists but cannot be used: it does not parse, its digest
+/// does not match, or a newer `dr` wrote it. Its backup is not listed, and
+/// must not be deleted as an orphan either.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamagedManifest {
     /// Source name.
@@ -611,8 +682,33 @@ pub struct DamagedManifest {
     pub backup_id: String,
     /// The manifest object.
     pub object: String,
-    /// The parser's error.
+    /// What is wrong with it.
     pub reason: String,
+}
+
+impl DamagedManifest {
+    /// The damage `e` describes, for the manifest of backup `id` of
+    /// `source`: `Some` for [`Error::Format`], [`Error::Corrupt`] and
+    /// [`Error::UnsupportedFormat`], `None` for any other error (the store
+    /// failed: nothing is known about the manifest).
+    pub fn from_error(source: &str, id: &str, e: &Error) -> Option<Self> {
+        let reason = match e {
+            Error::Format { source: cause, .. } => format!("not a valid manifest: {cause}"),
+            Error::Corrupt { reason, .. } => reason.clone(),
+            Error::UnsupportedFormat {
+                found, supported, ..
+            } => format!(
+                "format version {found}, this dr reads versions up to {supported}: written by a newer dr, or damaged"
+            ),
+            _ => return None,
+        };
+        Some(DamagedManifest {
+            source: source.to_string(),
+            backup_id: id.to_string(),
+            object: manifest_path(source, id),
+            reason,
+        })
+    }
 }
 
 /// A backup being written. Data goes into artifacts; [`BackupWriter::commit`]
@@ -736,10 +832,15 @@ impl BackupWriter {
             recipients: self.repo.inner.recipients.fingerprints(),
             artifacts,
             metadata,
-        };
-        self.repo
-            .put_json_create(&manifest_path(&self.source.name, &self.id), &manifest)
-            .await?;
+            digest: None,
+        }
+        .sealed();
+        put_create(
+            &self.repo.inner.store,
+            &manifest_path(&self.source.name, &self.id),
+            manifest.to_stored_bytes().into(),
+        )
+        .await?;
         tracing::info!(source = %self.source.name, backup_id = %self.id, "backup committed");
         Ok(manifest)
     }
