@@ -4,7 +4,6 @@
 //! (webhook against wiremock: what a Slack endpoint does with a POST cannot
 //! run here; email against a local aiosmtpd sink), and the example YAML.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use dr_ops::DrConfig;
 use dr_core::metrics::AgentMetrics;
 use dr_core::schedule::{CronSchedule, ManualClock, Tz};
 use dr_core::{BackupSource, InMemorySource};
-use dr_postgres::testing::{should_run, TestCluster};
+use dr_postgres::testing::{free_port, should_run, TestCluster};
 use dr_storage::{BackupWriter, Identities, InitOptions, Location, Repository, StoreOptions};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -294,14 +293,6 @@ async fn shutdown_waits_then_aborts_and_lists_nothing() {
 }
 
 // ---- the binary against PostgreSQL ----
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct AgentEnv {
     dir: tempfile::TempDir,

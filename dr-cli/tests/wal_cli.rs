@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dr_postgres::testing::{self, ClusterOptions, TestCluster};
+use dr_postgres::testing::{self, free_port, ClusterOptions, TestCluster};
 use dr_storage::{Location, Repository, StoreOptions, WalArchive};
 
 /// The binary under test.
@@ -164,14 +164,6 @@ fn psql_port(bin: &Path, port: u16, sql: &str) -> Result<String, String> {
     } else {
         Err(stderr(&out))
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A restored data directory whose server is stopped on drop.

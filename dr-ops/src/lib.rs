@@ -252,3 +252,29 @@ impl Ops {
         Ok(dr_dns::connect(dns).await?)
     }
 }
+
+impl Ops {
+    /// The backups in the repository (of `source` when given), oldest
+    /// first, and the backups whose manifest exists but cannot be read
+    /// (not listed; a front end warns about them).
+    ///
+    /// # Errors
+    /// The repository cannot be opened or listed.
+    pub async fn list(
+        &self,
+        source: Option<&str>,
+    ) -> Result<(Vec<dr_storage::Manifest>, Vec<dr_storage::DamagedManifest>)> {
+        let repo = self.open().await?;
+        Ok(repo.list_backups_checked(source).await?)
+    }
+
+    /// The manifest of backup `selector` (an id, a unique prefix, or
+    /// `latest`) of `source`.
+    ///
+    /// # Errors
+    /// No such backup (a usage error), an ambiguous prefix; the repository.
+    pub async fn show(&self, source: Option<&str>, selector: &str) -> Result<dr_storage::Manifest> {
+        let repo = self.open().await?;
+        Ok(repo.find_backup(source, selector).await?)
+    }
+}

@@ -143,8 +143,7 @@ impl Ctx<'_> {
     }
 
     async fn list(&self, a: &ListArgs) -> Result<i32> {
-        let repo = self.ops(&a.repo).open().await?;
-        let (all, damaged) = repo.list_backups_checked(a.source.as_deref()).await?;
+        let (all, damaged) = self.ops(&a.repo).list(a.source.as_deref()).await?;
         for d in &damaged {
             eprintln!(
                 "warning: damaged manifest {} (backup not listed): {}",
@@ -160,8 +159,7 @@ impl Ctx<'_> {
     }
 
     async fn show(&self, a: &ShowArgs) -> Result<i32> {
-        let repo = self.ops(&a.repo).open().await?;
-        let m = repo.find_backup(a.source.as_deref(), &a.backup).await?;
+        let m = self.ops(&a.repo).show(a.source.as_deref(), &a.backup).await?;
         if self.cli.json {
             self.print_json(&m)?;
         } else {
