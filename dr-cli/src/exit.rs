@@ -111,6 +111,9 @@ mod tests {
         assert_eq!(code(&verify), EXIT_VERIFY_FAILED);
         assert_eq!(code(&anyhow::anyhow!("other")), EXIT_FAILED);
         assert_eq!(code(&Usage::msg("bad")), EXIT_USAGE);
-        assert_eq!(message(&anyhow::anyhow!("inner").context("outer")), "outer: inner");
+        assert_eq!(
+            message(&anyhow::anyhow!("inner").context("outer")),
+            "outer: inner"
+        );
     }
 }

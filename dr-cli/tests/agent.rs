@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use dr_ops::agent::{Agent, RunSummary};
-use dr_ops::DrConfig;
 use dr_core::metrics::AgentMetrics;
 use dr_core::schedule::{CronSchedule, ManualClock, Tz};
 use dr_core::{BackupSource, InMemorySource};
+use dr_ops::agent::{Agent, RunSummary};
+use dr_ops::DrConfig;
 use dr_postgres::testing::{free_port, should_run, TestCluster};
 use dr_storage::{BackupWriter, Identities, InitOptions, Location, Repository, StoreOptions};
 use tokio::sync::{oneshot, Semaphore};
@@ -900,7 +900,11 @@ async fn scheduled_verification_is_recorded_as_dr_verify_records_it() {
     let (after_agent, code) = dr_status(&config_file);
     assert_eq!(code, Some(0), "{after_agent:#}");
     let by_agent = after_agent["sources"][0]["last_verify"].clone();
-    assert_eq!(by_agent["backup_id"], m.backup_id.as_str(), "{after_agent:#}");
+    assert_eq!(
+        by_agent["backup_id"],
+        m.backup_id.as_str(),
+        "{after_agent:#}"
+    );
     assert_eq!(by_agent["ok"], true);
     assert_eq!(by_agent["level"], "decoded");
 
@@ -911,7 +915,11 @@ async fn scheduled_verification_is_recorded_as_dr_verify_records_it() {
         .args(["verify", "latest", "--source", "app"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (after_cli, _) = dr_status(&config_file);
     let by_cli = &after_cli["sources"][0]["last_verify"];
     for field in ["source", "backup_id", "level", "ok", "unproven", "problems"] {
@@ -926,8 +934,12 @@ async fn scheduled_verification_is_recorded_as_dr_verify_records_it() {
         .unwrap();
     let text = String::from_utf8(prom.stdout).unwrap();
     assert!(
-        sample(&parse(&text), "verify_last_success_timestamp_seconds", &[("source", "app")])
-            .is_some(),
+        sample(
+            &parse(&text),
+            "verify_last_success_timestamp_seconds",
+            &[("source", "app")]
+        )
+        .is_some(),
         "{text}"
     );
 }

@@ -857,7 +857,10 @@ fn the_agents_prune_removes_the_same_wal_as_dr_prune() {
     let summary = rt.block_on(async {
         use std::sync::Arc;
         let config = dr_ops::DrConfig::load(&env.path("dr.toml")).unwrap();
-        let ops = dr_ops::Ops::new(config, dr_ops::RepositoryArgs::with_repo(twin.to_str().unwrap()));
+        let ops = dr_ops::Ops::new(
+            config,
+            dr_ops::RepositoryArgs::with_repo(twin.to_str().unwrap()),
+        );
         let metrics = Arc::new(dr_core::metrics::AgentMetrics::new());
         let clock = Arc::new(dr_core::schedule::ManualClock::new(chrono::Utc::now()));
         let agent = ops
@@ -873,7 +876,10 @@ fn the_agents_prune_removes_the_same_wal_as_dr_prune() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         // Only once the agent has scheduled its jobs does the clock move.
         while !ready.load(std::sync::atomic::Ordering::SeqCst) {
-            assert!(std::time::Instant::now() < deadline, "the agent did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not start"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         clock.advance(chrono::Duration::seconds(61));
@@ -885,22 +891,25 @@ fn the_agents_prune_removes_the_same_wal_as_dr_prune() {
             })
         };
         while !pruned() {
-            assert!(std::time::Instant::now() < deadline, "the scheduled prune did not run");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the scheduled prune did not run"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         stop.send(()).unwrap();
         run.await.unwrap().unwrap()
     });
     assert_eq!(summary.started, 1, "{summary:?}");
-    assert_eq!(wal_objects(&twin), by_cli, "the agent pruned other WAL than dr prune");
+    assert_eq!(
+        wal_objects(&twin),
+        by_cli,
+        "the agent pruned other WAL than dr prune"
+    );
     let list = |r: &std::path::Path| {
-        let v: serde_json::Value = serde_json::from_str(&env.ok(&[
-            "list",
-            "--json",
-            "--repo",
-            r.to_str().unwrap(),
-        ]))
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["list", "--json", "--repo", r.to_str().unwrap()]))
+                .unwrap();
         v.as_array()
             .unwrap()
             .iter()

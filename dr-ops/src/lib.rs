@@ -57,9 +57,7 @@ pub mod wal;
 
 use std::sync::Arc;
 
-use dr_storage::{
-    Identities, InitOptions, KeySource, Progress, Repository, RepositorySettings,
-};
+use dr_storage::{Identities, InitOptions, KeySource, Progress, Repository, RepositorySettings};
 
 pub use backup::{backup_source, BackupTarget};
 pub use config::{

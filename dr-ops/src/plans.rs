@@ -109,10 +109,7 @@ impl Ops {
         }
         let opts = CheckOptions::with_set(vars).drill(drill);
         let plan = check_file(file, &ctx.registry, &opts).map_err(|e| {
-            Error::config(
-                format!("plan {}", file.display()),
-                dr_core::Error::from(e),
-            )
+            Error::config(format!("plan {}", file.display()), dr_core::Error::from(e))
         })?;
         Ok((plan, ctx))
     }

@@ -115,7 +115,14 @@ pub async fn plan(
     now: DateTime<Utc>,
 ) -> Result<PrunePlan> {
     let (wal, _) = dr_postgres::wal::retention::all_retention_facts(repo).await?;
-    Ok(prune::plan_prune(repo, &config.retention_policies(), &wal, &opts.library(), now).await?)
+    Ok(prune::plan_prune(
+        repo,
+        &config.retention_policies(),
+        &wal,
+        &opts.library(),
+        now,
+    )
+    .await?)
 }
 
 /// Plans and carries out a prune of `repo` under `config`'s policies: the

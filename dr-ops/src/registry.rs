@@ -225,13 +225,11 @@ pub fn scratch_restorer(
                 Some(dsn) => dsn_arg(dsn, "--scratch")?,
                 None => match config.sources.get(&manifest.source.name).map(|e| &e.config) {
                     Some(SourceConfig::Postgres(c)) => c.connection()?,
-                    _ => {
-                        return Err(Error::usage(format!(
-                            "verify --restore of {} needs --scratch DSN (a PostgreSQL server for the \
+                    _ => return Err(Error::usage(format!(
+                        "verify --restore of {} needs --scratch DSN (a PostgreSQL server for the \
                              scratch database)",
-                            manifest.source.name
-                        )))
-                    }
+                        manifest.source.name
+                    ))),
                 },
             };
             let mut o = LogicalRestoreOptions::default();

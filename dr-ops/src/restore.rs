@@ -126,7 +126,10 @@ pub struct PitrArgs {
     #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
     pub pgdata: Option<PathBuf>,
     /// Recover to this time; give an offset (`+00`), else UTC is assumed.
-    #[cfg_attr(feature = "clap", arg(long, value_name = "TIME", group = "pitr_target"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "TIME", group = "pitr_target")
+    )]
     pub target_time: Option<String>,
     /// Recover to this LSN.
     #[cfg_attr(feature = "clap", arg(long, value_name = "LSN", group = "pitr_target"))]
@@ -135,7 +138,10 @@ pub struct PitrArgs {
     #[cfg_attr(feature = "clap", arg(long, value_name = "XID", group = "pitr_target"))]
     pub target_xid: Option<u64>,
     /// Recover to this restore point.
-    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME", group = "pitr_target"))]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "NAME", group = "pitr_target")
+    )]
     pub target_name: Option<String>,
     /// `immediate` (end of the backup) or `latest` (end of the archive).
     #[cfg_attr(feature = "clap", arg(long, value_enum, group = "pitr_target"))]
@@ -290,7 +296,9 @@ impl Ops {
         // so a bad flag is a usage error whatever the repository holds.
         let pitr = if opts.pitr.pgdata.is_some() {
             let source = source.ok_or_else(|| {
-                Error::usage("a point-in-time restore needs --source NAME (the WAL archive's source)")
+                Error::usage(
+                    "a point-in-time restore needs --source NAME (the WAL archive's source)",
+                )
             })?;
             let opts = opts
                 .pitr

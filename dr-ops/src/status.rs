@@ -67,14 +67,8 @@ pub async fn read(
 ) -> Result<StatusReport> {
     let wal =
         dr_postgres::wal::continuity::wal_status(repo, ids, &config.pitr_windows(), now).await?;
-    let sources = dr_core::status::status_with_wal(
-        repo,
-        names,
-        &config.objectives,
-        &wal,
-        now,
-    )
-    .await?;
+    let sources =
+        dr_core::status::status_with_wal(repo, names, &config.objectives, &wal, now).await?;
     // A drill report that cannot be read does not hide the sources' state.
     let last_drill = dr_core::drill::last_drill(repo).await.ok().flatten();
     Ok(StatusReport {

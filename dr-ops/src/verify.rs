@@ -26,7 +26,7 @@ pub struct VerifyOptions {
     #[cfg_attr(feature = "clap", arg(long))]
     pub restore: bool,
     /// PostgreSQL server for the scratch database (a DSN; a database
-    /// dr_verify_<random> is created there and dropped afterwards). Default:
+    /// `dr_verify_<random>` is created there and dropped afterwards). Default:
     /// the configured source's server.
     #[cfg_attr(
         feature = "clap",
@@ -202,7 +202,10 @@ pub async fn verify_backup(
                 Err(e) => ArchiveCheck {
                     ok: false,
                     facts: None,
-                    error: Some(format!("raft snapshot archive: {}", dr_core::error_chain(&e))),
+                    error: Some(format!(
+                        "raft snapshot archive: {}",
+                        dr_core::error_chain(&e)
+                    )),
                 },
             })
         }

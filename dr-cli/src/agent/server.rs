@@ -49,9 +49,9 @@ async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
 /// # Errors
 /// The address is taken or not allowed, naming it.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Usage::wrap(anyhow::Error::new(e).context(format!("listening on {addr} (agent.listen)"))))
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Usage::wrap(anyhow::Error::new(e).context(format!("listening on {addr} (agent.listen)")))
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.

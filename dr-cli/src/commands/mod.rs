@@ -159,7 +159,10 @@ impl Ctx<'_> {
     }
 
     async fn show(&self, a: &ShowArgs) -> Result<i32> {
-        let m = self.ops(&a.repo).show(a.source.as_deref(), &a.backup).await?;
+        let m = self
+            .ops(&a.repo)
+            .show(a.source.as_deref(), &a.backup)
+            .await?;
         if self.cli.json {
             self.print_json(&m)?;
         } else {

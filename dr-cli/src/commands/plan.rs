@@ -14,7 +14,11 @@ use super::Ctx;
 use crate::args::{DrillArgs, DrillCommand, JournalArgs, PlanCommand, PlanFileArgs};
 use crate::exit::{Usage, EXIT_FAILED, EXIT_OK, EXIT_VERIFY_FAILED};
 
-fn settings(journal: &JournalArgs, yes: bool, approval_file: Option<&std::path::Path>) -> RunSettings {
+fn settings(
+    journal: &JournalArgs,
+    yes: bool,
+    approval_file: Option<&std::path::Path>,
+) -> RunSettings {
     let mut s = RunSettings::default();
     s.journal_dir = journal.journal_dir.clone();
     s.assume_yes = yes;

@@ -39,7 +39,7 @@ pub struct RunSummary {
 }
 
 /// The long-running agent. Build it with [`Agent::new`] and the `with_*`
-/// methods (or [`super::from_config`]), then [`Agent::run`] it.
+/// methods (or [`crate::Ops::agent`]), then [`Agent::run`] it.
 pub struct Agent {
     repo: Repository,
     config: Arc<DrConfig>,
@@ -407,7 +407,11 @@ impl Agent {
                             metrics.backup_succeeded(&name, &m, took);
                             vec![(
                                 Some(name),
-                                format!("backup {} ({} bytes stored)", m.backup_id, m.stored_size()),
+                                format!(
+                                    "backup {} ({} bytes stored)",
+                                    m.backup_id,
+                                    m.stored_size()
+                                ),
                                 true,
                             )]
                         }
@@ -442,7 +446,9 @@ impl Agent {
                     let mut names = names;
                     match repo.sources().await {
                         Ok(stored) => names.extend(stored),
-                        Err(e) => tracing::warn!(error = %dr_core::error_chain(&e), "listing the repository's sources failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %dr_core::error_chain(&e), "listing the repository's sources failed")
+                        }
                     }
                     names.sort();
                     names.dedup();

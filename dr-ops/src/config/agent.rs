@@ -85,14 +85,14 @@ mod tests {
 
     #[test]
     fn defaults_and_unknown_keys() {
-        let c = DrConfig::parse("[sources.db]\nkind = 'postgres'\nschedule = '0 */6 * * *'\n")
-            .unwrap();
+        let c =
+            DrConfig::parse("[sources.db]\nkind = 'postgres'\nschedule = '0 */6 * * *'\n").unwrap();
         assert_eq!(c.sources["db"].schedule.as_deref(), Some("0 */6 * * *"));
         assert_eq!(c.agent.listen, default_listen());
         assert_eq!(c.agent.time_zone, "UTC");
         assert_eq!(c.agent.shutdown_grace, Duration::from_secs(300));
-        let c = DrConfig::parse("[agent]\nlisten = '0.0.0.0:9100'\nshutdown_grace = '30s'\n")
-            .unwrap();
+        let c =
+            DrConfig::parse("[agent]\nlisten = '0.0.0.0:9100'\nshutdown_grace = '30s'\n").unwrap();
         assert_eq!(c.agent.listen.port(), 9100);
         assert_eq!(c.agent.shutdown_grace, Duration::from_secs(30));
         let chain = |t: &str| dr_core::error_chain(&DrConfig::parse(t).unwrap_err());

@@ -146,8 +146,10 @@ impl DrConfig {
         let mut s = Schedules::default();
         for (name, entry) in &self.sources {
             if let Some(expr) = &entry.schedule {
-                s.backups
-                    .insert(name.clone(), parse(format!("sources.{name}.schedule"), expr)?);
+                s.backups.insert(
+                    name.clone(),
+                    parse(format!("sources.{name}.schedule"), expr)?,
+                );
             }
         }
         s.prune = self
