@@ -146,6 +146,9 @@ impl Ops {
     /// An unreadable key file or a key that does not open the repository
     /// (usage errors).
     pub fn identities(&self, repo: &Repository) -> Result<Option<Identities>> {
+        if let Some(f) = &self.settings.identity_file {
+            warn_if_world_readable(f);
+        }
         let keys = self.settings.key_source()?;
         if keys.identities.is_none() && keys.passphrase.is_none() {
             return Ok(None);
@@ -202,6 +205,24 @@ impl Ops {
     /// An unreadable key file (usage).
     pub fn key_source(&self) -> Result<KeySource> {
         Ok(self.settings.key_source()?)
+    }
+}
+
+/// Logs a warning when the key file `path` can be read by every user of
+/// the host. (Group-readable is fine: `restore_command` runs as the server's
+/// user, which may need a group to read it.)
+fn warn_if_world_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode();
+        if mode & 0o004 != 0 {
+            tracing::warn!(
+                "the identity file {} is readable by every user (mode {:o}): anyone on this host can decrypt the \
+                 backups; make it 0600, or 0640 with the server's group",
+                path.display(),
+                mode & 0o777
+            );
+        }
     }
 }
 

@@ -225,11 +225,13 @@ pub fn scratch_restorer(
                 Some(dsn) => dsn_arg(dsn, "--scratch")?,
                 None => match config.sources.get(&manifest.source.name).map(|e| &e.config) {
                     Some(SourceConfig::Postgres(c)) => c.connection()?,
-                    _ => return Err(Error::usage(format!(
+                    _ => {
+                        return Err(Error::usage(format!(
                         "verify --restore of {} needs --scratch DSN (a PostgreSQL server for the \
                              scratch database)",
                         manifest.source.name
-                    ))),
+                    )))
+                    }
                 },
             };
             let mut o = LogicalRestoreOptions::default();
@@ -268,11 +270,34 @@ pub async fn action_registry(
         &mut registry,
         dr_k8s::KubeContext::new(dr_k8s::ClusterConfig::default()),
     );
-    if let Some(dns) = &config.dns {
-        let provider = dr_dns::connect(dns).await?;
-        dr_dns::register(&mut registry, provider);
+    match &config.dns {
+        Some(dns) => {
+            let provider = dr_dns::connect(dns).await?;
+            dr_dns::register(&mut registry, provider);
+        }
+        None => unavailable(
+            &mut registry,
+            &[dr_dns::FAILOVER_ACTION],
+            "needs a [dns] section in dr.toml (provider = \"route53\" or \"rfc2136\")",
+        ),
     }
-    if let (Some(repo), Some(ids)) = (repo, ids) {
+    let (Some(repo), Some(ids)) = (repo, ids) else {
+        // Documented actions stay known: a plan that uses one fails its
+        // check naming what is missing, not as an unknown action.
+        unavailable(
+            &mut registry,
+            &[
+                dr_vault::RESTORE_ACTION,
+                dr_postgres::logical::action::LOGICAL_RESTORE,
+                dr_postgres::logical::action::VERIFY,
+                dr_postgres::physical::PITR_RESTORE,
+            ],
+            "needs the repository and its key (--repo and --identity, or [repository] url and \
+             identity_file in dr.toml)",
+        );
+        return Ok(registry);
+    };
+    {
         let vault = dr_vault::VaultConfig::from_env().unwrap_or_default();
         dr_vault::register(
             &mut registry,
@@ -302,6 +327,23 @@ pub async fn action_registry(
     Ok(registry)
 }
 
+/// Registers `names` as actions that cannot be built here, each failing
+/// the plan's check with `reason`.
+fn unavailable(registry: &mut ActionRegistry, names: &[&str], reason: &'static str) {
+    for name in names {
+        let key = (*name).to_string();
+        registry.register(
+            name,
+            std::sync::Arc::new(move |_: &serde_json::Value| {
+                Err(dr_core::Error::InvalidConfig {
+                    key: key.clone(),
+                    reason: reason.to_string(),
+                })
+            }),
+        );
+    }
+}
+
 /// Parses a DSN given on a command line. A password in it is accepted but
 /// logged as a warning: other users can read a process's arguments (`ps`,
 /// `/proc/<pid>/cmdline`).
@@ -329,6 +371,38 @@ mod tests {
             assert_eq!(SourceKind::from_manifest_kind(k.manifest_kind()), Some(k));
         }
         assert_eq!(SourceKind::from_manifest_kind("oracle"), None);
+    }
+
+    #[tokio::test]
+    async fn documented_actions_are_known_and_say_what_they_need() {
+        let config = DrConfig::default();
+        let registry = action_registry(
+            &config,
+            None,
+            None,
+            &RepositorySettings::default(),
+            "dr".into(),
+        )
+        .await
+        .unwrap();
+        for (name, needs) in [
+            ("postgres.pitr_restore", "repository"),
+            ("postgres.logical_restore", "repository"),
+            ("vault.restore", "repository"),
+            ("dns.failover", "[dns]"),
+        ] {
+            let e = registry.build(name, &serde_json::json!({})).unwrap_err();
+            match e {
+                dr_core::Error::InvalidConfig { key, reason } => {
+                    assert_eq!(key, name);
+                    assert!(reason.contains(needs), "{name}: {reason}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(registry
+            .build("postgres.nonsense", &serde_json::json!({}))
+            .is_err());
     }
 
     #[test]

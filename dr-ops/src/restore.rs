@@ -351,12 +351,22 @@ impl Ops {
                     if let Some(c) = &cancel {
                         c.cancel();
                     }
-                    // The restore removes what it wrote before it returns.
-                    let _ = restore.await;
-                    return Err(Error::Interrupted(format!(
-                        "the restore of {} stopped and removed what it wrote into {restorer}",
-                        manifest.backup_id
-                    )));
+                    // The restore removes what it wrote before it returns,
+                    // unless it had already finished: then it is complete
+                    // and kept.
+                    match restore.await {
+                        Ok(report) => {
+                            tracing::warn!("interrupted after the restore had finished: it is complete and kept");
+                            Ok(report)
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %dr_core::error_chain(&e), "restore stopped");
+                            return Err(Error::Interrupted(format!(
+                                "the restore of {} stopped and removed what it wrote into {restorer}",
+                                manifest.backup_id
+                            )));
+                        }
+                    }
                 }
             }
         }
