@@ -370,6 +370,12 @@ pub async fn prune_with_report(
         }
         for w in &plan.retention.wal {
             for object in &w.deleted {
+                // The name's claim first: an interruption leaves a data
+                // object without a claim (read as before claims), never a
+                // claim without its data.
+                if let Some(claim) = dr_storage::wal_claim_path(object) {
+                    delete_if_present(repo, &claim).await?;
+                }
                 delete_if_present(repo, object).await?;
                 report.wal_deleted += 1;
             }
@@ -587,6 +593,70 @@ mod tests {
             .map(|m| m.backup_id)
             .collect();
         assert_eq!(listed, vec![b1.backup_id, b2.backup_id]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pruned_wal_takes_its_claim_along() {
+        let repo = repo("wal-claims").await;
+        let archive = dr_storage::WalArchive::new(&repo, "db").unwrap();
+        let mut wal = Vec::new();
+        for i in 1u64..=4 {
+            let name = format!("00000001000000000000000{i}");
+            let dr_storage::PushOutcome::Stored(o) = archive
+                .push(7, &name, vec![i as u8; 100].into())
+                .await
+                .unwrap()
+            else {
+                panic!()
+            };
+            wal.push(WalFacts {
+                source: "db".into(),
+                system_id: "7".into(),
+                object: o.object,
+                start_lsn: Some(i << 24),
+                end_lsn: Some((i + 1) << 24),
+                stored_bytes: o.stored_size,
+            });
+        }
+        backup(
+            &repo,
+            serde_json::json!({
+                "system_identifier": "7",
+                "start_lsn": "0/3000028",
+                "stop_lsn": "0/3000100",
+            }),
+        )
+        .await;
+        let mut policies = BTreeMap::new();
+        policies.insert(
+            "db".to_string(),
+            RetentionPolicy {
+                pitr_window: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        );
+        let options = PruneOptions::default();
+        let later = Utc::now() + chrono::Duration::days(1);
+        let plan = plan_prune(&repo, &policies, &wal, &options, later)
+            .await
+            .unwrap();
+        let deleted: Vec<&String> = plan.retention.wal.iter().flat_map(|w| &w.deleted).collect();
+        assert_eq!(deleted.len(), 2, "{plan:?}");
+        let report = prune(&repo, &plan, &options).await.unwrap();
+        assert_eq!(report.wal_deleted, 2);
+        let left: Vec<String> = repo
+            .store()
+            .list(Some(&Path::from("wal/db/7")))
+            .map_ok(|o| o.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        for d in &deleted {
+            let claim = dr_storage::wal_claim_path(d).unwrap();
+            assert!(!left.contains(d) && !left.contains(&claim), "{left:?}");
+        }
+        // The kept segments keep their claims: two data objects, two claims.
+        assert_eq!(left.len(), 4, "{left:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,8 @@
 //! - [`BackupWriter`]: writes artifacts through the codec, then commits the
 //!   [`Manifest`].
 //! - [`Recipients`] / [`Identities`]: age X25519 keys.
-//! - [`WalArchive`]: archived PostgreSQL WAL, create-only, named by digest.
+//! - [`WalArchive`]: archived PostgreSQL WAL, create-only, named by digest,
+//!   the first writer of a file name winning.
 //!
 //! Manifests and `dr-repo.json` carry a SHA-256 digest of their canonical
 //! JSON, checked on every read: a flipped byte in one is damage naming it
@@ -74,6 +75,7 @@ pub use repo::{
     RepoConfig, Repository, FORMAT_VERSION, REPO_CONFIG,
 };
 pub use wal::{
-    sha256_hex, validate_wal_name, write_atomically, write_atomically_with, PushOutcome,
-    Registration, WalArchive, WalArchiveInfo, WalObject, WAL_ARCHIVE_VERSION, WAL_PREFIX,
+    sha256_hex, validate_wal_name, wal_claim_path, write_atomically, write_atomically_with,
+    PushOutcome, Registration, WalArchive, WalArchiveInfo, WalConflict, WalObject,
+    WAL_ARCHIVE_VERSION, WAL_PREFIX,
 };

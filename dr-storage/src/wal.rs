@@ -12,6 +12,23 @@
 //! archive command should generally be designed to refuse to overwrite any
 //! pre-existing archive file").
 //!
+//! The digest in the object name lets an identical re-push be recognised,
+//! but it also means two pushes of *different* content for one name write two
+//! different objects, which no create-only write can refuse. So the first
+//! writer of a *name* wins with a claim, written with a conditional create
+//! before the data object:
+//! ```text
+//! wal/<source>/<system-id>/<dir>/<name>.claim      {"name": ..., "plain_sha256": ..., "claimed_at": ...}
+//! ```
+//! A push whose content differs from the claimed one is a
+//! [`PushOutcome::Conflict`] and writes nothing; the same content (a retry,
+//! a concurrent push of the same file, or a push after one that stopped
+//! between its claim and its data) goes on and stores or finds the data
+//! object. Claims are never read to serve WAL: an archive written before
+//! claims (data objects only) reads as before, and a name that got two
+//! contents there is reported by [`WalArchive::conflicts`]. Prune removes a
+//! claim before its data object ([`wal_claim_path`]).
+//!
 //! Pushing needs only the recipients in `dr-repo.json`; fetching needs a key.
 //! A WAL object is small (one segment, 16 MiB by default), so it is encoded
 //! in memory and stored with one conditional `PUT`.
@@ -38,6 +55,77 @@ pub const WAL_PREFIX: &str = "wal";
 pub const WAL_ARCHIVE_VERSION: u32 = 1;
 
 const STORED_SUFFIX: &str = ".zst.age";
+
+const CLAIM_SUFFIX: &str = ".claim";
+
+/// `<name>.claim`: which content the first push of a WAL file name stored.
+/// Written once with a conditional create, before the data object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct WalClaim {
+    /// The PostgreSQL file name.
+    name: String,
+    /// SHA-256 of the plaintext that owns the name, hex.
+    plain_sha256: String,
+    /// When the claim was made.
+    claimed_at: DateTime<Utc>,
+}
+
+/// Whether this push owns the name, or which content does.
+enum Claimed {
+    /// The name is claimed for the pushed content (by this call or an
+    /// earlier push of the same content).
+    Ours,
+    /// Another content owns the name.
+    Other(WalClaim),
+}
+
+/// The claim object of the WAL data object `object`
+/// (`.../<name>-<sha256>.zst.age` -> `.../<name>.claim`); `None` when
+/// `object` is not a WAL data object. Prune deletes the claim before the data
+/// object, so that an interruption leaves a data object without a claim (the
+/// layout written before claims, read as before) and never a claim without
+/// its data.
+pub fn wal_claim_path(object: &str) -> Option<String> {
+    let (dir, file) = object.rsplit_once('/')?;
+    if !object.starts_with(&format!("{WAL_PREFIX}/")) {
+        return None;
+    }
+    let (name, _) = parse_stored(file)?;
+    Some(format!("{dir}/{name}{CLAIM_SUFFIX}"))
+}
+
+/// A WAL file name stored with two or more different contents (a split
+/// brain: two clusters, or two servers after a failover, archiving into one
+/// source). `wal-fetch` refuses such a name; an operator must remove the
+/// wrong object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalConflict {
+    /// The system identifier it is stored under.
+    pub system_id: u64,
+    /// The PostgreSQL file name.
+    pub name: String,
+    /// The stored objects of that name, one per content, sorted by digest.
+    pub objects: Vec<WalObject>,
+}
+
+impl std::fmt::Display for WalConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shas: Vec<&str> = self
+            .objects
+            .iter()
+            .map(|o| o.plain_sha256.as_str())
+            .collect();
+        write!(
+            f,
+            "WAL file {} of system {} is archived with {} different contents (sha256 {}): wal-fetch refuses it until the wrong object is removed",
+            self.name,
+            self.system_id,
+            self.objects.len(),
+            shas.join(", ")
+        )
+    }
+}
 
 /// `wal/<source>/archive.json`: which cluster a source's archive belongs to.
 /// Written once, with a conditional create, by the first push.
@@ -218,6 +306,53 @@ impl WalArchive {
         format!("{WAL_PREFIX}/{}/{system_id}/{}", self.source, wal_dir(name))
     }
 
+    /// The claim object of `name` (see the module docs).
+    fn claim_path(&self, system_id: u64, name: &str) -> String {
+        format!("{}/{name}{CLAIM_SUFFIX}", self.dir_path(system_id, name))
+    }
+
+    /// Claims `name` for content `sha` with a conditional create, or reads
+    /// whose it is.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Corrupt`] for a claim that does not parse.
+    async fn claim(&self, system_id: u64, name: &str, sha: &str) -> Result<Claimed> {
+        let path = self.claim_path(system_id, name);
+        let claim = WalClaim {
+            name: name.to_string(),
+            plain_sha256: sha.to_string(),
+            claimed_at: Utc::now(),
+        };
+        // A claim can vanish between the failed create and the read only
+        // when prune removes an old name: try again, a few times.
+        for _ in 0..3 {
+            match self.repo.put_json_create(&path, &claim).await {
+                Ok(()) => return Ok(Claimed::Ours),
+                Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let got = match self.store().get(&StorePath::from(path.as_str())).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(Error::store(path, e)),
+            };
+            let body = got
+                .bytes()
+                .await
+                .map_err(|e| Error::store(path.as_str(), e))?;
+            let held: WalClaim = serde_json::from_slice(&body).map_err(|e| Error::Corrupt {
+                object: path.clone(),
+                reason: format!("not a WAL claim: {e}"),
+            })?;
+            return Ok(if held.plain_sha256 == sha {
+                Claimed::Ours
+            } else {
+                Claimed::Other(held)
+            });
+        }
+        Err(Error::NotFound { object: path })
+    }
+
     /// The object path for `name` with plaintext digest `sha`.
     pub fn object_path(&self, system_id: u64, name: &str, sha: &str) -> String {
         format!(
@@ -351,14 +486,20 @@ impl WalArchive {
             .await
     }
 
-    /// Stores `plain` as `name`, create-only. The same content already
-    /// stored is [`PushOutcome::AlreadyStored`]; other content is
-    /// [`PushOutcome::Conflict`] and nothing is written. The system identifier
-    /// must have been checked by the caller ([`WalArchive::register`]).
+    /// Stores `plain` as `name`, create-only, the first writer of the name
+    /// winning: the content is claimed for the name with a conditional
+    /// create, then stored (see the module docs). The same content already
+    /// stored is [`PushOutcome::AlreadyStored`]; other content, stored or
+    /// claimed, even by a push running at the same moment, is
+    /// [`PushOutcome::Conflict`] and nothing is written (its `existing`
+    /// object may still be on its way when only the claim is there: then its
+    /// `stored_size` is 0 and `last_modified` the claim's time). The system
+    /// identifier must have been checked by the caller
+    /// ([`WalArchive::register`]). Retrying after an error is safe.
     ///
     /// # Errors
-    /// [`Error::InvalidName`]; store and codec errors. `Ok` means the object
-    /// is completely stored.
+    /// [`Error::InvalidName`]; store and codec errors; [`Error::Corrupt`]
+    /// for an unreadable claim. `Ok` means the object is completely stored.
     pub async fn push(
         &self,
         system_id: u64,
@@ -396,6 +537,28 @@ impl WalArchive {
             })??
         };
         let object = self.object_path(system_id, name, &sha);
+        if let Claimed::Other(held) = self.claim(system_id, name, &sha).await? {
+            let existing = self
+                .find(system_id, name)
+                .await?
+                .into_iter()
+                .find(|o| o.plain_sha256 == held.plain_sha256)
+                .unwrap_or_else(|| WalObject {
+                    name: name.to_string(),
+                    object: self.object_path(system_id, name, &held.plain_sha256),
+                    plain_sha256: held.plain_sha256.clone(),
+                    stored_size: 0,
+                    last_modified: held.claimed_at,
+                });
+            tracing::warn!(
+                name, claimed = %held.plain_sha256, pushed = %sha,
+                "WAL file name already claimed by other content"
+            );
+            return Ok(PushOutcome::Conflict {
+                existing,
+                pushed_sha256: sha,
+            });
+        }
         let stored_size = stored.len() as u64;
         let put = self
             .store()
@@ -425,6 +588,58 @@ impl WalArchive {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(PushOutcome::AlreadyStored(obj)),
             Err(e) => Err(Error::store(object, e)),
         }
+    }
+
+    /// Every WAL file name of this source stored with two or more different
+    /// contents, under any system identifier, sorted by system identifier
+    /// and name. One listing of `wal/<source>/`, no object read, no key
+    /// needed: for `dr status`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn conflicts(&self) -> Result<Vec<WalConflict>> {
+        let prefix = format!("{WAL_PREFIX}/{}", self.source);
+        let mut by_name: std::collections::BTreeMap<(u64, String), Vec<WalObject>> =
+            std::collections::BTreeMap::new();
+        let listed: Vec<_> = self
+            .store()
+            .list(Some(&StorePath::from(prefix.as_str())))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(prefix.as_str(), e))?;
+        for m in listed {
+            let path = m.location.to_string();
+            // wal/<source>/<system-id>/<dir>/<file>
+            let parts: Vec<&str> = path.split('/').collect();
+            let [_, _, sysid, _, file] = parts.as_slice() else {
+                continue;
+            };
+            let (Ok(sysid), Some((name, sha))) = (sysid.parse::<u64>(), parse_stored(file)) else {
+                continue;
+            };
+            by_name
+                .entry((sysid, name.to_string()))
+                .or_default()
+                .push(WalObject {
+                    name: name.to_string(),
+                    plain_sha256: sha.to_string(),
+                    object: path.clone(),
+                    stored_size: m.size,
+                    last_modified: m.last_modified,
+                });
+        }
+        Ok(by_name
+            .into_iter()
+            .filter(|(_, objects)| objects.len() > 1)
+            .map(|((system_id, name), mut objects)| {
+                objects.sort_by(|a, b| a.plain_sha256.cmp(&b.plain_sha256));
+                WalConflict {
+                    system_id,
+                    name,
+                    objects,
+                }
+            })
+            .collect())
     }
 
     /// The one object called exactly `name` and its stored bytes.
@@ -684,6 +899,56 @@ mod tests {
             Err(Error::Decrypt { .. })
         ));
         assert_eq!(a.list(7).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_push_stopped_between_claim_and_data_is_finished_by_the_next() {
+        let (a, key) = archive("claim-only").await;
+        let seg = "000000010000000000000009";
+        let sha = sha256_hex(b"mine");
+        // As a push that stopped after its claim: no data object yet.
+        assert!(matches!(
+            a.claim(1, seg, &sha).await.unwrap(),
+            Claimed::Ours
+        ));
+        assert!(a.find(1, seg).await.unwrap().is_empty());
+        let PushOutcome::Conflict {
+            existing,
+            pushed_sha256,
+        } = a
+            .push(1, seg, bytes::Bytes::from_static(b"theirs"))
+            .await
+            .unwrap()
+        else {
+            panic!("other content must conflict with the claim")
+        };
+        assert_eq!(existing.plain_sha256, sha);
+        assert_eq!(existing.stored_size, 0);
+        assert_eq!(pushed_sha256, sha256_hex(b"theirs"));
+        assert!(a.find(1, seg).await.unwrap().is_empty(), "nothing written");
+        // The claimed content, pushed again, is stored.
+        assert!(matches!(
+            a.push(1, seg, bytes::Bytes::from_static(b"mine"))
+                .await
+                .unwrap(),
+            PushOutcome::Stored(_)
+        ));
+        let (_, got) = a.fetch(1, seg, &key).await.unwrap();
+        assert_eq!(got, b"mine");
+        // An unreadable claim is damage naming it.
+        let claim = a.claim_path(1, "00000003.history");
+        a.store()
+            .put(&StorePath::from(claim.as_str()), b"{".to_vec().into())
+            .await
+            .unwrap();
+        let e = a
+            .push(1, "00000003.history", bytes::Bytes::from_static(b"h"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Corrupt { object, .. } if *object == claim),
+            "{e:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
