@@ -3,10 +3,24 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+
+/// 128 + the number of the first signal received, 0 before one.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// The exit code of a command that a signal stopped: 130 after SIGINT, 143
+/// after SIGTERM (128 + the signal's number, as shells report it); `None`
+/// when no signal was received.
+pub fn exit_code() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        c => Some(c),
+    }
+}
 
 /// A boxed future that completes on a signal (or never).
 pub type Stop = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -37,11 +51,18 @@ pub fn twice() -> Result<(Stop, Stop)> {
     let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                Some(()) = term.recv() => tracing::info!("SIGTERM received"),
-                Some(()) = int.recv() => tracing::info!("SIGINT received"),
+            let code = tokio::select! {
+                Some(()) = term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    128 + 15
+                }
+                Some(()) = int.recv() => {
+                    tracing::info!("SIGINT received");
+                    128 + 2
+                }
                 else => break,
-            }
+            };
+            let _ = RECEIVED.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
             tx.send_modify(|n| *n += 1);
         }
     });

@@ -93,6 +93,13 @@ pub enum Error {
         /// The differences.
         reason: String,
     },
+    /// The operation was stopped (a shutdown signal, a deadline) and what
+    /// it had done was undone.
+    #[error("{what} was interrupted; nothing of it was kept")]
+    Interrupted {
+        /// The operation.
+        what: String,
+    },
     /// The repository failed; its error says which object.
     #[error(transparent)]
     Storage(#[from] dr_storage::Error),

@@ -22,11 +22,35 @@ pub async fn backup(
     source: &dyn BackupSource,
     name: &str,
 ) -> Result<Manifest> {
+    backup_until(repository, source, name, std::future::pending()).await
+}
+
+/// [`backup`] that stops when `stop` completes first (a shutdown signal, a
+/// deadline): the source's work is dropped where it stands (its child
+/// processes killed, its temporary files removed), the data objects written
+/// so far and any open multipart upload are removed, and nothing is listed.
+/// Once the source has finished, the manifest is written whatever `stop`
+/// does: a backup that is complete is kept.
+///
+/// # Errors
+/// As [`backup`]; when stopped, [`Error::Interrupted`].
+pub async fn backup_until(
+    repository: &Repository,
+    source: &dyn BackupSource,
+    name: &str,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<Manifest> {
     let writer = repository.begin_backup(source.kind(), name)?;
     let span = tracing::info_span!("backup", source = %name, kind = source.kind(), backup_id = %writer.id());
     async move {
         tracing::info!(%source, "backup started");
-        match source.backup(&writer).await {
+        let taken = tokio::select! {
+            r = source.backup(&writer) => r,
+            () = stop => Err(Error::Interrupted {
+                what: format!("backup of {name}"),
+            }),
+        };
+        match taken {
             Ok(metadata) => match writer.commit(metadata).await {
                 Ok(m) => Ok(m),
                 Err(e) => Err(e.into()),

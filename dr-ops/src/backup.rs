@@ -96,21 +96,28 @@ impl Ops {
 
     /// Backs up what `target` names, one source after the other; stops at
     /// the first failure (whose backup is not listed). `done` is called
-    /// after each committed backup (a front end prints it).
+    /// after each committed backup (a front end prints it). When `stop`
+    /// completes (a signal in `dr`), the running backup is abandoned: its
+    /// data objects and upload removed, nothing listed.
     ///
     /// # Errors
     /// As [`Ops::sources`]; the repository; the first backup that fails,
-    /// naming its source.
+    /// naming its source; `dr_core::Error::Interrupted` when stopped.
     pub async fn backup(
         &self,
         target: &BackupTarget,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
         mut done: impl FnMut(&Manifest),
     ) -> Result<Vec<Manifest>> {
+        use futures::FutureExt as _;
         let sources = self.sources(target).await?;
         let repo = self.open().await?;
+        let stop = stop.boxed().shared();
         let mut manifests = Vec::new();
         for (name, source) in sources {
-            let m = backup_source(&repo, source.as_ref(), &name).await?;
+            let m = job::backup_until(&repo, source.as_ref(), &name, stop.clone())
+                .await
+                .context_with(|| format!("backup of {name} ({source})"))?;
             done(&m);
             manifests.push(m);
         }

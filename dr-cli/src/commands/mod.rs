@@ -122,8 +122,11 @@ impl Ctx<'_> {
         };
         let (ops, bar) = self.ops_with_bar(&a.repo);
         let json = self.cli.json;
+        // SIGINT or SIGTERM: the running backup is abandoned, its upload
+        // and data objects removed, nothing listed; exit 130 or 143.
+        let stop = signals::first()?;
         let result = ops
-            .backup(&target, |m| {
+            .backup(&target, stop, |m| {
                 if let Some(b) = &bar {
                     b.finish();
                 }
@@ -135,7 +138,14 @@ impl Ctx<'_> {
         if let Some(b) = &bar {
             b.finish();
         }
-        let done = result?;
+        let done = match (result, signals::exit_code()) {
+            (Err(e), Some(code)) => {
+                let e = anyhow::Error::new(e);
+                eprintln!("error: {}", crate::exit::message(&e));
+                return Ok(code);
+            }
+            (r, _) => r?,
+        };
         if json {
             self.print_json(&done)?;
         }

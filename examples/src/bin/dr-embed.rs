@@ -52,14 +52,18 @@ async fn main() -> Result<()> {
 
     for _ in 0..3 {
         let done = ops
-            .backup(&BackupTarget::Source("shop".into()), |m| {
-                println!(
-                    "backup {} of {}: {} bytes stored",
-                    m.backup_id,
-                    m.source.name,
-                    m.stored_size()
-                )
-            })
+            .backup(
+                &BackupTarget::Source("shop".into()),
+                std::future::pending(),
+                |m| {
+                    println!(
+                        "backup {} of {}: {} bytes stored",
+                        m.backup_id,
+                        m.source.name,
+                        m.stored_size()
+                    )
+                },
+            )
             .await?;
         ensure!(done.len() == 1, "one backup per run");
     }
