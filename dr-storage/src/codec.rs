@@ -13,14 +13,14 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{MultipartUpload, ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use std::future::Future;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::PollSender;
 
@@ -150,6 +150,13 @@ impl Write for ChannelWrite {
 /// [`ArtifactWriter::finish`]; only `finish` makes the object complete. Dropping
 /// the writer or calling [`ArtifactWriter::abort`] aborts the upload and leaves
 /// no parts on the store.
+///
+/// When the store fails (a part, the completion, the start of the upload),
+/// the multipart upload is aborted, and the store's error, as
+/// [`Error::Store`] naming the object with the store's error as its source,
+/// is what the next write, [`ArtifactWriter::copy_from`] or
+/// [`ArtifactWriter::finish`] returns; a write returns it inside an
+/// `io::Error` that [`Error::from_io`] unwraps. No failure panics.
 pub struct ArtifactWriter {
     name: String,
     object: String,
@@ -159,6 +166,12 @@ pub struct ArtifactWriter {
     encoder: Option<JoinHandle<Result<(u64, String)>>>,
     uploader: Option<JoinHandle<Result<()>>>,
     commit: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The encoder's outcome, once joined.
+    encoded: Option<Result<(u64, String)>>,
+    /// The uploader's outcome, once joined.
+    uploaded: Option<Result<()>>,
+    /// The failure already returned, for later calls.
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for ArtifactWriter {
@@ -168,6 +181,14 @@ impl std::fmt::Debug for ArtifactWriter {
             .field("plain_bytes", &self.plain.bytes)
             .finish()
     }
+}
+
+/// The outcome of a joined task.
+fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>, what: String) -> Result<T> {
+    r.map_err(|e| Error::Io {
+        what,
+        source: io::Error::other(e),
+    })?
 }
 
 impl ArtifactWriter {
@@ -180,7 +201,7 @@ impl ArtifactWriter {
         progress: Arc<dyn Progress>,
     ) -> Result<Self> {
         let (plain_tx, mut plain_rx) = mpsc::channel::<Bytes>(4);
-        let (stored_tx, mut stored_rx) = mpsc::channel::<Bytes>(4);
+        let (stored_tx, stored_rx) = mpsc::channel::<Bytes>(4);
         let recipients = recipients.clone();
         let opts = options.clone();
         let obj = object.clone();
@@ -219,39 +240,15 @@ impl ArtifactWriter {
             out.send().map_err(io_err)?;
             Ok(out.tally.finish())
         });
-        let mut upload =
-            BufWriter::with_capacity(store, Path::from(object.as_str()), options.part_size)
-                .with_max_concurrency(options.upload_concurrency);
         let (commit_tx, commit_rx) = tokio::sync::oneshot::channel::<()>();
-        let obj = object.clone();
-        let uploader = tokio::spawn(async move {
-            let result = async {
-                while let Some(chunk) = stored_rx.recv().await {
-                    upload.write_all(&chunk).await?;
-                }
-                // Complete the upload only when `finish` says the encoder
-                // succeeded; a dropped writer or a failed encoder aborts it.
-                match commit_rx.await {
-                    Ok(()) => upload.shutdown().await.map(|_| true),
-                    Err(_) => Ok(false),
-                }
-            }
-            .await;
-            match result {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    let _ = upload.abort().await;
-                    Err(Error::Aborted {
-                        what: format!("upload of {obj}"),
-                    })
-                }
-                Err(source) => {
-                    // Abort removes the parts of a multipart upload already sent.
-                    let _ = upload.abort().await;
-                    Err(Error::from_io(source, format!("uploading {obj}")))
-                }
-            }
-        });
+        let uploader = tokio::spawn(upload(
+            store,
+            object.clone(),
+            options.part_size.max(1),
+            options.upload_concurrency.max(1),
+            stored_rx,
+            commit_rx,
+        ));
         Ok(ArtifactWriter {
             name,
             object,
@@ -261,6 +258,9 @@ impl ArtifactWriter {
             encoder: Some(encoder),
             uploader: Some(uploader),
             commit: Some(commit_tx),
+            encoded: None,
+            uploaded: None,
+            failed: None,
         })
     }
 
@@ -272,7 +272,8 @@ impl ArtifactWriter {
     /// Writes the rest of `reader` into the artifact.
     ///
     /// # Errors
-    /// I/O errors of the reader or of the upload.
+    /// I/O errors of the reader; the store's error ([`Error::Store`]) when
+    /// the upload failed, or the codec's; the upload is then aborted.
     pub async fn copy_from<R: AsyncRead + Unpin + ?Sized>(
         &mut self,
         reader: &mut R,
@@ -283,31 +284,77 @@ impl ArtifactWriter {
             .map_err(|e| Error::from_io(e, format!("writing {object}")))
     }
 
+    /// Once the encoder has stopped early: stops the upload (it aborts
+    /// without the commit signal), joins both tasks and returns the cause
+    /// of the failure: the store's error before the codec's broken pipe.
+    fn poll_failure(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        self.tx.take();
+        self.commit.take();
+        if let Some(h) = self.encoder.as_mut() {
+            let r = std::task::ready!(Pin::new(h).poll(cx));
+            self.encoder = None;
+            self.encoded = Some(joined(r, format!("encoding {}", self.object)));
+        }
+        if let Some(h) = self.uploader.as_mut() {
+            let r = std::task::ready!(Pin::new(h).poll(cx));
+            self.uploader = None;
+            self.uploaded = Some(joined(r, format!("uploading {}", self.object)));
+        }
+        Poll::Ready(self.take_cause())
+    }
+
+    /// The cause of a failure from the joined outcomes; remembers its text.
+    fn take_cause(&mut self) -> Error {
+        let uploaded = self.uploaded.take();
+        let encoded = self.encoded.take();
+        let cause = match (uploaded, encoded) {
+            (Some(Err(e)), _) if !matches!(e, Error::Aborted { .. }) => e,
+            (_, Some(Err(e))) => e,
+            (Some(Err(e)), _) => e,
+            _ => Error::Aborted {
+                what: format!("upload of {}", self.object),
+            },
+        };
+        self.failed = Some(chain(&cause));
+        cause
+    }
+
+    /// The error for a call after the failure was reported.
+    fn failed_before(&self) -> Error {
+        Error::Aborted {
+            what: format!(
+                "upload of {} (it failed: {})",
+                self.object,
+                self.failed.as_deref().unwrap_or("finished or aborted")
+            ),
+        }
+    }
+
     /// Completes the object: flushes the codec, completes the upload, and
     /// returns what the manifest records.
     ///
     /// # Errors
-    /// Any failure of the codec or the upload; the upload is then aborted.
+    /// Any failure of the codec or the upload, the store's first
+    /// ([`Error::Store`] naming the object); the upload is then aborted.
+    /// After a write already returned a failure, [`Error::Aborted`] saying
+    /// so.
     pub async fn finish(mut self) -> Result<ArtifactInfo> {
         self.tx.take(); // closes the plaintext channel: the encoder finishes
-        let encoder = self.encoder.take().expect("finish once");
-        let uploader = self.uploader.take().expect("finish once");
-        let commit = self.commit.take().expect("finish once");
-        let encoded = encoder.await.map_err(|e| Error::Io {
-            what: format!("encoding {}", self.object),
-            source: io::Error::other(e),
-        });
-        if matches!(encoded, Ok(Ok(_))) {
+        let (Some(encoder), Some(uploader)) = (self.encoder.take(), self.uploader.take()) else {
+            return Err(self.failed_before());
+        };
+        let encoded = joined(encoder.await, format!("encoding {}", self.object));
+        if let (Ok(_), Some(commit)) = (&encoded, self.commit.take()) {
             let _ = commit.send(());
-        } else {
-            drop(commit);
         }
-        let uploaded = uploader.await.map_err(|e| Error::Io {
-            what: format!("uploading {}", self.object),
-            source: io::Error::other(e),
-        })?;
-        let (stored_size, stored_sha256) = encoded??;
-        uploaded?;
+        self.commit.take();
+        let uploaded = joined(uploader.await, format!("uploading {}", self.object));
+        if encoded.is_err() || uploaded.is_err() {
+            self.encoded = Some(encoded);
+            self.uploaded = Some(uploaded);
+            return Err(self.take_cause());
+        }
+        let (stored_size, stored_sha256) = encoded?;
         let plain = std::mem::replace(&mut self.plain, Tally::new());
         let (plain_size, plain_sha256) = plain.finish();
         Ok(ArtifactInfo {
@@ -320,7 +367,8 @@ impl ArtifactWriter {
         })
     }
 
-    /// Aborts the upload; nothing of this object remains on the store.
+    /// Aborts the upload and waits until it is aborted; nothing of this
+    /// object remains on the store (as far as the store's abort succeeds).
     pub async fn abort(mut self) {
         self.tx.take();
         self.commit.take();
@@ -330,6 +378,128 @@ impl ArtifactWriter {
         if let Some(u) = self.uploader.take() {
             let _ = u.await;
         }
+    }
+}
+
+/// `e` and its causes, `": "`-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Uploads the stored bytes arriving on `rx` into `object`: with one `put`
+/// when they fit in one part, else as a multipart upload of `part_size`
+/// parts, at most `concurrency` in flight. The object is completed only
+/// once `commit` fires; when it is dropped instead, or anything fails, the
+/// parts in flight are stopped and the multipart upload aborted (awaited)
+/// before this returns.
+///
+/// # Errors
+/// [`Error::Store`] (or another [`Error::store`] mapping) naming `object`
+/// with the store's error; [`Error::Aborted`] without the commit signal.
+async fn upload(
+    store: Arc<dyn ObjectStore>,
+    object: String,
+    part_size: usize,
+    concurrency: usize,
+    mut rx: mpsc::Receiver<Bytes>,
+    commit: tokio::sync::oneshot::Receiver<()>,
+) -> Result<()> {
+    let path = Path::from(object.as_str());
+    let fail = |e: object_store::Error| Error::store(object.as_str(), e);
+    let mut upload: Option<Box<dyn MultipartUpload>> = None;
+    let mut parts: JoinSet<object_store::Result<()>> = JoinSet::new();
+    let outcome = async {
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_len = 0usize;
+        while let Some(mut chunk) = rx.recv().await {
+            // A part that already failed stops the upload early.
+            while let Some(done) = parts.try_join_next() {
+                part_result(done, &object)?;
+            }
+            while !chunk.is_empty() {
+                let take = (part_size - pending_len).min(chunk.len());
+                pending.push(chunk.split_to(take));
+                pending_len += take;
+                if pending_len < part_size {
+                    continue;
+                }
+                let up = match &mut upload {
+                    Some(u) => u,
+                    None => upload.insert(store.put_multipart(&path).await.map_err(fail)?),
+                };
+                while parts.len() >= concurrency {
+                    let done = parts.join_next().await.expect("parts in flight");
+                    part_result(done, &object)?;
+                }
+                let payload: PutPayload = std::mem::take(&mut pending).into_iter().collect();
+                pending_len = 0;
+                parts.spawn(up.put_part(payload));
+            }
+        }
+        // Complete only when `finish` says the encoder succeeded; a dropped
+        // writer or a failed encoder aborts.
+        if commit.await.is_err() {
+            return Ok(false);
+        }
+        let last: PutPayload = pending.into_iter().collect();
+        match upload.as_mut() {
+            None => {
+                store.put(&path, last).await.map_err(fail)?;
+            }
+            Some(up) => {
+                if pending_len > 0 {
+                    parts.spawn(up.put_part(last));
+                }
+                while let Some(done) = parts.join_next().await {
+                    part_result(done, &object)?;
+                }
+                up.complete().await.map_err(fail)?;
+            }
+        }
+        Ok(true)
+    }
+    .await;
+    let error = match outcome {
+        Ok(true) => return Ok(()),
+        Ok(false) => Error::Aborted {
+            what: format!("upload of {object}"),
+        },
+        Err(e) => e,
+    };
+    // Unblock the encoder, stop the parts in flight, then abort: the store
+    // drops the parts sent.
+    drop(rx);
+    parts.shutdown().await;
+    if let Some(mut up) = upload {
+        if let Err(e) = up.abort().await {
+            tracing::warn!(object = %object, error = %chain(&e), "aborting the multipart upload failed");
+        }
+    }
+    Err(error)
+}
+
+/// The outcome of one joined part upload.
+fn part_result(
+    done: std::result::Result<object_store::Result<()>, tokio::task::JoinError>,
+    object: &str,
+) -> Result<()> {
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::store(object, e)),
+        Err(e) => Err(Error::Io {
+            what: format!("uploading a part of {object}"),
+            source: io::Error::other(e),
+        }),
     }
 }
 
@@ -350,31 +520,37 @@ impl AsyncWrite for ArtifactWriter {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let Some(tx) = this.tx.as_mut() else {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "artifact closed",
-            )));
+            if this.encoder.is_some() || this.uploader.is_some() {
+                // A failure is being collected (an earlier call returned
+                // Pending on it).
+                let cause = std::task::ready!(this.poll_failure(cx));
+                return Poll::Ready(Err(cause.into_io()));
+            }
+            let e = match &this.failed {
+                Some(_) => this.failed_before(),
+                None => Error::Aborted {
+                    what: format!("artifact {} (closed)", this.object),
+                },
+            };
+            return Poll::Ready(Err(e.into_io()));
         };
         match tx.poll_reserve(cx) {
             Poll::Pending => return Poll::Pending,
+            // The encoder stopped: the upload or the codec failed.
             Poll::Ready(Err(_)) => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("encoder of {} stopped", this.object),
-                )))
+                let cause = std::task::ready!(this.poll_failure(cx));
+                return Poll::Ready(Err(cause.into_io()));
             }
             Poll::Ready(Ok(())) => {}
         }
         let n = buf.len().min(CHUNK);
         let chunk = Bytes::copy_from_slice(&buf[..n]);
+        if tx.send_item(chunk.clone()).is_err() {
+            let cause = std::task::ready!(this.poll_failure(cx));
+            return Poll::Ready(Err(cause.into_io()));
+        }
         this.plain.update(&chunk);
         this.progress.add_bytes(n as u64);
-        if tx.send_item(chunk).is_err() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "encoder stopped",
-            )));
-        }
         Poll::Ready(Ok(n))
     }
 

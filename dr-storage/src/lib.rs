@@ -15,6 +15,9 @@
 //! - [`WalArchive`]: archived PostgreSQL WAL, create-only, named by digest,
 //!   the first writer of a file name winning.
 //!
+//! Features: `testing` adds `testing::FaultyStore`, a fault-injecting
+//! store wrapper for tests of code that writes to a repository.
+//!
 //! Manifests and `dr-repo.json` carry a SHA-256 digest of their canonical
 //! JSON, checked on every read: a flipped byte in one is damage naming it
 //! ([`Error::Corrupt`]), and a backup whose manifest is damaged is reported,
@@ -58,6 +61,8 @@ mod lock;
 mod manifest;
 mod progress;
 mod repo;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod wal;
 
 pub use codec::{ArtifactInfo, ArtifactReader, ArtifactWriter, CodecOptions};
@@ -72,7 +77,7 @@ pub use object_store;
 pub use progress::{NoProgress, Progress};
 pub use repo::{
     validate_source_name, BackupWriter, DamagedManifest, InitOptions, KeySource, RecordedArtifact,
-    RepoConfig, Repository, FORMAT_VERSION, REPO_CONFIG,
+    RepoConfig, Repository, FORMAT_VERSION, MANIFEST_ATTEMPTS, REPO_CONFIG,
 };
 pub use wal::{
     sha256_hex, validate_wal_name, wal_claim_path, write_atomically, write_atomically_with,

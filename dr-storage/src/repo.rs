@@ -803,10 +803,16 @@ impl BackupWriter {
     }
 
     /// Writes the manifest (conditional create): from now on the backup is
-    /// listed.
+    /// listed. A transient store failure of that write is ambiguous (the
+    /// manifest may have been stored before the connection broke): the
+    /// manifest is read back and compared, and written again only when it is
+    /// not there, up to [`MANIFEST_ATTEMPTS`] times; the same bytes found
+    /// there are success.
     ///
     /// # Errors
-    /// [`Error::InvalidName`] when no artifact was written; store errors.
+    /// [`Error::InvalidName`] when no artifact was written; store errors
+    /// (after the attempts, for retryable ones); [`Error::AlreadyExists`]
+    /// when other bytes are stored under its name.
     pub async fn commit(self, metadata: serde_json::Value) -> Result<Manifest> {
         let artifacts = self.artifacts();
         if artifacts.is_empty() {
@@ -835,10 +841,10 @@ impl BackupWriter {
             digest: None,
         }
         .sealed();
-        put_create(
+        put_create_confirmed(
             &self.repo.inner.store,
             &manifest_path(&self.source.name, &self.id),
-            manifest.to_stored_bytes().into(),
+            Bytes::from(manifest.to_stored_bytes()),
         )
         .await?;
         tracing::info!(source = %self.source.name, backup_id = %self.id, "backup committed");
@@ -905,6 +911,65 @@ async fn get_bytes(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Bytes> {
         .await
         .map_err(|e| Error::store(path, e))?;
     got.bytes().await.map_err(|e| Error::store(path, e))
+}
+
+/// How many times [`BackupWriter::commit`] tries to write a manifest whose
+/// write failed transiently.
+pub const MANIFEST_ATTEMPTS: u32 = 4;
+
+/// Writes `body` at `path` with a conditional create, resolving ambiguous
+/// failures: after a retryable error it waits (250 ms, then 4 times longer
+/// each time), reads the object back and compares: the same bytes are
+/// success, other bytes [`Error::AlreadyExists`], none a reason to write
+/// again; at most [`MANIFEST_ATTEMPTS`] writes.
+///
+/// # Errors
+/// The last store error; [`Error::AlreadyExists`] when other bytes are
+/// there.
+async fn put_create_confirmed(store: &Arc<dyn ObjectStore>, path: &str, body: Bytes) -> Result<()> {
+    let mut delay = std::time::Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        let error = match put_create(store, path, body.clone().into()).await {
+            Ok(()) => return Ok(()),
+            Err(e @ Error::AlreadyExists { .. }) => e,
+            Err(e) if e.is_retryable() => e,
+            Err(e) => return Err(e),
+        };
+        let exists = matches!(error, Error::AlreadyExists { .. });
+        if !exists {
+            tracing::info!(
+                object = path, attempt, error = %error,
+                "writing the manifest failed; checking whether it was stored"
+            );
+            tokio::time::sleep(delay).await;
+            delay *= 4;
+        }
+        // Read back until the read itself succeeds or the attempts run out.
+        loop {
+            match get_bytes(store, path).await {
+                Ok(stored) if stored == body => return Ok(()),
+                Ok(_) => {
+                    return Err(Error::AlreadyExists {
+                        object: path.to_string(),
+                    })
+                }
+                Err(Error::NotFound { .. }) if !exists => break,
+                Err(e) if e.is_retryable() && attempt < MANIFEST_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::info!(object = path, attempt, error = %e, "reading the manifest back failed");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(Error::NotFound { .. }) => return Err(error),
+                Err(e) => return Err(e),
+            }
+        }
+        if attempt >= MANIFEST_ATTEMPTS {
+            return Err(error);
+        }
+        attempt += 1;
+    }
 }
 
 async fn put_create(store: &Arc<dyn ObjectStore>, path: &str, body: PutPayload) -> Result<()> {
