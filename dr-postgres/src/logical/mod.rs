@@ -3,6 +3,7 @@
 
 pub mod action;
 mod counts;
+mod properties;
 mod restore;
 mod source;
 

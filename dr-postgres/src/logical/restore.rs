@@ -14,6 +14,7 @@ use tokio_postgres::Client;
 
 use super::counts::quote_ident;
 use super::counts::{count_one, LARGE_OBJECTS};
+use super::properties::dbname_conninfo;
 use crate::conn::ConnectionSettings;
 use crate::error::{Error, Result};
 use crate::metadata::{LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
@@ -148,7 +149,8 @@ impl PostgresLogicalRestorer {
         cmd.arg("--no-psqlrc")
             .arg("--quiet")
             .arg("--set=ON_ERROR_STOP=0")
-            .arg(format!("--dbname={}", admin_conn.dbname()))
+            .arg("--dbname")
+            .arg(dbname_conninfo(admin_conn.dbname()))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -306,7 +308,9 @@ impl PostgresLogicalRestorer {
         temp: &str,
     ) -> dr_core::Result<u64> {
         let (mut cmd, _pass) = self.target.command(&pg_restore.path)?;
-        cmd.arg("--exit-on-error").arg(format!("--dbname={temp}"));
+        cmd.arg("--exit-on-error")
+            .arg("--dbname")
+            .arg(dbname_conninfo(temp));
         if self.options.no_owner {
             cmd.arg("--no-owner").arg("--no-privileges");
         }

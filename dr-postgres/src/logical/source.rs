@@ -9,6 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
 use super::counts::count_tables;
+use super::properties::dbname_conninfo;
 use crate::conn::ConnectionSettings;
 use crate::error::{Error, Result};
 use crate::metadata::{LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
@@ -186,7 +187,8 @@ impl dr_core::BackupSource for PostgresLogical {
         cmd.arg("--format=custom")
             .arg("--compress=0")
             .arg(format!("--snapshot={snapshot}"))
-            .arg(format!("--dbname={}", self.conn.dbname()));
+            .arg("--dbname")
+            .arg(dbname_conninfo(self.conn.dbname()));
         run_streaming(cmd, "pg_dump", |mut stdout| async move {
             backup.write_artifact(DUMP_ARTIFACT, &mut stdout).await?;
             Ok(())
@@ -206,7 +208,8 @@ impl dr_core::BackupSource for PostgresLogical {
                     async move {
                         let (mut cmd, pass) = conn.command(&pg_dumpall.path)?;
                         cmd.arg("--globals-only")
-                            .arg(format!("--database={}", conn.dbname()));
+                            .arg("--database")
+                            .arg(dbname_conninfo(conn.dbname()));
                         if no_passwords {
                             cmd.arg("--no-role-passwords");
                         }
