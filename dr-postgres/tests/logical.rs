@@ -454,7 +454,7 @@ async fn a_latin1_database_comes_back_with_its_properties() {
         pg.psql(
             "postgres",
             &format!(
-                "SELECT pg_encoding_to_char(encoding), datcollate, datctype, datlocprovider, \
+                "SELECT pg_encoding_to_char(encoding), datcollate, datctype, \
                  pg_get_userbyid(datdba), datconnlimit, datallowconn, datistemplate, datacl::text, \
                  shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{db}'; \
                  SELECT coalesce(r.rolname, '-'), s.setconfig::text FROM pg_db_role_setting s \
@@ -668,4 +668,36 @@ async fn a_latin1_database_comes_back_with_its_properties() {
         .iter()
         .any(|c| c.name == "database encoding" && c.actual == "LATIN1"));
     assert!(!checks.checks.iter().any(|c| c.name == "database owner"));
+
+    // An ICU database (PostgreSQL 15+ built with ICU) keeps its provider
+    // and ICU locale.
+    let icu = "SELECT current_setting('server_version_num')::int >= 150000 \
+               AND EXISTS (SELECT 1 FROM pg_collation WHERE collprovider = 'i')";
+    if src.psql("postgres", icu) != "t" {
+        return;
+    }
+    src.psql(
+        "postgres",
+        "CREATE DATABASE icu_db LOCALE_PROVIDER icu ICU_LOCALE 'und' TEMPLATE template0",
+    );
+    let m = job::backup(&repo, &PostgresLogical::new(src.settings("icu_db")), "icu")
+        .await
+        .unwrap();
+    let props = metadata(&m).database_properties.unwrap();
+    assert_eq!(
+        (props.locale_provider.as_str(), props.locale.as_deref()),
+        ("icu", Some("und"))
+    );
+    let restorer = PostgresLogicalRestorer::new(settings("icu_db"), options(false, false, false));
+    job::restore(&repo, &m, &key, &restorer).await.unwrap();
+    let provider = "SELECT datlocprovider FROM pg_database WHERE datname = 'icu_db'";
+    assert_eq!(dst.psql("postgres", provider), "i");
+    assert_eq!(database(&dst, "icu_db"), database(&src, "icu_db"));
+    // The check compares the ICU locale (daticulocale, datlocale from 17).
+    let check = restorer.check(&m).await.unwrap();
+    assert!(check.ok(), "{:?}", check.failures().collect::<Vec<_>>());
+    assert!(check
+        .checks
+        .iter()
+        .any(|c| c.name == "database locale" && c.actual == "und"));
 }
