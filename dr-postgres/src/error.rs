@@ -72,6 +72,20 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// The restored database cannot get a property the backup recorded (a
+    /// locale the target server lacks, an owner role that does not exist),
+    /// or a pre-created target differs from it (another encoding or
+    /// locale). Raised before anything is created, unless the server
+    /// refused a property only when it was applied.
+    #[error("restore target {target}: database {property}: {reason}")]
+    DatabaseProperty {
+        /// The target database.
+        target: String,
+        /// The properties (`owner`, `encoding and locale`, `setting work_mem`).
+        property: String,
+        /// Why, and what the operator can do.
+        reason: String,
+    },
     /// The backup data could not be read (corrupt, truncated, wrong key).
     #[error(transparent)]
     Data(#[from] dr_storage::Error),
@@ -114,6 +128,14 @@ impl From<Error> for dr_core::Error {
             },
             Error::TargetNotEmpty { target, reason } => dr_core::Error::Conflict {
                 what: target,
+                reason,
+            },
+            Error::DatabaseProperty {
+                target,
+                property,
+                reason,
+            } => dr_core::Error::Conflict {
+                what: format!("restore target {target}, database {property}"),
                 reason,
             },
             Error::Connect { .. } => dr_core::Error::Unavailable {

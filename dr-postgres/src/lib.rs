@@ -5,10 +5,13 @@
 //!   never reach a command line or a log.
 //! - Logical backups ([`PostgresLogical`], kind `postgres-logical`): `pg_dump`
 //!   custom format streamed into the repository, the cluster's globals, and
-//!   exact per-table row counts from the dump's own snapshot.
+//!   exact per-table row counts and the database's own properties
+//!   ([`DatabaseProperties`]: encoding, locale, owner, privileges, settings,
+//!   comment) from the dump's own snapshot.
 //! - [`PostgresLogicalRestorer`]: `pg_restore` into a database under a
-//!   temporary name, renamed only on success; its check compares every
-//!   table's row count with the manifest.
+//!   temporary name created with the recorded encoding and locale, given
+//!   the recorded properties, renamed only on success; its check compares
+//!   every table's row count and every property with the manifest.
 //! - [`PostgresSourceConfig`]: the `dr.toml` section of a PostgreSQL source.
 //! - [`metadata`]: what each kind of backup records in its manifest, typed
 //!   ([`PhysicalMetadata`], [`LogicalMetadata`], each with `from_manifest`).
@@ -66,7 +69,8 @@ pub use format::{FormatError, Lsn};
 pub use logical::action::{register as register_logical_actions, LogicalActionEnv};
 pub use logical::{LogicalRestoreOptions, PostgresLogical, PostgresLogicalRestorer};
 pub use metadata::{
-    BackupMethod, LogicalMetadata, PhysicalMetadata, TablespaceInfo, KIND_LOGICAL, KIND_PHYSICAL,
+    BackupMethod, DatabaseProperties, LogicalMetadata, PhysicalMetadata, TablespaceInfo,
+    KIND_LOGICAL, KIND_PHYSICAL,
 };
 pub use physical::{
     format_time, parse_target_time, pitr_restore, plan_pitr, register as register_pitr_actions,

@@ -184,6 +184,65 @@ pub struct LogicalMetadata {
     /// Set when the globals were taken without role passwords (no superuser).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub globals_warning: Option<String>,
+    /// The database's own properties (encoding, locale, owner, privileges,
+    /// settings, comment), read in the dump's snapshot. `None` for backups
+    /// taken before dr recorded them: those restore with the target
+    /// server's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_properties: Option<DatabaseProperties>,
+}
+
+/// What `CREATE DATABASE`, `ALTER DATABASE`, `GRANT ... ON DATABASE`,
+/// `COMMENT ON DATABASE` and `ALTER ROLE ... IN DATABASE` gave a database:
+/// the properties that `pg_dump` without `--create` leaves out of the dump
+/// (PostgreSQL 15 docs, pg_dump: "-C ... the database's comment, settings
+/// and privileges are dumped only with --create"). Read from `pg_database`,
+/// `pg_shdescription` and `pg_db_role_setting`; a column the source server
+/// lacks (the locale provider before PostgreSQL 15, ICU rules before 16) is
+/// left at its default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct DatabaseProperties {
+    /// The server encoding (`pg_encoding_to_char(encoding)`: `UTF8`, `LATIN1`).
+    pub encoding: String,
+    /// `datcollate` (LC_COLLATE).
+    pub collate: String,
+    /// `datctype` (LC_CTYPE).
+    pub ctype: String,
+    /// The locale provider: `libc`, `icu` (PostgreSQL 15+) or `builtin`
+    /// (17+), from `datlocprovider`; `libc` before 15.
+    pub locale_provider: String,
+    /// The provider's locale: `daticulocale` (15, 16) or `datlocale` (17+);
+    /// `None` for libc.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// `daticurules` (PostgreSQL 16+), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icu_rules: Option<String>,
+    /// The owner role (`datdba`).
+    pub owner: String,
+    /// `datconnlimit` (-1: no limit).
+    pub connection_limit: i32,
+    /// `datallowconn`.
+    pub allow_connections: bool,
+    /// `datistemplate`.
+    pub is_template: bool,
+    /// `datacl` as `aclitem` texts (`=Tc/owner`, `app=c/owner`); `None`
+    /// when the database has the default privileges (PUBLIC may connect
+    /// and create temporary tables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Vec<String>>,
+    /// `COMMENT ON DATABASE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// `ALTER DATABASE ... SET` entries as the server stores them
+    /// (`work_mem=7MB`), in its order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
+    /// `ALTER ROLE <role> IN DATABASE ... SET` entries, by role.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_settings: BTreeMap<String, Vec<String>>,
 }
 
 impl LogicalMetadata {

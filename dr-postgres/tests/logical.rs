@@ -410,3 +410,294 @@ async fn a_killed_restores_temporary_database_is_dropped_by_the_next_one() {
         ""
     );
 }
+
+/// Issue 22: a LATIN1 / C database (named with `=`, which libpq's tools
+/// would read as a connection string) with non-ASCII text, a large object,
+/// an owner, `REVOKE CONNECT ... FROM PUBLIC`, settings for the database and
+/// for a role in it, a connection limit and a comment comes back as it was,
+/// property by property; a target that cannot take it is refused before
+/// anything is created, or with `ignore_database_properties` restored with
+/// the dropped properties listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_latin1_database_comes_back_with_its_properties() {
+    if !should_run() {
+        return;
+    }
+    const DB: &str = "legacy=latin1";
+    let src = TestCluster::start();
+    src.psql(
+        "postgres",
+        r#"CREATE ROLE dr_owner LOGIN; CREATE ROLE "dr reader" LOGIN"#,
+    );
+    src.psql(
+        "postgres",
+        r#"CREATE DATABASE "legacy=latin1" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER dr_owner CONNECTION LIMIT 17"#,
+    );
+    src.psql(
+        "postgres",
+        r#"REVOKE CONNECT, TEMPORARY ON DATABASE "legacy=latin1" FROM PUBLIC;
+           GRANT CONNECT, TEMPORARY ON DATABASE "legacy=latin1" TO dr_owner;
+           GRANT CONNECT ON DATABASE "legacy=latin1" TO "dr reader";
+           ALTER DATABASE "legacy=latin1" SET work_mem = '7MB';
+           ALTER DATABASE "legacy=latin1" SET search_path = "$user", public, "Odd, schema";
+           ALTER ROLE "dr reader" IN DATABASE "legacy=latin1" SET statement_timeout = '42s';
+           COMMENT ON DATABASE "legacy=latin1" IS 'Légacy data, ß'"#,
+    );
+    src.psql(
+        DB,
+        r#"CREATE TABLE people (name text);
+           INSERT INTO people VALUES (U&'M\00FCller'), (U&'\00C5ngstr\00F6m'), (U&'fa\00E7ade \00FF');
+           SELECT lo_from_bytea(4242, '\x00e9ff4c41'::bytea)"#,
+    );
+    // What is compared on both sides.
+    let database = |pg: &TestCluster, db: &str| {
+        pg.psql(
+            "postgres",
+            &format!(
+                "SELECT pg_encoding_to_char(encoding), datcollate, datctype, \
+                 pg_get_userbyid(datdba), datconnlimit, datallowconn, datistemplate, datacl::text, \
+                 shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{db}'; \
+                 SELECT coalesce(r.rolname, '-'), s.setconfig::text FROM pg_db_role_setting s \
+                 JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole \
+                 WHERE d.datname = '{db}' ORDER BY 1"
+            ),
+        )
+    };
+    let data = |pg: &TestCluster, db: &str| {
+        pg.psql(
+            db,
+            "SELECT string_agg(octet_length(name) || ':' || md5(name), ',' ORDER BY name) FROM people; \
+             SELECT encode(lo_get(4242), 'hex'), pg_get_userbyid(lomowner) FROM pg_largeobject_metadata",
+        )
+    };
+    let want_db = database(&src, DB);
+    let want_data = data(&src, DB);
+    // LATIN1: one byte per letter.
+    assert!(want_data.starts_with("6:"), "{want_data}");
+
+    let (repo, key, _d) = repo().await;
+    let m = job::backup(&repo, &PostgresLogical::new(src.settings(DB)), "legacy")
+        .await
+        .unwrap();
+    let props = metadata(&m).database_properties.expect("recorded");
+    assert_eq!(
+        (
+            props.encoding.as_str(),
+            props.collate.as_str(),
+            props.ctype.as_str()
+        ),
+        ("LATIN1", "C", "C")
+    );
+    assert_eq!(props.locale_provider, "libc");
+    assert_eq!(props.owner, "dr_owner");
+    assert_eq!(props.connection_limit, 17);
+    assert_eq!(props.comment.as_deref(), Some("Légacy data, ß"));
+    assert_eq!(
+        props.acl.as_deref().unwrap(),
+        ["dr_owner=CTc/dr_owner", "\"dr reader\"=c/dr_owner"]
+    );
+    assert!(props.settings.contains(&"work_mem=7MB".to_string()));
+    assert_eq!(props.role_settings["dr reader"], ["statement_timeout=42s"]);
+
+    let dst = TestCluster::start();
+    let count_dbs = |pg: &TestCluster| {
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database",
+        )
+    };
+    let before = count_dbs(&dst);
+    let options = |globals: bool, clean: bool, ignore: bool| {
+        let mut o = LogicalRestoreOptions::default();
+        o.globals = globals;
+        o.clean = clean;
+        o.ignore_database_properties = ignore;
+        o
+    };
+    let settings = |db: &str| dst.settings("postgres").with_database(db);
+
+    // The owner role does not exist there and no globals are applied:
+    // refused before anything is created, naming the property.
+    let restorer = PostgresLogicalRestorer::new(settings(DB), options(false, false, false));
+    let err = job::restore(&repo, &m, &key, &restorer).await.unwrap_err();
+    assert!(matches!(err, CoreError::Conflict { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("owner") && text.contains("dr_owner"),
+        "{text}"
+    );
+    assert_eq!(count_dbs(&dst), before);
+
+    // With ignore_database_properties it restores and lists what it dropped.
+    let restorer = PostgresLogicalRestorer::new(settings("loose"), options(false, false, true));
+    let report = job::restore(&repo, &m, &key, &restorer).await.unwrap();
+    let dropped = report.warnings.join("\n");
+    for what in ["owner", "privileges", "statement_timeout of role dr reader"] {
+        assert!(dropped.contains(what), "{what} not in {dropped}");
+    }
+    assert_eq!(
+        dst.psql("postgres", "SELECT pg_encoding_to_char(encoding) || ' ' || datcollate || ' ' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'loose'"),
+        "LATIN1 C postgres"
+    );
+    let check = restorer.check(&m).await.unwrap();
+    let failures: Vec<_> = check.failures().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        failures,
+        [
+            "database owner",
+            "database privileges",
+            "database settings of role dr reader"
+        ]
+    );
+
+    // A pre-created UTF8 target is refused, with --clean too, and kept.
+    dst.psql("postgres", r#"CREATE DATABASE "legacy=latin1""#);
+    let restorer = PostgresLogicalRestorer::new(settings(DB), options(true, true, false));
+    let err = job::restore(&repo, &m, &key, &restorer).await.unwrap_err();
+    assert!(matches!(err, CoreError::Conflict { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("encoding and locale") && text.contains("UTF8") && text.contains("LATIN1"),
+        "{text}"
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = 'legacy=latin1'"
+        ),
+        "UTF8"
+    );
+    // Nothing was applied: not even the globals.
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'dr_owner'"
+        ),
+        "0"
+    );
+    dst.psql("postgres", r#"DROP DATABASE "legacy=latin1""#);
+
+    // With the globals it comes back as it was, property by property.
+    let restorer = PostgresLogicalRestorer::new(settings(DB), options(true, false, false));
+    let report = job::restore(&repo, &m, &key, &restorer).await.unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!(database(&dst, DB), want_db);
+    assert_eq!(data(&dst, DB), want_data);
+    let check = restorer.check(&m).await.unwrap();
+    assert!(check.ok(), "{:?}", check.failures().collect::<Vec<_>>());
+    for name in [
+        "database encoding",
+        "database LC_COLLATE",
+        "database owner",
+        "database privileges",
+        "database comment",
+        "database settings",
+        "database settings of role dr reader",
+    ] {
+        assert!(
+            check.checks.iter().any(|c| c.name == name),
+            "{name} not checked"
+        );
+    }
+    // --clean onto the matching target replaces it, properties and all.
+    let restorer = PostgresLogicalRestorer::new(settings(DB), options(true, true, false));
+    job::restore(&repo, &m, &key, &restorer).await.unwrap();
+    assert_eq!(database(&dst, DB), want_db);
+
+    // A locale the target server lacks (the backup as if taken where
+    // xx_YY.UTF-8 exists): refused by the CREATE DATABASE itself, which
+    // leaves nothing; with ignore_database_properties the encoding is kept
+    // and the locale falls back, with a warning.
+    let mut elsewhere = m.clone();
+    for key in ["collate", "ctype"] {
+        elsewhere.metadata["database_properties"][key] = "xx_YY.UTF-8".into();
+    }
+    let before = count_dbs(&dst);
+    let restorer = PostgresLogicalRestorer::new(settings("nolocale"), options(false, false, false));
+    let err = job::restore(&repo, &elsewhere, &key, &restorer)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoreError::Conflict { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("encoding and locale") && text.contains("xx_YY.UTF-8"),
+        "{text}"
+    );
+    assert_eq!(count_dbs(&dst), before);
+    let restorer = PostgresLogicalRestorer::new(settings("nolocale"), options(false, false, true));
+    let report = job::restore(&repo, &elsewhere, &key, &restorer)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("encoding and locale dropped") && w.contains("xx_YY.UTF-8")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(
+        dst.psql("postgres", "SELECT pg_encoding_to_char(encoding) || ' ' || datcollate FROM pg_database WHERE datname = 'nolocale'"),
+        "LATIN1 C"
+    );
+
+    // A property that differs is reported by verify.
+    dst.psql(
+        "postgres",
+        r#"ALTER DATABASE "legacy=latin1" RESET work_mem"#,
+    );
+    let check = PostgresLogicalRestorer::new(settings(DB), options(false, false, false))
+        .check(&m)
+        .await
+        .unwrap();
+    let failures: Vec<_> = check.failures().map(|c| c.name.as_str()).collect();
+    assert_eq!(failures, ["database settings"]);
+
+    // verify --restore: a scratch restore without globals on the source's
+    // server compares the properties but the owner and the privileges.
+    let mut o = LogicalRestoreOptions::default();
+    o.no_owner = true;
+    let scratch = PostgresLogicalRestorer::scratch(&src.settings("postgres"), o);
+    let report = job::verify(&repo, &m, Some(&key), Some(&scratch))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    let checks = report.checks.unwrap();
+    assert!(checks
+        .checks
+        .iter()
+        .any(|c| c.name == "database encoding" && c.actual == "LATIN1"));
+    assert!(!checks.checks.iter().any(|c| c.name == "database owner"));
+
+    // An ICU database (PostgreSQL 15+ built with ICU) keeps its provider
+    // and ICU locale.
+    let icu = "SELECT current_setting('server_version_num')::int >= 150000 \
+               AND EXISTS (SELECT 1 FROM pg_collation WHERE collprovider = 'i')";
+    if src.psql("postgres", icu) != "t" {
+        return;
+    }
+    src.psql(
+        "postgres",
+        "CREATE DATABASE icu_db LOCALE_PROVIDER icu ICU_LOCALE 'und' TEMPLATE template0",
+    );
+    let m = job::backup(&repo, &PostgresLogical::new(src.settings("icu_db")), "icu")
+        .await
+        .unwrap();
+    let props = metadata(&m).database_properties.unwrap();
+    assert_eq!(
+        (props.locale_provider.as_str(), props.locale.as_deref()),
+        ("icu", Some("und"))
+    );
+    let restorer = PostgresLogicalRestorer::new(settings("icu_db"), options(false, false, false));
+    job::restore(&repo, &m, &key, &restorer).await.unwrap();
+    let provider = "SELECT datlocprovider FROM pg_database WHERE datname = 'icu_db'";
+    assert_eq!(dst.psql("postgres", provider), "i");
+    assert_eq!(database(&dst, "icu_db"), database(&src, "icu_db"));
+    // The check compares the ICU locale (daticulocale, datlocale from 17).
+    let check = restorer.check(&m).await.unwrap();
+    assert!(check.ok(), "{:?}", check.failures().collect::<Vec<_>>());
+    assert!(check
+        .checks
+        .iter()
+        .any(|c| c.name == "database locale" && c.actual == "und"));
+}

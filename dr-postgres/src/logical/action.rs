@@ -43,6 +43,11 @@ pub struct LogicalParams {
     /// Apply the backup's globals first (restore only).
     #[serde(default)]
     pub globals: bool,
+    /// Drop the database properties the target cannot take, with warnings,
+    /// instead of failing (restore only; see
+    /// [`LogicalRestoreOptions::ignore_database_properties`]).
+    #[serde(default)]
+    pub ignore_database_properties: bool,
 }
 
 fn latest() -> String {
@@ -52,7 +57,9 @@ fn latest() -> String {
 /// Adds `postgres.logical_restore` (a [`PostgresLogicalRestorer`] into `dsn`;
 /// no rollback: the target is created under a temporary name and renamed only
 /// when complete) and `postgres.verify` (the restored database's row counts
-/// against the backup's, table by table; fails on any difference).
+/// against the backup's, table by table, and its recorded properties:
+/// encoding, locale, owner, privileges, settings, comment; fails on any
+/// difference).
 pub fn register(registry: &mut ActionRegistry, env: LogicalActionEnv) {
     let env = Arc::new(env);
     let e = env.clone();
@@ -96,6 +103,7 @@ impl LogicalAction {
         let opts = LogicalRestoreOptions {
             clean: self.params.clean,
             globals: self.params.globals,
+            ignore_database_properties: self.params.ignore_database_properties,
             ..Default::default()
         };
         PostgresLogicalRestorer::new(self.target.clone(), opts)
@@ -160,11 +168,15 @@ impl Action for LogicalAction {
             }
             return Ok(ActionOutput {
                 summary: format!(
-                    "{} tables match backup {}",
+                    "{} checks (row counts, database properties) match backup {}",
                     report.checks.len(),
                     m.backup_id
                 ),
-                state: serde_json::json!({ "backup_id": m.backup_id, "tables": report.checks.len() }),
+                state: serde_json::json!({
+                    "backup_id": m.backup_id,
+                    "tables": report.checks.iter().filter(|c| !c.name.starts_with("database ")).count(),
+                    "checks": report.checks.len(),
+                }),
                 log: String::new(),
             });
         }

@@ -14,9 +14,12 @@ use tokio_postgres::Client;
 
 use super::counts::quote_ident;
 use super::counts::{count_one, LARGE_OBJECTS};
+use super::properties::{self, dbname_conninfo, quote_literal, PropertyPlan, TargetFacts};
 use crate::conn::ConnectionSettings;
 use crate::error::{Error, Result};
-use crate::metadata::{LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
+use crate::metadata::{
+    DatabaseProperties, LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL,
+};
 use crate::tools::{self, tail};
 
 /// Options of a logical restore.
@@ -40,15 +43,35 @@ pub struct LogicalRestoreOptions {
     pub no_owner: bool,
     /// Directory of the PostgreSQL client programs.
     pub bin_dir: Option<PathBuf>,
+    /// Restore even when the target server cannot give the database a
+    /// property the backup recorded (a locale it lacks, a role that does not
+    /// exist) or a pre-created target has another encoding or locale: the
+    /// property is dropped and named in the report's warnings. Without it
+    /// such a restore fails before creating anything.
+    pub ignore_database_properties: bool,
 }
 
 /// Restores a logical backup into a database.
 ///
 /// The data goes into a new database under a temporary name
-/// (`<target>_dr_<random>`), created from `template0`; only when `pg_restore`
-/// succeeded is it renamed to the target (after dropping a previous target
-/// when `clean` allows). A failure drops the temporary database: the target
-/// is never left half restored.
+/// (`<target>_dr_<random>`), created from `template0` with the encoding and
+/// locale the backup recorded ([`DatabaseProperties`]); `pg_restore` fills
+/// it, the recorded owner, connection limit, privileges and settings are
+/// applied, and only then is it renamed to the target (after dropping a
+/// previous target when `clean` allows) and given the recorded comment. A
+/// failure drops the temporary database: the target is never left half
+/// restored.
+///
+/// Before anything is created the restore checks that the target server
+/// can take every recorded property (the roles exist or the globals create
+/// them, the settings exist, the server version has the locale provider)
+/// and that a pre-created target has the recorded encoding and locale;
+/// otherwise it fails naming the property
+/// ([`Error::DatabaseProperty`](crate::Error::DatabaseProperty), a
+/// [`dr_core::Error::Conflict`]), unless
+/// [`ignore_database_properties`](LogicalRestoreOptions::ignore_database_properties).
+/// A locale the server lacks is found by the `CREATE DATABASE` itself,
+/// which leaves nothing behind when it fails.
 #[derive(Debug)]
 pub struct PostgresLogicalRestorer {
     target: ConnectionSettings,
@@ -131,24 +154,29 @@ impl PostgresLogicalRestorer {
         Ok(Some(objects > 0))
     }
 
-    async fn apply_globals(
-        &self,
-        backup: &BackupReader,
-        psql: &tools::Tool,
-        warnings: &mut Vec<String>,
-    ) -> dr_core::Result<u64> {
+    async fn read_globals(&self, backup: &BackupReader) -> dr_core::Result<Vec<u8>> {
         let mut reader = backup.open(GLOBALS_ARTIFACT).await?;
         let mut sql = Vec::new();
         reader
             .read_to_end(&mut sql)
             .await
             .map_err(|e| dr_storage::Error::from_io(e, GLOBALS_ARTIFACT))?;
+        Ok(sql)
+    }
+
+    async fn apply_globals(
+        &self,
+        sql: Vec<u8>,
+        psql: &tools::Tool,
+        warnings: &mut Vec<String>,
+    ) -> dr_core::Result<u64> {
         let admin_conn = self.target.with_database("postgres");
         let (mut cmd, _pass) = admin_conn.command(&psql.path)?;
         cmd.arg("--no-psqlrc")
             .arg("--quiet")
             .arg("--set=ON_ERROR_STOP=0")
-            .arg(format!("--dbname={}", admin_conn.dbname()))
+            .arg("--dbname")
+            .arg(dbname_conninfo(admin_conn.dbname()))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -185,12 +213,17 @@ impl PostgresLogicalRestorer {
 
     /// Moves the restored database to the target name. An existing target is
     /// first renamed aside and dropped only once the new one holds the name.
+    /// The restore's mark (the temporary database's comment) stays until the
+    /// rename, so that a killed restore's leftover is always recognised; the
+    /// recorded comment replaces it then.
     async fn swap_in(
         &self,
         admin: &Client,
         temp: &str,
         target_db: &str,
         exists: bool,
+        comment: Option<&str>,
+        warnings: &mut Vec<String>,
     ) -> dr_core::Result<()> {
         let aside = format!("{temp}_old");
         if exists {
@@ -225,14 +258,31 @@ impl PostgresLogicalRestorer {
             }
             return Err(e.into());
         }
-        // The restored database is no longer temporary.
-        admin
+        // The restored database is no longer temporary: its own comment.
+        let commented = admin
             .batch_execute(&format!(
-                "COMMENT ON DATABASE {} IS NULL",
-                quote_ident(target_db)
+                "COMMENT ON DATABASE {} IS {}",
+                quote_ident(target_db),
+                comment.map_or_else(|| "NULL".to_string(), quote_literal)
             ))
-            .await
-            .map_err(self.query_err(format!("unmarking database {target_db}")))?;
+            .await;
+        if let Err(e) = commented {
+            if comment.is_none() || !self.options.ignore_database_properties {
+                return Err(
+                    self.query_err(format!("setting the comment of {target_db}"))(e).into(),
+                );
+            }
+            warnings.push(format!(
+                "database comment dropped: the target server refused it: {}",
+                properties::db_message(&e)
+            ));
+            let _ = admin
+                .batch_execute(&format!(
+                    "COMMENT ON DATABASE {} IS NULL",
+                    quote_ident(target_db)
+                ))
+                .await;
+        }
         if exists {
             admin
                 .batch_execute(&format!(
@@ -299,6 +349,140 @@ impl PostgresLogicalRestorer {
         Ok(())
     }
 
+    /// What the planning of database properties needs from the target
+    /// server: its roles, its settings and template0's locale.
+    async fn target_facts(&self, admin: &Client, major: u32) -> Result<TargetFacts> {
+        let roles = admin
+            .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+            .await
+            .map_err(self.query_err("listing the roles"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let settings = admin
+            .query("SELECT lower(name) FROM pg_catalog.pg_settings", &[])
+            .await
+            .map_err(self.query_err("listing the settings"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let template0 = properties::read(admin, "template0", &self.target.server()).await?;
+        Ok(TargetFacts {
+            major,
+            roles,
+            settings,
+            template0,
+        })
+    }
+
+    /// Creates the temporary database with the first locale of the plan
+    /// the server accepts. A `CREATE DATABASE` that fails leaves nothing
+    /// behind, so a locale the server lacks is refused before anything
+    /// exists.
+    async fn create_temporary(
+        &self,
+        admin: &Client,
+        temp: &str,
+        plan: &PropertyPlan,
+        major: u32,
+        warnings: &mut Vec<String>,
+    ) -> dr_core::Result<()> {
+        let plain = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(temp));
+        let mut refused: Option<(String, String)> = None;
+        for locale in &plan.creates {
+            let sql = locale
+                .create_sql(temp, major)
+                .unwrap_or_else(|_| plain.clone());
+            match admin.batch_execute(&sql).await {
+                Ok(()) => {
+                    if let Some((wanted, reason)) = refused {
+                        warnings.push(format!(
+                            "database encoding and locale dropped: the target server cannot create {wanted} \
+                             ({reason}); created with {locale}"
+                        ));
+                    }
+                    return Ok(());
+                }
+                Err(e) if properties::is_locale_error(&e) => {
+                    tracing::warn!(%locale, error = %properties::db_message(&e), "the server refused the locale");
+                    if !self.options.ignore_database_properties {
+                        return Err(Error::DatabaseProperty {
+                            target: self.target.target(),
+                            property: "encoding and locale".into(),
+                            reason: format!(
+                                "the target server cannot create a database with {locale}: {}; \
+                                 install the locale there, or pass ignore_database_properties \
+                                 (--ignore-database-properties) to restore with another",
+                                properties::db_message(&e)
+                            ),
+                        }
+                        .into());
+                    }
+                    refused.get_or_insert((locale.to_string(), properties::db_message(&e)));
+                }
+                Err(e) => {
+                    return Err(self.query_err(format!("creating database {temp}"))(e).into());
+                }
+            }
+        }
+        if plan.creates.is_empty() || refused.is_some() {
+            // Nothing recorded to follow, or nothing the server accepts: its
+            // defaults.
+            admin
+                .batch_execute(&plain)
+                .await
+                .map_err(self.query_err(format!("creating database {temp}")))?;
+            if let Some((wanted, reason)) = refused {
+                warnings.push(format!(
+                    "database encoding and locale dropped: the target server cannot create {wanted} \
+                     ({reason}); created with the server's defaults"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The recorded database properties against the target's, one check
+    /// each (`database encoding`, `database owner`, ...). Without owners
+    /// (`no_owner`, a scratch restore without globals) the owner and the
+    /// privileges are not compared.
+    async fn check_properties(
+        &self,
+        client: &Client,
+        recorded: &DatabaseProperties,
+    ) -> Result<Vec<Check>> {
+        let server = self.target.server();
+        let Some(actual) = properties::read(client, self.target.dbname(), &server).await? else {
+            return Err(Error::NoSuchDatabase {
+                database: self.target.dbname().to_string(),
+                server,
+            });
+        };
+        let roles = client
+            .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+            .await
+            .map_err(self.query_err("listing the roles"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(properties::compare(
+            recorded,
+            &actual,
+            self.options.no_owner,
+            &roles,
+        ))
+    }
+
+    async fn drop_database(&self, admin: &Client, name: &str) -> Result<()> {
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(name)
+            ))
+            .await
+            .map_err(self.query_err(format!("dropping {name}")))
+    }
+
     async fn run_pg_restore(
         &self,
         backup: &BackupReader,
@@ -306,7 +490,9 @@ impl PostgresLogicalRestorer {
         temp: &str,
     ) -> dr_core::Result<u64> {
         let (mut cmd, _pass) = self.target.command(&pg_restore.path)?;
-        cmd.arg("--exit-on-error").arg(format!("--dbname={temp}"));
+        cmd.arg("--exit-on-error")
+            .arg("--dbname")
+            .arg(dbname_conninfo(temp));
         if self.options.no_owner {
             cmd.arg("--no-owner").arg("--no-privileges");
         }
@@ -409,9 +595,13 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
     async fn restore(&self, backup: &BackupReader) -> dr_core::Result<RestoreReport> {
         let started = Instant::now();
         let target_db = self.target.dbname().to_string();
+        let ignore = self.options.ignore_database_properties;
         // Open the dump first: a wrong key fails here, before the target server
         // is touched.
         drop(backup.open(DUMP_ARTIFACT).await?);
+        let recorded = LogicalMetadata::from_manifest(backup.manifest())
+            .ok()
+            .and_then(|m| m.database_properties);
         let admin = self.admin().await?;
         let state = self.target_state(&admin).await?;
         if state == Some(true) && !self.options.clean {
@@ -432,57 +622,88 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
         let pg_restore = tools::find("pg_restore", self.options.bin_dir.as_deref(), major).await?;
         let mut warnings = Vec::new();
         let mut bytes = 0;
-        if self.options.globals {
+        let globals = if self.options.globals {
             if backup.manifest().artifact(GLOBALS_ARTIFACT).is_none() {
                 return Err(dr_core::Error::NotFound {
                     what: format!("globals in backup {}", backup.manifest().backup_id),
                 });
             }
             let psql = tools::find("psql", self.options.bin_dir.as_deref(), major).await?;
-            bytes += self.apply_globals(backup, &psql, &mut warnings).await?;
+            Some((self.read_globals(backup).await?, psql))
+        } else {
+            None
+        };
+
+        // Everything the target must take is checked before anything is
+        // created.
+        let server = self.target.server();
+        let existing = match state {
+            Some(_) => properties::read(&admin, &target_db, &server).await?,
+            None => None,
+        };
+        let mut facts = self.target_facts(&admin, major).await?;
+        if let Some((sql, _)) = &globals {
+            facts
+                .roles
+                .extend(properties::roles_created_by(&String::from_utf8_lossy(sql)));
         }
+        let plan = properties::plan(
+            recorded.as_ref(),
+            existing.as_ref(),
+            &facts,
+            self.options.no_owner,
+            ignore,
+        )
+        .map_err(|problems| properties::refusal(self.target.target(), &problems))?;
+        warnings.extend(plan.dropped.iter().cloned());
 
         let mut stem: String = target_db.chars().take(40).collect();
         stem.retain(|c| c != '\0');
         self.drop_stale_temporaries(&admin, &stem, &mut warnings)
             .await?;
         let temp = format!("{stem}_dr_{}", hex::encode(rand::random::<[u8; 3]>()));
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {} TEMPLATE template0",
-                quote_ident(&temp)
-            ))
-            .await
-            .map_err(self.query_err(format!("creating database {temp}")))?;
+        self.create_temporary(&admin, &temp, &plan, major, &mut warnings)
+            .await?;
         // Who owns it, so that a later restore can tell a temporary database
         // left by a killed restore from one still being written.
         let owner = TemporaryOwner::current();
-        admin
+        let marked = admin
             .batch_execute(&format!(
                 "COMMENT ON DATABASE {} IS {}",
                 quote_ident(&temp),
                 quote_literal(&owner.comment())
             ))
             .await
-            .map_err(self.query_err(format!("marking database {temp}")))?;
+            .map_err(self.query_err(format!("marking database {temp}")));
         tracing::info!(temporary = %temp, target = %target_db, "restoring under a temporary name");
-        let restored = self.run_pg_restore(backup, &pg_restore, &temp).await;
-        let finish = match restored {
-            Ok(n) => {
-                bytes += n;
-                self.swap_in(&admin, &temp, &target_db, state.is_some())
-                    .await
+        let finish = async {
+            marked?;
+            if let Some((sql, psql)) = globals {
+                bytes += self.apply_globals(sql, &psql, &mut warnings).await?;
             }
-            Err(e) => Err(e),
-        };
+            bytes += self.run_pg_restore(backup, &pg_restore, &temp).await?;
+            properties::apply(
+                &admin,
+                &temp,
+                &self.target.target(),
+                &plan,
+                ignore,
+                &mut warnings,
+            )
+            .await?;
+            self.swap_in(
+                &admin,
+                &temp,
+                &target_db,
+                state.is_some(),
+                plan.comment.as_deref(),
+                &mut warnings,
+            )
+            .await
+        }
+        .await;
         if let Err(e) = finish {
-            if let Err(drop_err) = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident(&temp)
-                ))
-                .await
-            {
+            if let Err(drop_err) = self.drop_database(&admin, &temp).await {
                 tracing::warn!(error = %drop_err, database = %temp, "temporary database not dropped");
             }
             return Err(e);
@@ -497,6 +718,7 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
             "replaced_existing": state.is_some(),
             "globals_applied": self.options.globals,
             "jobs": self.options.jobs.max(1),
+            "database_properties": if recorded.is_some() { "recorded" } else { "not recorded" },
         });
         Ok(report)
     }
@@ -535,6 +757,9 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
                 expected: expected.to_string(),
                 actual,
             });
+        }
+        if let Some(recorded) = &meta.database_properties {
+            checks.extend(self.check_properties(&client, recorded).await?);
         }
         Ok(CheckReport { checks })
     }
@@ -606,12 +831,6 @@ impl TemporaryOwner {
             Err(nix::errno::Errno::ESRCH)
         )
     }
-}
-
-/// A SQL string literal (`standard_conforming_strings` is on by default
-/// since PostgreSQL 9.1: only `'` needs doubling).
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

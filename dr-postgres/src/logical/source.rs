@@ -9,6 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
 use super::counts::count_tables;
+use super::properties::{self, dbname_conninfo};
 use crate::conn::ConnectionSettings;
 use crate::error::{Error, Result};
 use crate::metadata::{LogicalMetadata, DUMP_ARTIFACT, GLOBALS_ARTIFACT, KIND_LOGICAL};
@@ -21,8 +22,10 @@ use crate::tools::{self, tail};
 ///
 /// Consistency: a `REPEATABLE READ` transaction exports its snapshot
 /// (`pg_export_snapshot()`, PostgreSQL 15 docs §9.27.5), counts every table
-/// in it, and hands it to `pg_dump --snapshot`, so the dump and the row
-/// counts describe the same instant.
+/// and reads the database's properties
+/// ([`DatabaseProperties`](crate::DatabaseProperties)) in it, and hands it
+/// to `pg_dump --snapshot`, so the dump, the row counts and the properties
+/// describe the same instant.
 #[derive(Debug, Clone)]
 pub struct PostgresLogical {
     conn: ConnectionSettings,
@@ -180,13 +183,16 @@ impl dr_core::BackupSource for PostgresLogical {
             .get(0);
         let row_counts = count_tables(&client, &target).await?;
         tracing::info!(tables = row_counts.len(), %snapshot, "row counts taken");
+        // The catalogs read through SQL see the transaction's snapshot too.
+        let database_properties = properties::read(&client, self.conn.dbname(), &target).await?;
 
         progress.phase("dumping database");
         let (mut cmd, _pass) = self.conn.command(&pg_dump.path)?;
         cmd.arg("--format=custom")
             .arg("--compress=0")
             .arg(format!("--snapshot={snapshot}"))
-            .arg(format!("--dbname={}", self.conn.dbname()));
+            .arg("--dbname")
+            .arg(dbname_conninfo(self.conn.dbname()));
         run_streaming(cmd, "pg_dump", |mut stdout| async move {
             backup.write_artifact(DUMP_ARTIFACT, &mut stdout).await?;
             Ok(())
@@ -206,7 +212,8 @@ impl dr_core::BackupSource for PostgresLogical {
                     async move {
                         let (mut cmd, pass) = conn.command(&pg_dumpall.path)?;
                         cmd.arg("--globals-only")
-                            .arg(format!("--database={}", conn.dbname()));
+                            .arg("--database")
+                            .arg(dbname_conninfo(conn.dbname()));
                         if no_passwords {
                             cmd.arg("--no-role-passwords");
                         }
@@ -256,6 +263,7 @@ impl dr_core::BackupSource for PostgresLogical {
             pg_dump_major: pg_dump.major,
             globals: pg_dumpall.is_some(),
             globals_warning,
+            database_properties,
         };
         Ok(serde_json::to_value(meta).expect("metadata serialises"))
     }
