@@ -139,6 +139,7 @@ pub async fn restorer(
             o.globals = opts.globals;
             o.jobs = opts.jobs.max(1);
             o.staging_dir = opts.staging_dir.clone();
+            o.ignore_database_properties = opts.ignore_database_properties;
             Box::new(PostgresLogicalRestorer::new(conn, o))
         }
         SourceKind::PostgresPhysical => {

@@ -38,6 +38,12 @@ pub struct RestoreOptions {
     /// Directory for the staged dump of a parallel restore.
     #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
     pub staging_dir: Option<PathBuf>,
+    /// Restore even when the target server cannot give the database its
+    /// recorded properties (encoding and locale, owner, privileges,
+    /// settings): each one dropped is listed in the report's warnings.
+    /// Without it such a restore fails before creating anything.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub ignore_database_properties: bool,
     /// Point-in-time restore of a physical backup (`--pgdata DIR` and a target).
     #[cfg_attr(feature = "clap", command(flatten))]
     pub pitr: PitrArgs,
