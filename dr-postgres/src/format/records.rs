@@ -215,6 +215,10 @@ fn cstr(b: &[u8]) -> String {
 }
 
 fn decode(rmid: u8, info: u8, rec: &[u8]) -> RecordKind {
+    // A switch record has no data.
+    if (rmid, info) == (RM_XLOG, XLOG_SWITCH) {
+        return RecordKind::Switch;
+    }
     let Some(data) = main_data(rec) else {
         return RecordKind::Other;
     };
@@ -223,9 +227,9 @@ fn decode(rmid: u8, info: u8, rec: &[u8]) -> RecordKind {
             oid: u32le(data, 0),
             path: cstr(&data[4..]),
         },
-        (RM_TBLSPC, XLOG_TBLSPC_DROP) if data.len() >= 4 => {
-            RecordKind::TablespaceDrop { oid: u32le(data, 0) }
-        }
+        (RM_TBLSPC, XLOG_TBLSPC_DROP) if data.len() >= 4 => RecordKind::TablespaceDrop {
+            oid: u32le(data, 0),
+        },
         (RM_XACT, i) if data.len() >= 8 => {
             let commit = match i & XLOG_XACT_OPMASK {
                 XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED => true,
@@ -240,7 +244,6 @@ fn decode(rmid: u8, info: u8, rec: &[u8]) -> RecordKind {
         (RM_XLOG, XLOG_RESTORE_POINT) if data.len() >= 8 => RecordKind::RestorePoint {
             name: cstr(&data[8..]),
         },
-        (RM_XLOG, XLOG_SWITCH) => RecordKind::Switch,
         _ => RecordKind::Other,
     }
 }
@@ -302,9 +305,7 @@ impl RecordReader {
             if u16le(page, 0) & 0xF000 != 0xD000 || u64le(page, 8) != page_addr {
                 // A page never written in this place: the end of WAL.
                 self.partial = None;
-                return Ok(Fed::EndOfWal {
-                    at: Lsn(page_addr),
-                });
+                return Ok(Fed::EndOfWal { at: Lsn(page_addr) });
             }
             let header = if info & XLP_LONG_HEADER != 0 {
                 LONG_PAGE_HEADER
@@ -508,24 +509,34 @@ mod tests {
     #[test]
     fn reads_records_across_pages_and_decodes_the_ones_dr_needs() {
         // 2000-01-01 + 1 s.
-        let commit = (RM_XACT, XLOG_XACT_COMMIT, 1_000_000i64.to_le_bytes().to_vec());
+        let commit = (
+            RM_XACT,
+            XLOG_XACT_COMMIT,
+            1_000_000i64.to_le_bytes().to_vec(),
+        );
         let big = (10u8, 0u8, vec![0xAB; 20_000]);
         let records = vec![
             big.clone(),
             create(16_390, "/srv/ts2"),
             commit,
             big,
-            (RM_TBLSPC, XLOG_TBLSPC_DROP, 16_390u32.to_le_bytes().to_vec()),
+            (
+                RM_TBLSPC,
+                XLOG_TBLSPC_DROP,
+                16_390u32.to_le_bytes().to_vec(),
+            ),
         ];
         let (seg, starts) = segment(3, 0, &records);
         let mut r = RecordReader::new(1 << 20);
         let (got, fed) = read_all(&mut r, 3, &seg);
-        assert_eq!(fed, Fed::EndOfWal { at: Lsn(starts[4] + 24 + 2 + 4).align8() });
-        assert_eq!(got.len(), 5);
         assert_eq!(
-            got.iter().map(|g| g.lsn.0).collect::<Vec<_>>(),
-            starts
+            fed,
+            Fed::EndOfWal {
+                at: Lsn(starts[4] + 24 + 2 + 4).align8()
+            }
         );
+        assert_eq!(got.len(), 5);
+        assert_eq!(got.iter().map(|g| g.lsn.0).collect::<Vec<_>>(), starts);
         assert_eq!(
             got[1].kind,
             RecordKind::TablespaceCreate {
@@ -567,6 +578,24 @@ mod tests {
         assert!(RecordReader::new(1 << 20)
             .feed("x", 0, &seg[..4096], |_| true)
             .is_err());
+    }
+
+    #[test]
+    fn a_switch_skips_the_rest_of_the_segment() {
+        // XLOG_SWITCH carries no data: a bare header.
+        let (mut seg, starts) = segment(0, 0, &[create(1, "/a"), create(2, "/b")]);
+        let at = starts[1] as usize;
+        let mut rec = vec![0u8; RECORD_HEADER];
+        rec[0..4].copy_from_slice(&(RECORD_HEADER as u32).to_le_bytes());
+        rec[8..16].copy_from_slice(&starts[0].to_le_bytes());
+        rec[16] = XLOG_SWITCH;
+        let crc = crc32c(&[&rec[RECORD_HEADER..], &rec[..20]]);
+        rec[20..24].copy_from_slice(&crc.to_le_bytes());
+        seg[at..at + RECORD_HEADER].copy_from_slice(&rec);
+        let (got, fed) = read_all(&mut RecordReader::new(1 << 20), 0, &seg);
+        assert_eq!(fed, Fed::More);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].kind, RecordKind::Switch);
     }
 
     #[test]
