@@ -203,10 +203,23 @@ pub struct PitrPlan {
 /// `source` whose stop point is before the target, on a timeline from which
 /// the target timeline is reachable. Never falls back to another target.
 ///
+/// It then reads the archived WAL recovery will replay, from the backup's
+/// start to the target (to the end of the archive for `latest`), for
+/// tablespace creations ([`PitrPlan::wal_tablespaces`]; PostgreSQL 15 docs
+/// §26.3.7 "Caveats"): every segment on the way is fetched and decrypted
+/// once, in memory, so planning a restore to `latest` long after the
+/// newest base backup reads that much WAL. The plan's
+/// [`warnings`](PitrPlan::warnings) say what the timeline choice means
+/// (§26.3.5 "Timelines").
+///
 /// # Errors
 /// [`PitrError::NoBackupForTarget`] listing why each backup was refused;
 /// [`PitrError::TimelineUnreachable`] for an explicit backup off the target's
-/// history; repository errors.
+/// history; [`PitrError::WalGap`]; [`PitrError::TablespaceInWal`] when the
+/// replayed WAL creates a tablespace in a directory that exists on this
+/// host; [`PitrError::InvalidInput`] for a tablespace mapping that names no
+/// tablespace of the backup, or one the WAL creates (it cannot be mapped);
+/// repository errors.
 pub async fn plan_pitr(
     repo: &Repository,
     identities: &Identities,
@@ -371,7 +384,10 @@ pub async fn plan_pitr(
     let settings = recovery_settings(opts, &archive, timeline);
     let tablespaces = place_tablespaces(&manifest.backup_id, &meta, opts, &wal_tablespaces)?;
     refuse_wal_tablespaces(&wal_tablespaces)?;
-    for t in wal_tablespaces.iter().filter(|t| t.created) {
+    for t in wal_tablespaces
+        .iter()
+        .filter(|t| t.created && !t.path.as_os_str().is_empty())
+    {
         warnings.push(format!(
             "the WAL replayed creates tablespace oid {} in {} (at {}): recovery makes it there, not under the \
              restored data directory, and fails if {} does not exist; it cannot be mapped elsewhere \
@@ -407,7 +423,16 @@ pub async fn plan_pitr(
 pub(super) fn refuse_wal_tablespaces(changes: &[WalTablespace]) -> Result<(), PitrError> {
     let existing: Vec<&WalTablespace> = changes
         .iter()
-        .filter(|c| c.created && std::fs::symlink_metadata(&c.path).is_ok())
+        // Anything but "no such file" counts as existing (a directory this
+        // user may not look into exists all the same). An empty path is
+        // an in-place tablespace (`allow_in_place_tablespaces`), made
+        // inside the restored data directory.
+        .filter(|c| {
+            c.created
+                && !c.path.as_os_str().is_empty()
+                && !matches!(std::fs::symlink_metadata(&c.path),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
         .collect();
     match existing.split_first() {
         None => Ok(()),

@@ -211,6 +211,8 @@ impl Restorer for PostgresPitrRestorer {
             ),
         });
         out.bytes_read = report.bytes;
+        // Front ends print a restore report's warnings.
+        out.warnings.extend(report.warnings.iter().cloned());
         out.details = serde_json::to_value(&report).unwrap_or_default();
         if let Some(r) = slot.as_mut() {
             r.report = Some(report);
