@@ -107,22 +107,34 @@ pub(super) async fn restore_from(
 ) -> Result<PitrReport, PitrError> {
     let started = Instant::now();
     let pgdata = &opts.pgdata;
-    for t in &plan.tablespaces {
-        if !is_empty_or_absent(&t.dir)? {
-            return Err(PitrError::TablespaceNotEmpty {
-                name: t.name.clone(),
-                oid: t.oid,
-                dir: t.dir.clone(),
-            });
-        }
-    }
-    // Checked again here: the plan may have been made before the directory
-    // appeared.
-    refuse_wal_tablespaces(&plan.wal_tablespaces)?;
     let existed = pgdata.exists();
     // Held until the restore ends; refuses a directory another restore
-    // writes, or one that is not empty.
+    // writes (before looking at anything else it may be writing), or one
+    // that is not empty.
     let lock = RestoreLock::acquire(pgdata)?;
+    let refused = || -> Result<(), PitrError> {
+        for t in &plan.tablespaces {
+            if !is_empty_or_absent(&t.dir)? {
+                return Err(PitrError::TablespaceNotEmpty {
+                    name: t.name.clone(),
+                    oid: t.oid,
+                    dir: t.dir.clone(),
+                });
+            }
+        }
+        // Checked again here: the plan may have been made before the
+        // directory appeared.
+        refuse_wal_tablespaces(&plan.wal_tablespaces)
+    };
+    if let Err(e) = refused() {
+        // Nothing written but the lock file (and the directory, when it was
+        // made for the lock).
+        lock.release();
+        if !existed {
+            let _ = std::fs::remove_dir(pgdata);
+        }
+        return Err(e);
+    }
     let owner = opts.owner.or_else(default_owner);
     // Which directories existed (empty) before: on a failure while the
     // files are written, what this restore wrote is removed again, so no
