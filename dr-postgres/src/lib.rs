@@ -76,7 +76,7 @@ pub use physical::{
     format_time, parse_target_time, pitr_restore, plan_pitr, register as register_pitr_actions,
     stop_server, PhysicalOptions, PhysicalScratchRestorer, PitrActionEnv, PitrError, PitrOptions,
     PitrPlan, PitrReport, PostgresPhysical, PostgresPitrRestorer, RecoveryPoint, RecoveryTarget,
-    TablespaceMapping, TargetAction,
+    TablespaceMapping, TargetAction, WalTablespace,
 };
 pub use plan::{register as register_plan_actions, PlanError};
 pub use tools::{find as find_tool, Tool};

@@ -13,8 +13,9 @@ use crate::format::FormatError;
 /// carries a secret.
 ///
 /// Into [`dr_core::Error`]: a malformed input is usage
-/// ([`dr_core::Error::InvalidConfig`]); a non-empty target is a
-/// [`dr_core::Error::Conflict`]; no backup for the target and a history file
+/// ([`dr_core::Error::InvalidConfig`]); a non-empty target, a target
+/// another restore is writing and a tablespace that replay would create in
+/// an existing directory are [`dr_core::Error::Conflict`]s; no backup for the target and a history file
 /// not archived are [`dr_core::Error::NotFound`]; a corrupt or
 /// undecryptable backup keeps its storage kind (verification failed, or
 /// usage for a wrong key); a bound is [`dr_core::Error::Timeout`]; the rest
@@ -103,6 +104,51 @@ pub enum PitrError {
         /// The directory.
         dir: PathBuf,
     },
+    /// The WAL the restore would replay creates a tablespace in a directory
+    /// that exists on this host. PostgreSQL replays `CREATE TABLESPACE` at
+    /// the directory written in the WAL, not under the restored data
+    /// directory, and empties that directory's version subdirectory first
+    /// (PostgreSQL 15 docs §26.3.7 "Caveats"): recovery would write into
+    /// another cluster's tablespace, the original's when restoring beside
+    /// it. Refused before anything is written.
+    #[error(
+        "the WAL this restore replays creates tablespace oid {oid} in {} (record at {lsn} on timeline \
+         {timeline}{}), and {} exists on this host: PostgreSQL replays CREATE TABLESPACE at the directory \
+         written in the WAL, so recovery would empty and write into it (another cluster's tablespace, the \
+         original's when restoring beside it; PostgreSQL docs, Continuous Archiving, \"Caveats\"){}. \
+         Choose one: recover to just before it with --target-lsn {before}; restore on another host, where {} \
+         does not exist; or restore a base backup taken after {lsn} (take one now)",
+        path.display(),
+        created_at.map(|t| format!(", committed {}", t.to_rfc3339())).unwrap_or_default(),
+        path.display(),
+        if more.is_empty() { String::new() } else { format!("; later ones too: {}", more.join(", ")) },
+        path.display()
+    )]
+    TablespaceInWal {
+        /// The tablespace's oid.
+        oid: u32,
+        /// The directory in the WAL record.
+        path: PathBuf,
+        /// Where the creation record starts.
+        lsn: crate::format::Lsn,
+        /// The record before it: `--target-lsn` stops just before the
+        /// creation.
+        before: crate::format::Lsn,
+        /// The timeline of the record.
+        timeline: u32,
+        /// The commit time of the creation, when known.
+        created_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Later creations refused for the same reason, `oid in DIR at LSN`.
+        more: Vec<String>,
+    },
+    /// Another restore is writing the target directory now.
+    #[error("another dr restore (pid {pid}) is writing {}", dir.display())]
+    RestoreInProgress {
+        /// The data directory.
+        dir: PathBuf,
+        /// The process holding the lock, as it recorded itself.
+        pid: u32,
+    },
     /// The restored server did not reach its target.
     #[error("recovery of {} failed: {reason}", dir.display())]
     RecoveryFailed {
@@ -157,7 +203,9 @@ impl From<PitrError> for dr_core::Error {
             PitrError::Postgres(p) => p.into(),
             PitrError::Format(f) => f.into(),
             PitrError::TargetNotEmpty { ref dir, .. }
-            | PitrError::TablespaceNotEmpty { ref dir, .. } => dr_core::Error::Conflict {
+            | PitrError::TablespaceNotEmpty { ref dir, .. }
+            | PitrError::RestoreInProgress { ref dir, .. }
+            | PitrError::TablespaceInWal { path: ref dir, .. } => dr_core::Error::Conflict {
                 what: dir.display().to_string(),
                 reason: e.to_string(),
             },

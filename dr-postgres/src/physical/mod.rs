@@ -11,9 +11,15 @@
 //!   - planning ([`plan_pitr`] → [`PitrPlan`]): choose the backup for a
 //!     [`RecoveryTarget`], check the timeline history and the archive for
 //!     gaps, place the tablespaces (original directories or a
-//!     [`TablespaceMapping`]);
-//!   - restoring ([`pitr_restore`] → [`PitrReport`]): unpack the tars, write
-//!     `recovery.signal` and the recovery settings;
+//!     [`TablespaceMapping`]), read the WAL recovery will replay for
+//!     tablespaces it creates ([`WalTablespace`]; one in a directory that
+//!     exists on this host is refused, PostgreSQL 15 docs §26.3.7
+//!     "Caveats"), and say out loud what the timeline choice means
+//!     ([`PitrPlan::warnings`]);
+//!   - restoring ([`pitr_restore`] → [`PitrReport`]): lock the target
+//!     directory (one restore at a time; an interrupted restore's leftover
+//!     is named as such), unpack the tars, write `recovery.signal` and the
+//!     recovery settings;
 //!   - the server's lifecycle: start it and wait for the recovery to end
 //!     ([`RecoveryPoint`]), [`stop_server`].
 //!
@@ -26,7 +32,9 @@
 mod action;
 mod error;
 mod extract;
+mod lock;
 mod plan;
+mod replay;
 mod restore;
 mod restorer;
 mod server;
@@ -44,6 +52,7 @@ pub use action::{
 };
 pub use error::PitrError;
 pub use plan::{plan_pitr, PitrOptions, PitrPlan, TablespaceMapping, TablespacePlacement};
+pub use replay::WalTablespace;
 pub use restore::{pitr_restore, PitrReport};
 pub use restorer::PostgresPitrRestorer;
 pub use server::{stop_server, RecoveryPoint};

@@ -9,10 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dr_storage::{Identities, Manifest, Repository, WalArchive};
+use dr_storage::{Identities, Manifest, Repository, WalArchive, WalObject};
 use serde::Serialize;
 
 use super::error::PitrError;
+use super::replay::{tablespace_changes, WalTablespace};
 use super::target::{RecoveryTarget, TargetAction};
 use crate::format::{
     segment_file_name, History, Lsn, WalFileKind, WalFileName, DEFAULT_SEGMENT_SIZE,
@@ -185,6 +186,15 @@ pub struct PitrPlan {
     pub rejected: Vec<String>,
     /// Where each tablespace goes.
     pub tablespaces: Vec<TablespacePlacement>,
+    /// Tablespaces the replayed WAL creates or drops, oldest first. A
+    /// creation in a directory that exists on this host is refused
+    /// ([`PitrError::TablespaceInWal`]); the others are listed here and
+    /// in `warnings`.
+    pub wal_tablespaces: Vec<WalTablespace>,
+    /// What the operator should know before going on, one sentence each
+    /// (which timeline recovery follows when another holds later WAL, a
+    /// tablespace the replayed WAL creates): front ends print them.
+    pub warnings: Vec<String>,
     #[serde(skip)]
     pub(super) manifest: Manifest,
 }
@@ -193,10 +203,23 @@ pub struct PitrPlan {
 /// `source` whose stop point is before the target, on a timeline from which
 /// the target timeline is reachable. Never falls back to another target.
 ///
+/// It then reads the archived WAL recovery will replay, from the backup's
+/// start to the target (to the end of the archive for `latest`), for
+/// tablespace creations ([`PitrPlan::wal_tablespaces`]; PostgreSQL 15 docs
+/// §26.3.7 "Caveats"): every segment on the way is fetched and decrypted
+/// once, in memory, so planning a restore to `latest` long after the
+/// newest base backup reads that much WAL. The plan's
+/// [`warnings`](PitrPlan::warnings) say what the timeline choice means
+/// (§26.3.5 "Timelines").
+///
 /// # Errors
 /// [`PitrError::NoBackupForTarget`] listing why each backup was refused;
 /// [`PitrError::TimelineUnreachable`] for an explicit backup off the target's
-/// history; repository errors.
+/// history; [`PitrError::WalGap`]; [`PitrError::TablespaceInWal`] when the
+/// replayed WAL creates a tablespace in a directory that exists on this
+/// host; [`PitrError::InvalidInput`] for a tablespace mapping that names no
+/// tablespace of the backup, or one the WAL creates (it cannot be mapped);
+/// repository errors.
 pub async fn plan_pitr(
     repo: &Repository,
     identities: &Identities,
@@ -313,19 +336,15 @@ pub async fn plan_pitr(
             rejected.join("; ")
         }));
     };
+    let listing = archive.list(system_id).await?;
+    let names: Vec<String> = listing.iter().map(|o| o.name.clone()).collect();
+    let size = match meta.wal_segment_size {
+        0 => DEFAULT_SEGMENT_SIZE,
+        n => n,
+    };
     if matches!(opts.target, RecoveryTarget::Latest) && !opts.allow_wal_gap {
         // PostgreSQL ends recovery without a target wherever the archive
         // runs out: a hole would be a silent early promotion.
-        let names: Vec<String> = archive
-            .list(system_id)
-            .await?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
-        let size = match meta.wal_segment_size {
-            0 => DEFAULT_SEGMENT_SIZE,
-            n => n,
-        };
         if let Some((missing, after, next)) =
             first_gap(&names, &history, meta.timeline, meta.start_lsn, size)
         {
@@ -337,8 +356,49 @@ pub async fn plan_pitr(
             });
         }
     }
+    let mut warnings = Vec::new();
+    if matches!(
+        opts.target,
+        RecoveryTarget::Latest | RecoveryTarget::Time(_)
+    ) {
+        let histories = all_histories(&archive, system_id, identities, &listing).await?;
+        warnings.extend(timeline_warnings(
+            &listing,
+            &histories,
+            timeline,
+            opts.timeline.is_some(),
+            &opts.target,
+        ));
+    }
+    // Before anything is written: the tablespaces the replayed WAL creates.
+    let wal_tablespaces = tablespace_changes(
+        &archive,
+        identities,
+        system_id,
+        &names,
+        &history,
+        &meta,
+        &opts.target,
+    )
+    .await?;
     let settings = recovery_settings(opts, &archive, timeline);
-    let tablespaces = place_tablespaces(&manifest.backup_id, &meta, opts)?;
+    let tablespaces = place_tablespaces(&manifest.backup_id, &meta, opts, &wal_tablespaces)?;
+    refuse_wal_tablespaces(&wal_tablespaces)?;
+    for t in wal_tablespaces
+        .iter()
+        .filter(|t| t.created && !t.path.as_os_str().is_empty())
+    {
+        warnings.push(format!(
+            "the WAL replayed creates tablespace oid {} in {} (at {}): recovery makes it there, not under the \
+             restored data directory, and fails if {} does not exist; it cannot be mapped elsewhere \
+             (PostgreSQL docs, Continuous Archiving, \"Caveats\"); to leave it out, recover to --target-lsn {}",
+            t.oid,
+            t.path.display(),
+            t.lsn,
+            t.path.display(),
+            t.before
+        ));
+    }
     Ok(PitrPlan {
         source: source.to_string(),
         backup_id: manifest.backup_id.clone(),
@@ -348,8 +408,191 @@ pub async fn plan_pitr(
         settings,
         rejected,
         tablespaces,
+        wal_tablespaces,
+        warnings,
         manifest,
     })
+}
+
+/// Refuses a restore whose replayed WAL creates a tablespace in a
+/// directory that exists on this host (PostgreSQL 15 docs §26.3.7
+/// "Caveats").
+///
+/// # Errors
+/// [`PitrError::TablespaceInWal`] naming the first such creation.
+pub(super) fn refuse_wal_tablespaces(changes: &[WalTablespace]) -> Result<(), PitrError> {
+    let existing: Vec<&WalTablespace> = changes
+        .iter()
+        // Anything but "no such file" counts as existing (a directory this
+        // user may not look into exists all the same). An empty path is
+        // an in-place tablespace (`allow_in_place_tablespaces`), made
+        // inside the restored data directory.
+        .filter(|c| {
+            c.created
+                && !c.path.as_os_str().is_empty()
+                && !matches!(std::fs::symlink_metadata(&c.path),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .collect();
+    match existing.split_first() {
+        None => Ok(()),
+        Some((first, rest)) => Err(PitrError::TablespaceInWal {
+            oid: first.oid,
+            path: first.path.clone(),
+            lsn: first.lsn,
+            before: first.before,
+            timeline: first.timeline,
+            created_at: first.committed_at,
+            more: rest
+                .iter()
+                .map(|c| format!("oid {} in {} at {}", c.oid, c.path.display(), c.lsn))
+                .collect(),
+        }),
+    }
+}
+
+/// The history of every timeline in the archive (timeline 1 has none).
+async fn all_histories(
+    archive: &WalArchive,
+    system_id: u64,
+    identities: &Identities,
+    listing: &[WalObject],
+) -> Result<Vec<History>, PitrError> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for o in listing {
+        let Ok(n) = WalFileName::parse(&o.name) else {
+            continue;
+        };
+        if n.kind != WalFileKind::History || !seen.insert(n.timeline) {
+            continue;
+        }
+        let (_, text) = archive.fetch(system_id, &o.name, identities).await?;
+        out.push(History::parse(n.timeline, &String::from_utf8_lossy(&text))?);
+    }
+    Ok(out)
+}
+
+/// Where each timeline's archived WAL ends: its last segment and when that
+/// was archived.
+fn timeline_ends(
+    listing: &[WalObject],
+) -> std::collections::BTreeMap<u32, (String, chrono::DateTime<chrono::Utc>)> {
+    let mut ends: std::collections::BTreeMap<u32, (String, chrono::DateTime<chrono::Utc>)> =
+        Default::default();
+    for o in listing {
+        let Ok(n) = WalFileName::parse(&o.name) else {
+            continue;
+        };
+        if !n.has_pages() {
+            continue;
+        }
+        let e = ends
+            .entry(n.timeline)
+            .or_insert_with(|| (o.name.clone(), o.last_modified));
+        if o.name > e.0 {
+            e.0 = o.name.clone();
+        }
+        e.1 = e.1.max(o.last_modified);
+    }
+    ends
+}
+
+/// What the timeline choice means, said out loud (PostgreSQL 15 docs
+/// §26.3.5 "Timelines", §20.5.5 `recovery_target_timeline`): a time target
+/// after the archived end of the timeline followed, when another timeline
+/// holds later WAL; the target `latest` when more than one timeline goes on
+/// separately (none is an ancestor of another).
+fn timeline_warnings(
+    listing: &[WalObject],
+    histories: &[History],
+    timeline: u32,
+    asked: bool,
+    target: &RecoveryTarget,
+) -> Vec<String> {
+    let ends = timeline_ends(listing);
+    let ancestors: std::collections::BTreeSet<u32> = histories
+        .iter()
+        .flat_map(|h| h.entries.iter().map(|e| e.timeline))
+        .collect();
+    let why = if asked {
+        "as asked"
+    } else {
+        "the newest timeline in the archive"
+    };
+    let describe = |t: u32| match ends.get(&t) {
+        Some((seg, at)) => format!(
+            "timeline {t} (archived WAL up to segment {seg}, archived at {})",
+            at.to_rfc3339()
+        ),
+        None => format!("timeline {t} (no archived segment yet)"),
+    };
+    let mut out = Vec::new();
+    match target {
+        RecoveryTarget::Time(_) => {
+            let t = target.time_utc().expect("a time target");
+            let Some((seg, end)) = ends.get(&timeline) else {
+                return out;
+            };
+            if *end >= t {
+                return out;
+            }
+            let later: Vec<u32> = ends
+                .iter()
+                .filter(|(tl, (_, at))| **tl != timeline && *at > *end)
+                .map(|(tl, _)| *tl)
+                .collect();
+            if later.is_empty() {
+                out.push(format!(
+                    "recovery follows timeline {timeline} ({why}), whose archived WAL ends in segment {seg} \
+                     (archived at {}), before the target {}: recovery fails unless WAL up to the target is \
+                     archived by then",
+                    end.to_rfc3339(),
+                    t.to_rfc3339()
+                ));
+            } else {
+                out.push(format!(
+                    "recovery follows timeline {timeline} ({why}), whose archived WAL ends in segment {seg} \
+                     (archived at {}), before the target {}; later WAL is on {}: to recover along it, pass \
+                     --target-timeline {}",
+                    end.to_rfc3339(),
+                    t.to_rfc3339(),
+                    later
+                        .iter()
+                        .map(|l| describe(*l))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    later[later.len() - 1]
+                ));
+            }
+        }
+        RecoveryTarget::Latest => {
+            let live: Vec<u32> = ends
+                .keys()
+                .copied()
+                .filter(|t| !ancestors.contains(t))
+                .collect();
+            if live.len() > 1 {
+                let others: Vec<u32> = live.iter().copied().filter(|t| *t != timeline).collect();
+                out.push(format!(
+                    "the archive holds {} timelines that go on separately: {}; recovery follows timeline \
+                     {timeline} ({why}); to follow another, pass --target-timeline {}",
+                    live.len(),
+                    live.iter()
+                        .map(|l| describe(*l))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    others
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ));
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// Whether a server at `lsn` on `timeline` can recover along `history`'s
@@ -459,6 +702,7 @@ fn place_tablespaces(
     backup_id: &str,
     meta: &PhysicalMetadata,
     opts: &PitrOptions,
+    wal: &[WalTablespace],
 ) -> Result<Vec<TablespacePlacement>, PitrError> {
     let bad = |value: String, reason: String| PitrError::InvalidInput {
         what: "tablespace mapping".into(),
@@ -466,6 +710,32 @@ fn place_tablespaces(
         reason,
     };
     for m in &opts.tablespace_mapping {
+        let in_backup = meta
+            .tablespaces
+            .iter()
+            .any(|t| t.name == m.tablespace || t.oid.to_string() == m.tablespace);
+        if let Some(w) = wal
+            .iter()
+            .find(|w| w.created && w.oid.to_string() == m.tablespace)
+            .filter(|_| !in_backup)
+        {
+            // PostgreSQL replays the creation at the directory in the WAL
+            // record; a restore cannot point it elsewhere (the link in
+            // pg_tblspc is made again by the replay).
+            return Err(bad(
+                format!("{}={}", m.tablespace, m.dir.display()),
+                format!(
+                    "tablespace oid {} is not in backup {backup_id}: the WAL replayed after it creates it at {} \
+                     (record at {}), and PostgreSQL replays a CREATE TABLESPACE at the directory written in the \
+                     WAL, so it cannot be mapped (PostgreSQL docs, Continuous Archiving, \"Caveats\"); recover \
+                     to --target-lsn {} (before it), restore on another host, or use a base backup taken after it",
+                    w.oid,
+                    w.path.display(),
+                    w.lsn,
+                    w.before
+                ),
+            ));
+        }
         if !meta
             .tablespaces
             .iter()
@@ -670,6 +940,94 @@ mod tests {
         assert!(resolved(&link.join("a/b")).starts_with(&real));
         // Nothing of it exists: as given.
         assert_eq!(resolved(Path::new("nope/x")), PathBuf::from("nope/x"));
+    }
+
+    fn object(name: &str, at: &str) -> WalObject {
+        WalObject {
+            name: name.into(),
+            plain_sha256: String::new(),
+            object: String::new(),
+            stored_size: 0,
+            last_modified: chrono::DateTime::parse_from_rfc3339(at)
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        }
+    }
+
+    fn time(s: &str) -> RecoveryTarget {
+        RecoveryTarget::Time(chrono::DateTime::parse_from_rfc3339(s).unwrap())
+    }
+
+    #[test]
+    fn timeline_choices_are_said_out_loud() {
+        // Timeline 1 until 10:00; 2 branched off it (a restore to an old
+        // point) and wrote until 10:05; 3 branched off 1 too and wrote
+        // until 11:00: 2 and 3 go on separately.
+        let listing = vec![
+            object("000000010000000000000003", "2026-01-01T09:00:00Z"),
+            object("000000010000000000000004", "2026-01-01T10:00:00Z"),
+            object("00000002.history", "2026-01-01T10:01:00Z"),
+            object("000000020000000000000004", "2026-01-01T10:05:00Z"),
+            object("00000003.history", "2026-01-01T10:30:00Z"),
+            object("000000030000000000000004", "2026-01-01T10:40:00Z"),
+            object("000000030000000000000005", "2026-01-01T11:00:00Z"),
+        ];
+        let histories = vec![
+            History::parse(2, "1\t0/4000100\tbefore 2026-01-01 09:30:00+00\n").unwrap(),
+            History::parse(3, "1\t0/4000200\tno recovery target specified\n").unwrap(),
+        ];
+        // A time after timeline 2's end, following 2 as asked: timeline 3
+        // holds later WAL.
+        let w = timeline_warnings(&listing, &histories, 2, true, &time("2026-01-01T10:50:00Z"));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("recovery follows timeline 2 (as asked)")
+                && w[0].contains("000000020000000000000004")
+                && w[0].contains("timeline 3 (archived WAL up to segment 000000030000000000000005")
+                && w[0].contains("--target-timeline 3"),
+            "{}",
+            w[0]
+        );
+        // A time before that end: nothing to say.
+        assert!(
+            timeline_warnings(&listing, &histories, 2, true, &time("2026-01-01T10:04:00Z"))
+                .is_empty()
+        );
+        // After the end of every timeline: the timeline followed, where it ends.
+        let w = timeline_warnings(
+            &listing,
+            &histories,
+            3,
+            false,
+            &time("2026-01-01T12:00:00Z"),
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("timeline 3 (the newest timeline in the archive)"),
+            "{}",
+            w[0]
+        );
+        // latest with two live timelines: which one is followed, and the other.
+        let w = timeline_warnings(&listing, &histories, 3, false, &RecoveryTarget::Latest);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("2 timelines that go on separately")
+                && w[0].contains("recovery follows timeline 3")
+                && w[0].contains("--target-timeline 2"),
+            "{}",
+            w[0]
+        );
+        // One live timeline (2 and 3 in a line): nothing.
+        let line = vec![
+            History::parse(2, "1\t0/4000100\tx\n").unwrap(),
+            History::parse(3, "1\t0/4000100\tx\n2\t0/4000300\ty\n").unwrap(),
+        ];
+        assert!(timeline_warnings(&listing, &line, 3, false, &RecoveryTarget::Latest).is_empty());
+        // Other targets: nothing.
+        assert!(
+            timeline_warnings(&listing, &histories, 3, false, &RecoveryTarget::Immediate)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ use dr_storage::{ArtifactReader, Identities, Repository};
 use serde::Serialize;
 
 use super::error::PitrError;
-use super::plan::{socket_dir, PitrOptions, PitrPlan};
+use super::lock::RestoreLock;
+use super::plan::{refuse_wal_tablespaces, socket_dir, PitrOptions, PitrPlan};
 use super::server::{start_and_wait, write_recovery_config, RecoveryPoint};
 use crate::host::default_owner;
 use crate::metadata::{BASE_ARTIFACT, MANIFEST_ARTIFACT};
@@ -25,6 +26,9 @@ pub struct PitrReport {
     pub pgdata: PathBuf,
     /// The plan carried out.
     pub plan: PitrPlan,
+    /// The plan's warnings ([`PitrPlan::warnings`]), for front ends to
+    /// print.
+    pub warnings: Vec<String>,
     /// Plaintext bytes restored.
     pub bytes: u64,
     /// Set when the server was started and recovery ended.
@@ -41,8 +45,15 @@ pub struct PitrReport {
 /// settings; with `opts.start`, starts the server as the data directory's
 /// owner and waits until recovery ends.
 ///
+/// The target directory is locked for the whole restore (a lock file inside
+/// it, see [`PitrError::RestoreInProgress`]).
+///
 /// # Errors
-/// [`PitrError::TargetNotEmpty`] before anything is written;
+/// Before anything is written: [`PitrError::TargetNotEmpty`] (naming the
+/// leftover of an interrupted restore as such),
+/// [`PitrError::RestoreInProgress`] when another restore writes the
+/// directory, [`PitrError::TablespaceNotEmpty`],
+/// [`PitrError::TablespaceInWal`];
 /// [`PitrError::RecoveryFailed`] with the end of the server log; repository
 /// errors (a wrong key fails before the directory is created).
 pub async fn pitr_restore(
@@ -96,29 +107,39 @@ pub(super) async fn restore_from(
 ) -> Result<PitrReport, PitrError> {
     let started = Instant::now();
     let pgdata = &opts.pgdata;
-    if pgdata.exists() {
-        let mut entries = std::fs::read_dir(pgdata).map_err(PitrError::io(pgdata))?;
-        if entries.next().is_some() {
-            return Err(PitrError::TargetNotEmpty {
-                dir: pgdata.clone(),
-                reason: "is not empty; restore into an empty or absent directory".into(),
-            });
+    let existed = pgdata.exists();
+    // Held until the restore ends; refuses a directory another restore
+    // writes (before looking at anything else it may be writing), or one
+    // that is not empty.
+    let lock = RestoreLock::acquire(pgdata)?;
+    let refused = || -> Result<(), PitrError> {
+        for t in &plan.tablespaces {
+            if !is_empty_or_absent(&t.dir)? {
+                return Err(PitrError::TablespaceNotEmpty {
+                    name: t.name.clone(),
+                    oid: t.oid,
+                    dir: t.dir.clone(),
+                });
+            }
         }
-    }
-    for t in &plan.tablespaces {
-        if !is_empty_or_absent(&t.dir)? {
-            return Err(PitrError::TablespaceNotEmpty {
-                name: t.name.clone(),
-                oid: t.oid,
-                dir: t.dir.clone(),
-            });
+        // Checked again here: the plan may have been made before the
+        // directory appeared.
+        refuse_wal_tablespaces(&plan.wal_tablespaces)
+    };
+    if let Err(e) = refused() {
+        // Nothing written but the lock file (and the directory, when it was
+        // made for the lock).
+        lock.release();
+        if !existed {
+            let _ = std::fs::remove_dir(pgdata);
         }
+        return Err(e);
     }
     let owner = opts.owner.or_else(default_owner);
     // Which directories existed (empty) before: on a failure while the
     // files are written, what this restore wrote is removed again, so no
     // half-restored data directory is left behind.
-    let mut written: Vec<(PathBuf, bool)> = vec![(pgdata.clone(), pgdata.exists())];
+    let mut written: Vec<(PathBuf, bool)> = vec![(pgdata.clone(), existed)];
     written.extend(
         plan.tablespaces
             .iter()
@@ -215,12 +236,14 @@ pub(super) async fn restore_from(
             if let Err(c) = remove_written(&written) {
                 tracing::warn!(error = %c, "a failed restore could not remove what it wrote");
             }
+            lock.release();
             return Err(e);
         }
     };
     let mut report = PitrReport {
         pgdata: pgdata.clone(),
         plan: plan.clone(),
+        warnings: plan.warnings.clone(),
         bytes,
         reached: None,
         port: None,
@@ -230,9 +253,15 @@ pub(super) async fn restore_from(
     if opts.start {
         let port = opts.port.unwrap_or(5432);
         let sock = socket_dir(opts).expect("socket dir when started");
-        report.reached = Some(start_and_wait(plan, opts, owner, port, &sock).await?);
+        let reached = start_and_wait(plan, opts, owner, port, &sock).await;
+        // The files are complete: whatever the recovery did, the directory
+        // is no interrupted restore's leftover.
+        lock.release();
+        report.reached = Some(reached?);
         report.port = Some(port);
         report.socket_dir = Some(sock);
+    } else {
+        lock.release();
     }
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)

@@ -12,6 +12,7 @@ use dr_core::{BackupReader, Check, CheckReport, RestoreReport, Restorer};
 use dr_storage::{Identities, Manifest};
 use tokio::sync::Mutex;
 
+use super::error::PitrError;
 use super::plan::{plan_pitr, PitrOptions};
 use super::restore::{is_empty_or_absent, remove_written, restore_from, Artifacts, PitrReport};
 use super::server::stop_server;
@@ -179,8 +180,17 @@ impl Restorer for PostgresPitrRestorer {
             Err(e) => {
                 // pitr_restore removes what it wrote while writing files;
                 // what is left (a server that failed to recover) stays for
-                // discard() and the operator.
-                if is_empty_or_absent(&opts.pgdata).unwrap_or(false) {
+                // discard() and the operator. A restore refused before it
+                // wrote anything leaves nothing of its own: discard() must
+                // not remove what another restore is writing there.
+                let refused = matches!(
+                    e,
+                    PitrError::RestoreInProgress { .. }
+                        | PitrError::TargetNotEmpty { .. }
+                        | PitrError::TablespaceNotEmpty { .. }
+                        | PitrError::TablespaceInWal { .. }
+                );
+                if refused || is_empty_or_absent(&opts.pgdata).unwrap_or(false) {
                     *slot = None;
                 }
                 return Err(e.into());
@@ -201,6 +211,8 @@ impl Restorer for PostgresPitrRestorer {
             ),
         });
         out.bytes_read = report.bytes;
+        // Front ends print a restore report's warnings.
+        out.warnings.extend(report.warnings.iter().cloned());
         out.details = serde_json::to_value(&report).unwrap_or_default();
         if let Some(r) = slot.as_mut() {
             r.report = Some(report);
