@@ -233,6 +233,12 @@ pub fn prune_plan(p: &dr_core::prune::PrunePlan) -> String {
             bytes(w.bytes_freed)
         ));
     }
+    for d in &p.damaged {
+        out.push_str(&format!(
+            "\nDAMAGED manifest {} (kept with its data, nothing of source {} deleted by it): {}",
+            d.object, d.source, d.reason
+        ));
+    }
     out.push_str(&format!(
         "\norphans: {} to delete, {} younger than the grace period\nverification records of pruned backups: {} to delete\n{} to free",
         p.orphans.len(),

@@ -421,6 +421,58 @@ fn a_backup_killed_mid_upload_leaves_nothing_listed() {
         &env.key(),
     ]);
     assert_eq!(code(&out), 0);
+
+    // SIGTERM (what systemd, Kubernetes and `timeout` send) mid upload: the
+    // backup is abandoned cleanly: exit 143, its objects and staging files
+    // removed, no password file left in TMPDIR, nothing listed.
+    let before = objects(&env.path("repo"));
+    let tmp = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("dr"))
+        .args([
+            "backup",
+            "--repo",
+            &env.repo(),
+            "--postgres",
+            &pg.dsn("big"),
+        ])
+        .env("TMPDIR", tmp.path())
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while objects(&env.path("repo")).len() <= before.len() {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix_kill(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let mut after = objects(&env.path("repo"));
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(after, before, "the interrupted backup left objects");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    let list = env.json(&["list", "--repo", &env.repo()]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+/// Sends SIGNAL (`TERM`, `INT`) to `pid` with kill(1).
+fn nix_kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 #[test]

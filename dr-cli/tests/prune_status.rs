@@ -357,6 +357,35 @@ fn a_damaged_manifest_hides_only_its_own_backup_and_status_says_so() {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems = s["sources"][0]["problems"].to_string();
     assert!(problems.contains("damaged manifest"), "{problems}");
+    // Issue 20: prune never takes the damaged backup's data for orphans,
+    // even past the grace period, and says so with a non-zero exit.
+    let data = |id: &str| {
+        let mut v: Vec<_> = std::fs::read_dir(env.path(&format!("repo/backups/db/{id}")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = data(&ids[1]);
+    let out = env.dr(&["prune", "--dry-run", "--orphan-grace", "0s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DAMAGED manifest"));
+    let out = env.dr(&["prune", "--orphan-grace", "0s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&ids[1]));
+    assert_eq!(
+        data(&ids[1]),
+        before,
+        "prune deleted the damaged backup's objects"
+    );
+    env.ok(&["verify", &ids[0]]);
 }
 
 /// Closes the current WAL segment (after writing a record) and waits until
@@ -917,4 +946,35 @@ fn the_agents_prune_removes_the_same_wal_as_dr_prune() {
             .collect::<Vec<_>>()
     };
     assert_eq!(list(&twin), list(&repo));
+}
+
+/// Issue 20: a WAL file name stored with two contents (pushes that raced
+/// before names were claimed) is a problem `dr status` names, exit 1.
+#[test]
+fn status_names_a_wal_file_stored_with_two_contents() {
+    if !should_run() {
+        return;
+    }
+    let (env, pg, _, repo, _) = physical_env("");
+    env.ok(&["backup", "db"]);
+    let seg = switch_and_wait(&pg);
+    pg.stop();
+    let out = env.dr(&["status", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stored = wal_object(&repo, &seg);
+    let file = stored.file_name().unwrap().to_str().unwrap().to_string();
+    // `<name>-<sha256 of the plaintext><suffix>`: the same name, another digest.
+    let sha = &file[seg.len() + 1..seg.len() + 65];
+    let other = file.replace(sha, &"0".repeat(64));
+    std::fs::copy(&stored, stored.with_file_name(&other)).unwrap();
+    let out = env.dr(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{s:#}");
+    let problems = s["sources"][0]["problems"].to_string();
+    assert!(problems.contains(&seg), "{s:#}");
 }

@@ -67,16 +67,31 @@ pub struct PruneOutcome {
 }
 
 impl PruneOutcome {
+    /// Whether the repository is sound: no backup was kept because its
+    /// manifest is damaged (such a backup is never deleted; an operator or
+    /// `dr repo repair` decides).
+    pub fn ok(&self) -> bool {
+        self.report.ok()
+    }
+
     /// A one-line summary for logs and notifications.
     pub fn summary(&self) -> String {
-        format!(
+        let mut s = format!(
             "pruned {} backup(s), {} WAL object(s), {} orphan(s), {} verification record(s); {} bytes freed",
             self.report.backups_deleted.len(),
             self.report.wal_deleted,
             self.report.orphans_deleted,
             self.report.verifications_deleted,
             self.report.bytes_freed
-        )
+        );
+        if !self.ok() {
+            s.push_str(&format!(
+                "; kept {} backup(s) with a DAMAGED manifest: {}",
+                self.report.damaged.len(),
+                self.report.damaged.join(", ")
+            ));
+        }
+        s
     }
 }
 
@@ -126,7 +141,10 @@ pub async fn plan(
 }
 
 /// Plans and carries out a prune of `repo` under `config`'s policies: the
-/// one function `dr prune` and `dr-agent`'s `prune_schedule` both run.
+/// one function `dr prune` and `dr-agent`'s `prune_schedule` both run. A
+/// backup whose manifest is damaged is kept and named in the outcome
+/// ([`PruneOutcome::ok`] is then false); the rest of the plan is carried
+/// out.
 ///
 /// # Errors
 /// As [`plan`]; the lease is held by another prune.
@@ -137,6 +155,6 @@ pub async fn run(
     now: DateTime<Utc>,
 ) -> Result<PruneOutcome> {
     let plan = plan(repo, config, opts, now).await?;
-    let report = prune::prune(repo, &plan, &opts.library()).await?;
+    let report = prune::prune_with_report(repo, &plan, &opts.library()).await?;
     Ok(PruneOutcome { plan, report })
 }

@@ -172,6 +172,34 @@ pub struct ArtifactWriter {
     uploaded: Option<Result<()>>,
     /// The failure already returned, for later calls.
     failed: Option<String>,
+    /// Where a writer dropped before `finish` leaves its tasks, so that the
+    /// backup's abort can wait until they have aborted the upload.
+    abandoned: Option<Abandoned>,
+}
+
+/// The tasks of artifact writers dropped before they finished: each aborts
+/// its upload on its own; [`wait_abandoned`] waits until they have.
+#[derive(Clone, Default)]
+pub(crate) struct Abandoned(Arc<std::sync::Mutex<Vec<futures::future::BoxFuture<'static, ()>>>>);
+
+impl std::fmt::Debug for Abandoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|v| v.len()).unwrap_or_default();
+        write!(f, "Abandoned({n})")
+    }
+}
+
+impl Abandoned {
+    fn push(&self, tasks: futures::future::BoxFuture<'static, ()>) {
+        self.0.lock().expect("abandoned list").push(tasks);
+    }
+}
+
+/// Waits until every dropped writer's tasks of `abandoned` have ended (their
+/// multipart uploads aborted, a local store's staging files removed).
+pub(crate) async fn wait_abandoned(abandoned: &Abandoned) {
+    let pending: Vec<_> = std::mem::take(&mut *abandoned.0.lock().expect("abandoned list"));
+    futures::future::join_all(pending).await;
 }
 
 impl std::fmt::Debug for ArtifactWriter {
@@ -261,6 +289,7 @@ impl ArtifactWriter {
             encoded: None,
             uploaded: None,
             failed: None,
+            abandoned: None,
         })
     }
 
@@ -506,9 +535,33 @@ fn part_result(
 impl Drop for ArtifactWriter {
     fn drop(&mut self) {
         // A writer dropped before `finish` never completes its upload: with the
-        // commit signal gone, the uploader task aborts it on its own.
+        // commit signal gone, the uploader task aborts it on its own. Its
+        // tasks are handed to the backup, whose abort waits for them.
         self.commit.take();
         self.tx.take();
+        if let Some(abandoned) = &self.abandoned {
+            let encoder = self.encoder.take();
+            let uploader = self.uploader.take();
+            if encoder.is_some() || uploader.is_some() {
+                abandoned.push(Box::pin(async move {
+                    if let Some(u) = uploader {
+                        let _ = u.await;
+                    }
+                    if let Some(e) = encoder {
+                        let _ = e.await;
+                    }
+                }));
+            }
+        }
+    }
+}
+
+impl ArtifactWriter {
+    /// Hands this writer's tasks to `abandoned` if it is dropped before it
+    /// finished.
+    pub(crate) fn with_abandoned(mut self, abandoned: Abandoned) -> Self {
+        self.abandoned = Some(abandoned);
+        self
     }
 }
 

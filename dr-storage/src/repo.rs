@@ -402,6 +402,7 @@ impl Repository {
             },
             started_at,
             artifacts: Arc::new(Mutex::new(Vec::new())),
+            abandoned: Default::default(),
         })
     }
 
@@ -720,6 +721,8 @@ pub struct BackupWriter {
     source: SourceRef,
     started_at: DateTime<Utc>,
     artifacts: Arc<Mutex<Vec<ArtifactInfo>>>,
+    /// The tasks of artifacts dropped before they finished.
+    abandoned: crate::codec::Abandoned,
 }
 
 impl BackupWriter {
@@ -776,7 +779,8 @@ impl BackupWriter {
             &self.repo.inner.recipients,
             &self.repo.inner.codec,
             self.repo.inner.progress.clone(),
-        )?;
+        )?
+        .with_abandoned(self.abandoned.clone());
         Ok(RecordedArtifact {
             writer,
             list: self.artifacts.clone(),
@@ -854,6 +858,10 @@ impl BackupWriter {
     /// Removes the data objects written so far (best effort); the backup was
     /// never listed.
     pub async fn abort(self) {
+        // Artifacts dropped mid-write (a source stopped by a signal) abort
+        // their uploads on their own: wait for that, so that no multipart
+        // upload (nor a local store's staging file) outlives the backup.
+        crate::codec::wait_abandoned(&self.abandoned).await;
         let prefix = Path::from(backup_prefix(&self.source.name, &self.id));
         let store = &self.repo.inner.store;
         if let Ok(objects) = store.list(Some(&prefix)).try_collect::<Vec<_>>().await {

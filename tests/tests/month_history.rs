@@ -91,8 +91,10 @@ fn set_recorded_start(repo_dir: &Path, m: &Manifest, at: DateTime<Utc>) -> Manif
             v["metadata"][key] = shifted(&v["metadata"][key]);
         }
     }
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-    serde_json::from_value(v).unwrap()
+    // Written as dr writes it: sealed with a digest of the shifted content.
+    let m: Manifest = serde_json::from_value(v).unwrap();
+    std::fs::write(&path, m.to_stored_bytes()).unwrap();
+    m.sealed()
 }
 
 fn lsn(v: &serde_json::Value) -> u64 {

@@ -288,7 +288,12 @@ impl Ctx<'_> {
             } else {
                 println!("{}", render::prune_plan(&plan));
             }
-            return Ok(EXIT_OK);
+            // A damaged manifest: kept, and the operator told by the exit code.
+            return Ok(if plan.damaged.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_VERIFY_FAILED
+            });
         }
         let outcome = ops.prune(&a.options).await?;
         if self.cli.json {
@@ -304,8 +309,15 @@ impl Ctx<'_> {
                 report.verifications_deleted,
                 render::bytes(report.bytes_freed)
             );
+            for d in &report.damaged {
+                eprintln!("error: kept backup with a DAMAGED manifest: {d}");
+            }
         }
-        Ok(EXIT_OK)
+        Ok(if outcome.ok() {
+            EXIT_OK
+        } else {
+            EXIT_VERIFY_FAILED
+        })
     }
 
     async fn status(&self, a: &StatusArgs) -> Result<i32> {

@@ -429,9 +429,14 @@ impl Agent {
                 (Job::Prune, _) => {
                     let opts = crate::PruneOptions::default();
                     match crate::prune::run(&repo, &config, &opts, clock.now()).await {
-                        Ok(outcome) => {
+                        Ok(outcome) if outcome.ok() => {
                             metrics.pruned(clock.now());
                             vec![(None, outcome.summary(), true)]
+                        }
+                        Ok(outcome) => {
+                            let detail = outcome.summary();
+                            tracing::error!(error = %detail, "scheduled prune found damaged manifests");
+                            vec![(None, detail, false)]
                         }
                         Err(e) => {
                             let detail = dr_core::error_chain(&e);

@@ -130,6 +130,12 @@ where
         source,
     })?;
     let stderr = err_task.await.unwrap_or_default();
+    // The repository failed first (the program was killed for it): its
+    // error is the cause, not the killed program's status.
+    let consumed = match consumed {
+        Err(dr_core::Error::Storage(e)) => return Err(Error::Data(e)),
+        other => other,
+    };
     if !status.success() {
         return Err(Error::ToolFailed {
             program: program.into(),

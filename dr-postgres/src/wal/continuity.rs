@@ -407,6 +407,11 @@ pub async fn wal_status(
             status.gaps.extend(check.gaps);
             status.problems.extend(check.problems);
         }
+        // A name stored with two contents (pushes that raced before
+        // names were claimed): recovery would refuse it.
+        for c in archive.conflicts().await? {
+            status.problems.push(c.to_string());
+        }
         out.insert(source, status);
     }
     Ok(out)
