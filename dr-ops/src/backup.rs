@@ -7,8 +7,8 @@ use dr_core::{job, BackupSource};
 use dr_storage::{Manifest, Repository};
 
 use crate::error::{Error, Result, ResultExt};
+use crate::ops::Ops;
 use crate::registry::{build_source, dsn_arg};
-use crate::Ops;
 
 /// What to back up.
 #[derive(Debug, Clone)]
@@ -73,10 +73,10 @@ impl Ops {
         }
         let names = match target {
             BackupTarget::Source(n) => {
-                self.config.source(n)?;
+                self.config().source(n)?;
                 vec![n.clone()]
             }
-            _ => self.config.source_names(),
+            _ => self.config().source_names(),
         };
         if names.is_empty() {
             return Err(Error::usage(
@@ -85,7 +85,7 @@ impl Ops {
         }
         let mut out = Vec::new();
         for name in names {
-            let entry = self.config.source(&name)?;
+            let entry = self.config().source(&name)?;
             let source = build_source(&entry.config)
                 .await
                 .map_err(|e| e.context(format!("sources.{name}")))?;

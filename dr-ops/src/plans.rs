@@ -13,8 +13,8 @@ use dr_core::plan::{
 use dr_storage::{Identities, Repository};
 
 use crate::error::{Error, Result};
+use crate::ops::Ops;
 use crate::registry::action_registry;
-use crate::Ops;
 
 /// How a plan run is carried out: where its journal goes and who approves.
 #[derive(Clone, Default)]

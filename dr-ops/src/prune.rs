@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::DrConfig;
 use crate::error::Result;
-use crate::Ops;
+use crate::ops::Ops;
 
 /// How to prune. With the `clap` feature these are `dr prune`'s flags.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::DrConfig;
 use crate::error::Result;
-use crate::Ops;
+use crate::ops::Ops;
 
 /// The state of every source.
 #[derive(Debug, Clone, Serialize)]

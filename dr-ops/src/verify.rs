@@ -13,8 +13,9 @@ use dr_storage::{Identities, Manifest, Repository};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::registry::{self, ScratchTarget, SourceKind};
-use crate::Ops;
+use crate::kind::SourceKind;
+use crate::ops::Ops;
+use crate::registry::{self, ScratchTarget};
 
 /// How deep `verify` goes. With the `clap` feature these are `dr verify`'s
 /// flags.

@@ -10,7 +10,7 @@ use dr_postgres::WalError;
 use dr_storage::{Repository, RepositorySettings, WalArchive};
 
 use crate::error::{Error, Result};
-use crate::Ops;
+use crate::ops::Ops;
 
 /// `dr wal-push` options. With the `clap` feature these are its flags.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ impl Ops {
     /// answer is retried and then reported as a store failure, not as a bad
     /// repository.
     async fn open_wal(&self, retry: &RetryPolicy) -> Result<Repository, WalError> {
-        let s = &self.settings;
+        let s = self.settings();
         let location = s.location()?;
         let codec = s.codec_options()?;
         let store_options = s.store_options();
@@ -138,7 +138,7 @@ impl Ops {
     ) -> Result<wal::FetchReport, WalError> {
         let retry = RetryPolicy::new(opts.retries, Duration::from_secs(opts.retry_deadline));
         let repo = self.open_wal(&retry).await?;
-        let keys = self.settings.key_source()?;
+        let keys = self.settings().key_source()?;
         let ids = repo.unlock(&keys)?;
         let archive = WalArchive::new(&repo, source)?;
         let mut o = FetchOptions::default();

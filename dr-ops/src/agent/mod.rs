@@ -20,8 +20,8 @@ pub use job::Job;
 pub use runner::{Agent, RunSummary};
 
 use crate::error::Result;
+use crate::ops::Ops;
 use crate::registry::build_source;
-use crate::Ops;
 
 impl Ops {
     /// The agent of this configuration: opens the repository, builds each

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use dr_postgres::PostgresSourceConfig;
 
-use crate::registry::SourceKind;
+use crate::kind::SourceKind;
 
 /// One `[sources.NAME]` section: the keys every kind shares, and the kind's
 /// own (which refuse unknown keys).
