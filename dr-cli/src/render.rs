@@ -408,5 +408,8 @@ pub fn pitr(r: &dr_postgres::physical::PitrReport) -> String {
             r.pgdata.display()
         )),
     }
+    for w in &r.warnings {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
     out
 }
