@@ -569,6 +569,19 @@ fn usage_errors_exit_2() {
     assert_eq!(code(&out), 2);
     let out = env.run(&["frobnicate"]);
     assert_eq!(code(&out), 2);
+    // A point in time without --pgdata is refused, never a restore of the
+    // latest state instead.
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--to",
+        "postgresql://u@127.0.0.1/x",
+        "--target-time",
+        "2020-01-01 00:00:00+00",
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--target-time"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--pgdata"), "{}", stderr(&out));
     // Under --json a flag clap refuses is a JSON error on stdout too.
     let out = env.run(&["--json", "list", "--no-such-flag"]);
     assert_eq!(code(&out), 2);

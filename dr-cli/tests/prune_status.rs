@@ -386,6 +386,30 @@ fn a_damaged_manifest_hides_only_its_own_backup_and_status_says_so() {
         "prune deleted the damaged backup's objects"
     );
     env.ok(&["verify", &ids[0]]);
+    // `latest` means the same to dr and to the agent: the damaged manifest
+    // may be the newest, so verifying `latest` fails (never an older backup
+    // in its place) and the failure is what `dr status` shows.
+    let out = env.dr(&["verify", "latest", "--source", "db"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let by_agent = rt.block_on(async {
+        let config = dr_ops::DrConfig::load(&env.path("dr.toml")).unwrap();
+        let ops = dr_ops::Ops::new(config, Default::default());
+        let repo = ops.open().await.unwrap();
+        dr_ops::verify_latest(&repo, "db", None).await
+    });
+    assert!(
+        by_agent.is_err(),
+        "the agent's verification picked another backup"
+    );
+    let out = env.dr(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["sources"][0]["last_verify"]["ok"], false, "{s:#}");
 }
 
 /// Closes the current WAL segment (after writing a record) and waits until

@@ -176,7 +176,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn storage_error_kind(e: &dr_storage::Error) -> ErrorKind {
     use dr_storage::Error as S;
     match e {
-        S::Corrupt { .. } => ErrorKind::VerificationFailed,
+        // A stored object that does not parse is damaged, as one whose
+        // digest differs.
+        S::Corrupt { .. } | S::Format { .. } => ErrorKind::VerificationFailed,
         S::InvalidLocation { .. }
         | S::InvalidKey { .. }
         | S::Decrypt { .. }

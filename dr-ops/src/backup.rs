@@ -60,7 +60,20 @@ impl Ops {
                     .with_password_file(f)
                     .map_err(|e| Error::config("--password-file", e))?;
             }
-            let name = name.clone().unwrap_or_else(|| conn.dbname().to_string());
+            let name = match name {
+                Some(n) => n.clone(),
+                None => {
+                    // The database's name, when it can name a source.
+                    let n = conn.dbname().to_string();
+                    dr_storage::validate_source_name(&n).map_err(|e| {
+                        Error::usage(format!(
+                            "the database name {n:?} cannot name a source ({e}): give one, \
+                             `dr backup NAME --postgres DSN`"
+                        ))
+                    })?;
+                    n
+                }
+            };
             let source: Box<dyn BackupSource> = if *physical {
                 Box::new(dr_postgres::physical::PostgresPhysical::new(
                     conn,

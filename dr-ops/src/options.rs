@@ -181,6 +181,29 @@ pub struct PitrArgs {
 }
 
 impl PitrArgs {
+    /// The point-in-time flags given, by name (`--target-time`, ...): they
+    /// mean something only with `--pgdata`.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut flag = |set: bool, name: &'static str| {
+            if set {
+                v.push(name);
+            }
+        };
+        flag(self.target_time.is_some(), "--target-time");
+        flag(self.target_lsn.is_some(), "--target-lsn");
+        flag(self.target_xid.is_some(), "--target-xid");
+        flag(self.target_name.is_some(), "--target-name");
+        flag(self.target.is_some(), "--target");
+        flag(self.start, "--start");
+        flag(self.port.is_some(), "--port");
+        flag(self.archive, "--archive");
+        flag(self.target_timeline.is_some(), "--target-timeline");
+        flag(self.allow_wal_gap, "--allow-wal-gap");
+        flag(!self.tablespace_mapping.is_empty(), "--tablespace-mapping");
+        v
+    }
+
     /// The recovery target the flags ask for, and whether a `--target-time`
     /// without an offset was read as UTC (the front end says so).
     ///

@@ -58,6 +58,16 @@ impl Ops {
         opts: &RestoreOptions,
         stop: impl Future<Output = ()> + Send,
     ) -> Result<RestoreOutcome> {
+        let stray = opts.pitr.given();
+        if opts.pitr.pgdata.is_none() && !stray.is_empty() {
+            // A point in time asked for without a data directory: never
+            // restore the latest state instead without a word.
+            return Err(Error::usage(format!(
+                "{} apply to a point-in-time restore of a physical backup: give --pgdata DIR \
+                 (and --source NAME); a logical backup restores the state it was taken at",
+                stray.join(", ")
+            )));
+        }
         let repo = self.open().await?;
         // A physical restore is chosen by its flags before anything is read,
         // so a bad flag is a usage error whatever the repository holds.
@@ -121,19 +131,24 @@ impl Ops {
                     // The restore removes what it wrote before it returns,
                     // unless it had already finished: then it is complete
                     // and kept.
-                    match restore.await {
-                        Ok(report) => {
-                            tracing::warn!("interrupted after the restore had finished: it is complete and kept");
-                            Ok(report)
-                        }
-                        Err(e) => {
-                            tracing::info!(error = %dr_core::error_chain(&e), "restore stopped");
-                            return Err(Error::Interrupted(format!(
-                                "the restore of {} stopped and removed what it wrote into {restorer}",
-                                manifest.backup_id
-                            )));
-                        }
+                    // The restore removes what it wrote before it returns;
+                    // one past the point where it could stop (starting the
+                    // server, recovery) finishes, and what it made is then
+                    // discarded: an interrupted restore leaves nothing.
+                    if let Err(e) = restore.await {
+                        tracing::info!(error = %dr_core::error_chain(&e), "restore stopped");
+                    } else if let Err(e) = restorer.discard().await {
+                        return Err(Error::Interrupted(format!(
+                            "the restore of {} finished as it was interrupted, and removing it failed \
+                             ({}): remove {restorer} by hand",
+                            manifest.backup_id,
+                            dr_core::error_chain(&e)
+                        )));
                     }
+                    return Err(Error::Interrupted(format!(
+                        "the restore of {} stopped and removed what it wrote into {restorer}",
+                        manifest.backup_id
+                    )));
                 }
             }
         }

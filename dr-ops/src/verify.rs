@@ -143,7 +143,15 @@ impl Ops {
         stop: impl Future<Output = ()> + Send,
     ) -> Result<VerifyOutcome> {
         let repo = self.open().await?;
-        let manifest = repo.find_backup(source, selector).await?;
+        let manifest = match repo.find_backup(source, selector).await {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(source) = source {
+                    record_unreadable(&repo, source, selector, &e).await;
+                }
+                return Err(e.into());
+            }
+        };
         let ids = self.identities(&repo)?;
         let scratch = if opts.restore {
             let ids = ids.as_ref().ok_or_else(|| {
@@ -244,26 +252,51 @@ pub async fn verify_backup(
     })
 }
 
-/// Verifies the newest backup of source `name` (by finish time) and records
-/// the outcome; `None` when the source has no backup. What `dr-agent`'s
+/// Verifies the newest backup of source `name` — `latest` as `dr verify
+/// latest` reads it, so a damaged manifest that may be the newest is a
+/// failure, not a reason to verify an older backup — and records the
+/// outcome; `None` when the source has no backup. What `dr-agent`'s
 /// `verify_schedule` runs for each source.
 ///
 /// # Errors
-/// As [`verify_backup`].
+/// As [`verify_backup`]; the newest manifest is damaged (recorded as a
+/// failed verification).
 pub async fn verify_latest(
     repo: &Repository,
     name: &str,
     ids: Option<&Identities>,
 ) -> Result<Option<VerifyOutcome>> {
-    let Some(m) = repo
-        .list_backups(Some(name))
-        .await?
-        .into_iter()
-        .max_by_key(|m| m.finished_at)
-    else {
-        return Ok(None);
+    let m = match repo.find_backup(Some(name), "latest").await {
+        Ok(m) => m,
+        Err(dr_storage::Error::BackupNotFound { .. }) => return Ok(None),
+        Err(e) => {
+            record_unreadable(repo, name, "latest", &e).await;
+            return Err(e.into());
+        }
     };
     verify_backup(repo, &m, ids, None, std::future::pending())
         .await
         .map(Some)
+}
+
+/// Records a failed verification of backup `selector` of `source` whose
+/// manifest is damaged, so that `dr status` and the metrics show the
+/// failure instead of an older success. Errors that are not damage (no
+/// such backup, the store unreachable) are not recorded.
+async fn record_unreadable(repo: &Repository, source: &str, selector: &str, e: &dr_storage::Error) {
+    if dr_core::storage_error_kind(e) != dr_core::ErrorKind::VerificationFailed {
+        return;
+    }
+    let record = VerificationRecord {
+        source: source.to_string(),
+        backup_id: selector.to_string(),
+        verified_at: chrono::Utc::now(),
+        level: VerifyLevel::Stored,
+        ok: false,
+        unproven: false,
+        problems: vec![dr_core::error_chain(e)],
+    };
+    if let Err(e) = record_verification(repo, &record).await {
+        tracing::warn!(error = %dr_core::error_chain(&e), "the failed verification was not recorded in the repository");
+    }
 }

@@ -121,6 +121,12 @@ impl DrConfig {
                 .map_err(|e| Error::config(format!("sources.{name}"), e))?;
         }
         config.schedules = config.parse_schedules()?;
+        if config.agent.refresh_interval < std::time::Duration::from_secs(1) {
+            return Err(Error::config(
+                "agent.refresh_interval",
+                "must be at least 1s (the repository is read that often)",
+            ));
+        }
         Ok(config)
     }
 
@@ -265,6 +271,8 @@ mod tests {
         assert!(e.contains("agent.time_zone"), "{e}");
         let e = err("[agent]\nverify_schedule = '61 * * * *'\n");
         assert!(e.contains("agent.verify_schedule"), "{e}");
+        let e = err("[agent]\nrefresh_interval = '0s'\n");
+        assert!(e.contains("agent.refresh_interval"), "{e}");
     }
 
     #[test]
