@@ -70,4 +70,4 @@ pub use prune::{PruneOptions, PruneOutcome};
 pub use restore::RestoreOutcome;
 pub use status::StatusReport;
 pub use verify::{verify_backup, verify_latest, ArchiveCheck, VerifyOptions, VerifyOutcome};
-pub use wal::{fetch_args, WalFetchOptions, WalPushOptions};
+pub use wal::{fetch_args, WalFetchOptions, WalPushOptions, WalRetryOptions};

@@ -12,14 +12,12 @@ use dr_storage::{Repository, RepositorySettings, WalArchive};
 use crate::error::{Error, Result};
 use crate::ops::Ops;
 
-/// `dr wal-push` options. With the `clap` feature these are its flags.
+/// The retry budget of `wal-push` and `wal-fetch` on transient store
+/// errors. With the `clap` feature these are their flags.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 #[non_exhaustive]
-pub struct WalPushOptions {
-    /// Data directory holding global/pg_control (default: the current one).
-    #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
-    pub pgdata: Option<PathBuf>,
+pub struct WalRetryOptions {
     /// Attempts on transient store errors.
     #[cfg_attr(
         feature = "clap",
@@ -35,18 +33,36 @@ pub struct WalPushOptions {
     pub retry_deadline: u64,
 }
 
-impl Default for WalPushOptions {
+impl Default for WalRetryOptions {
     fn default() -> Self {
-        WalPushOptions {
-            pgdata: None,
+        WalRetryOptions {
             retries: 5,
             retry_deadline: 60,
         }
     }
 }
 
+impl WalRetryOptions {
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.retries, Duration::from_secs(self.retry_deadline))
+    }
+}
+
+/// `dr wal-push` options. With the `clap` feature these are its flags.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[non_exhaustive]
+pub struct WalPushOptions {
+    /// Data directory holding global/pg_control (default: the current one).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
+    pub pgdata: Option<PathBuf>,
+    /// Retries.
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub retry: WalRetryOptions,
+}
+
 /// `dr wal-fetch` options. With the `clap` feature these are its flags.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 #[non_exhaustive]
 pub struct WalFetchOptions {
@@ -54,29 +70,9 @@ pub struct WalFetchOptions {
     /// instead of 200 (stop recovery).
     #[cfg_attr(feature = "clap", arg(long))]
     pub standby: bool,
-    /// Attempts on transient store errors.
-    #[cfg_attr(
-        feature = "clap",
-        arg(long, env = "DR_WAL_RETRIES", default_value_t = 5)
-    )]
-    pub retries: u32,
-    /// Seconds after which no attempt runs on: a store that never answers
-    /// fails within this bound.
-    #[cfg_attr(
-        feature = "clap",
-        arg(long, env = "DR_WAL_RETRY_DEADLINE", default_value_t = 60)
-    )]
-    pub retry_deadline: u64,
-}
-
-impl Default for WalFetchOptions {
-    fn default() -> Self {
-        WalFetchOptions {
-            standby: false,
-            retries: 5,
-            retry_deadline: 60,
-        }
-    }
+    /// Retries.
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub retry: WalRetryOptions,
 }
 
 impl Ops {
@@ -113,7 +109,7 @@ impl Ops {
         path: &std::path::Path,
         opts: &WalPushOptions,
     ) -> Result<wal::PushReport, WalError> {
-        let retry = RetryPolicy::new(opts.retries, Duration::from_secs(opts.retry_deadline));
+        let retry = opts.retry.policy();
         let repo = self.open_wal(&retry).await?;
         let archive = WalArchive::new(&repo, source)?;
         let mut o = PushOptions::default();
@@ -136,7 +132,7 @@ impl Ops {
         dest: &std::path::Path,
         opts: &WalFetchOptions,
     ) -> Result<wal::FetchReport, WalError> {
-        let retry = RetryPolicy::new(opts.retries, Duration::from_secs(opts.retry_deadline));
+        let retry = opts.retry.policy();
         let repo = self.open_wal(&retry).await?;
         let keys = self.settings().key_source()?;
         let ids = repo.unlock(&keys)?;
