@@ -252,6 +252,61 @@ async fn failures_are_clear_and_leave_targets_untouched() {
         "0"
     );
 
+    // --clean swaps in one transaction: when the target cannot be renamed
+    // (a session is connected to it), the restore fails and the target is
+    // still there under its name, as it was; nothing of the restore is left.
+    pg.psql(
+        "busy",
+        "CREATE TABLE marker (x int); INSERT INTO marker VALUES (1)",
+    );
+    let (holder, connection) = tokio_postgres::connect(&pg.dsn("busy"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut opts = LogicalRestoreOptions::default();
+    opts.clean = true;
+    let restorer = PostgresLogicalRestorer::new(pg.settings("busy"), opts.clone());
+    let err = job::restore(&repo, &m, &key, &restorer).await.unwrap_err();
+    let chain = dr_core::error_chain(&err);
+    assert!(chain.contains("busy in use"), "{chain}");
+    assert_eq!(pg.psql("busy", "SELECT x FROM marker"), "1");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'busy%'"
+        ),
+        "busy"
+    );
+    drop(holder);
+    let _ = connection.await;
+
+    // An old copy that an interrupted swap left is reported and kept.
+    pg.psql("postgres", "CREATE DATABASE busy_dr_0a1b2c_old");
+    let report = job::restore(&repo, &m, &key, &restorer).await.unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("busy_dr_0a1b2c_old") && w.contains("moved aside")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'busy%'"
+        ),
+        "busy,busy_dr_0a1b2c_old"
+    );
+    assert_eq!(
+        pg.psql(
+            "busy",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'marker'"
+        ),
+        "0"
+    );
+    pg.psql("postgres", "DROP DATABASE busy_dr_0a1b2c_old");
+
     // A corrupt dump: the restore fails, the target does not exist, no
     // temporary database is left.
     let info = m.artifact("database.pgdump").unwrap();

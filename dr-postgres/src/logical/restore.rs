@@ -211,11 +211,17 @@ impl PostgresLogicalRestorer {
         Ok(n)
     }
 
-    /// Moves the restored database to the target name. An existing target is
-    /// first renamed aside and dropped only once the new one holds the name.
-    /// The restore's mark (the temporary database's comment) stays until the
-    /// rename, so that a killed restore's leftover is always recognised; the
-    /// recorded comment replaces it then.
+    /// Moves the restored database to the target name in one transaction:
+    /// an existing target is renamed aside (`<temp>_old`), the restored copy
+    /// takes the name and gets the recorded comment, all or nothing (the
+    /// statements of one simple-query message run as a single transaction:
+    /// PostgreSQL docs, Frontend/Backend Protocol, "Multiple Statements in a
+    /// Simple Query"). There is no moment without a database of the target's
+    /// name, and the restore's mark (the temporary database's comment) goes
+    /// with the rename, so that a killed restore's leftover is always
+    /// recognised. The old copy is then dropped (`DROP DATABASE` cannot run in
+    /// a transaction block); a crash before that leaves it, and the next
+    /// restore into the target reports it.
     async fn swap_in(
         &self,
         admin: &Client,
@@ -226,62 +232,44 @@ impl PostgresLogicalRestorer {
         warnings: &mut Vec<String>,
     ) -> dr_core::Result<()> {
         let aside = format!("{temp}_old");
-        if exists {
-            admin
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
+        let swap = |comment: Option<&str>| {
+            let mut sql = String::new();
+            if exists {
+                sql.push_str(&format!(
+                    "ALTER DATABASE {} RENAME TO {};\n",
                     quote_ident(target_db),
                     quote_ident(&aside)
-                ))
-                .await
-                .map_err(
-                    self.query_err(format!("moving the old {target_db} aside (is it in use?)")),
-                )?;
-        }
-        let renamed = admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote_ident(temp),
-                quote_ident(target_db)
-            ))
-            .await
-            .map_err(self.query_err(format!("renaming {temp} to {target_db}")));
-        if let Err(e) = renamed {
-            if exists {
-                let _ = admin
-                    .batch_execute(&format!(
-                        "ALTER DATABASE {} RENAME TO {}",
-                        quote_ident(&aside),
-                        quote_ident(target_db)
-                    ))
-                    .await;
+                ));
             }
-            return Err(e.into());
-        }
-        // The restored database is no longer temporary: its own comment.
-        let commented = admin
-            .batch_execute(&format!(
-                "COMMENT ON DATABASE {} IS {}",
+            sql.push_str(&format!(
+                "ALTER DATABASE {} RENAME TO {};\nCOMMENT ON DATABASE {} IS {};",
+                quote_ident(temp),
+                quote_ident(target_db),
                 quote_ident(target_db),
                 comment.map_or_else(|| "NULL".to_string(), quote_literal)
-            ))
-            .await;
-        if let Err(e) = commented {
+            ));
+            sql
+        };
+        let what = if exists {
+            format!("swapping the restored copy {temp} in as {target_db} (is {target_db} in use?)")
+        } else {
+            format!("renaming {temp} to {target_db}")
+        };
+        if let Err(e) = admin.batch_execute(&swap(comment)).await {
+            // The comment is the only part that the properties' plan may
+            // drop: when the operator allowed that, try the swap without it
+            // (a failed multi-statement message is rolled back whole).
             if comment.is_none() || !self.options.ignore_database_properties {
-                return Err(
-                    self.query_err(format!("setting the comment of {target_db}"))(e).into(),
-                );
+                return Err(self.query_err(what)(e).into());
             }
+            admin
+                .batch_execute(&swap(None))
+                .await
+                .map_err(self.query_err(what))?;
             warnings.push(format!(
                 "database comment dropped: the target server refused it: {}",
                 properties::db_message(&e)
             ));
-            let _ = admin
-                .batch_execute(&format!(
-                    "COMMENT ON DATABASE {} IS NULL",
-                    quote_ident(target_db)
-                ))
-                .await;
         }
         if exists {
             admin
@@ -290,7 +278,9 @@ impl PostgresLogicalRestorer {
                     quote_ident(&aside)
                 ))
                 .await
-                .map_err(self.query_err(format!("dropping the replaced database {aside}")))?;
+                .map_err(self.query_err(format!(
+                    "dropping the replaced database {aside} (the restored copy is in place as {target_db})"
+                )))?;
         }
         Ok(())
     }
@@ -300,7 +290,8 @@ impl PostgresLogicalRestorer {
     /// marked by a restore on this host whose process is gone and that no
     /// session uses. Others (another host, a live process) are reported in
     /// `warnings` and kept; `<temp>_old` databases (the previous target
-    /// moved aside) are never touched by this.
+    /// moved aside by a `--clean` swap that was interrupted before it
+    /// dropped them) are reported in `warnings` and never dropped.
     async fn drop_stale_temporaries(
         &self,
         admin: &Client,
@@ -322,7 +313,16 @@ impl PostgresLogicalRestorer {
             let comment: Option<String> = row.get(1);
             let sessions: i64 = row.get(2);
             let suffix = &name[stem.len() + "_dr_".len()..];
-            if suffix.len() != 6 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hex = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if suffix.strip_suffix("_old").is_some_and(hex) {
+                warnings.push(format!(
+                    "database {name} is a previous copy of the target that a restore with --clean \
+                     moved aside and could not drop (interrupted?); kept: DROP DATABASE it once \
+                     you no longer need it"
+                ));
+                continue;
+            }
+            if !hex(suffix) {
                 continue;
             }
             let Some(owner) = comment.as_deref().and_then(TemporaryOwner::parse) else {
