@@ -134,6 +134,37 @@ pub fn restore(m: &Manifest, r: &RestoreReport) -> String {
     out
 }
 
+/// The lines of a physical backup's WAL check, as `dr verify` prints them:
+/// one `ok` line with the range, or one `FAILED` line per problem.
+pub fn wal_verification(w: &dr_postgres::wal::WalVerification) -> String {
+    let range = match (&w.first_segment, &w.last_segment) {
+        (Some(a), Some(b)) if a != b => format!("{a} .. {b}"),
+        (Some(a), _) => a.clone(),
+        _ => "no segment".into(),
+    };
+    if w.ok {
+        let how = if w.decoded {
+            "decrypted, digests match"
+        } else {
+            "present and readable; no key, not decrypted"
+        };
+        let scope = if w.whole_chain {
+            "to the newest archived segment"
+        } else {
+            "start to stop of the backup"
+        };
+        return format!(
+            "  ok      WAL {range} ({} segment(s), {scope}; {how})",
+            w.segments_checked
+        );
+    }
+    w.problems
+        .iter()
+        .map(|p| format!("  FAILED  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `dr verify`.
 pub fn verify(r: &VerifyReport) -> String {
     let mut out = format!("verify of backup {} of {}\n", r.backup_id, r.source);

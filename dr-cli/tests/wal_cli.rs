@@ -342,6 +342,76 @@ async fn archive_command_round_trip(url: &str) {
         "0 true"
     );
 
+    // dr verify reads the backup's WAL: start to stop, with --wal the whole
+    // chain; a flipped byte in the start segment fails the verification
+    // (exit 1, naming the segment), and --restore does not try a scratch
+    // restore that could never reach consistency (exit 1, not 3).
+    let id = key.to_str().unwrap();
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "latest",
+            "--source",
+            "db",
+            "--repo",
+            url,
+            "--identity",
+            id,
+        ];
+        args.extend_from_slice(extra);
+        run(dir, &[], &args)
+    };
+    let out = ok("dr verify (physical)", verify(&[]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("ok      WAL") && text.contains("start to stop of the backup"),
+        "{text}"
+    );
+    let out = ok("dr verify --wal", verify(&["--wal"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("to the newest archived segment"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let backup_file = stored
+        .iter()
+        .find(|o| o.name.ends_with(".backup"))
+        .unwrap()
+        .name
+        .clone();
+    let start_segment = backup_file[..24].to_string();
+    let object = stored
+        .iter()
+        .find(|o| o.name == start_segment)
+        .unwrap()
+        .object
+        .clone();
+    let store = archive.repository().store().clone();
+    let path = dr_storage::object_store::path::Path::from(object.as_str());
+    let original = tokio::task::block_in_place(|| {
+        rt.block_on(async { store.get(&path).await.unwrap().bytes().await.unwrap() })
+    });
+    let mut damaged = original.to_vec();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x01;
+    let put = |bytes: Vec<u8>| {
+        tokio::task::block_in_place(|| {
+            rt.block_on(async { store.put(&path, bytes.into()).await.unwrap() })
+        });
+    };
+    put(damaged);
+    for extra in [&[][..], &["--restore"][..]] {
+        let out = verify(extra);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(code(&out), 1, "verify {extra:?}: {text}\n{}", stderr(&out));
+        assert!(
+            text.contains(&format!("FAILED  WAL segment {start_segment} is damaged")),
+            "{text}"
+        );
+    }
+    put(original.to_vec());
+    ok("dr verify after the repair", verify(&[]));
+
     // Restore with archiving on, into the same source, and promote: the new
     // timeline's .history file and the old timeline's .partial segment are
     // archived by `dr wal-push` run by the restored server.

@@ -38,6 +38,11 @@ pub struct VerifyOptions {
     /// without it the scratch restore runs with --no-owner --no-privileges.
     #[cfg_attr(feature = "clap", arg(long))]
     pub globals: bool,
+    /// For a physical backup, check the whole WAL chain from the backup's
+    /// start to the newest archived segment (what a recovery to the latest
+    /// point replays), not only the segments from its start to its stop.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub wal: bool,
 }
 
 impl VerifyOptions {
@@ -73,6 +78,11 @@ pub struct VerifyOutcome {
     /// The kind's archive check, when it has one and a key was given.
     #[serde(rename = "archive_check", skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveCheck>,
+    /// A physical backup's WAL: every segment from its start to its stop
+    /// (with `--wal`, to the newest archived segment) present and, with a
+    /// key, decrypted and checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<dr_postgres::wal::WalVerification>,
     /// How deep it went.
     #[serde(skip)]
     pub level: VerifyLevel,
@@ -88,7 +98,9 @@ pub struct VerifyOutcome {
 impl VerifyOutcome {
     /// Whether everything verified.
     pub fn ok(&self) -> bool {
-        self.report.ok() && self.archive.as_ref().is_none_or(|a| a.ok)
+        self.report.ok()
+            && self.archive.as_ref().is_none_or(|a| a.ok)
+            && self.wal.as_ref().is_none_or(|w| w.ok)
     }
 
     /// Whether the backup is unproven rather than wrong: the scratch
@@ -99,6 +111,7 @@ impl VerifyOutcome {
             && self.report.scratch_unavailable
             && self.report.artifacts.iter().all(|a| a.error.is_none())
             && self.archive.as_ref().is_none_or(|a| a.ok)
+            && self.wal.as_ref().is_none_or(|w| w.ok)
     }
 
     /// A one-line summary for logs and notifications.
@@ -179,27 +192,52 @@ impl Ops {
         } else {
             None
         };
-        verify_backup(&repo, &manifest, ids.as_ref(), scratch.as_deref(), stop).await
+        verify_backup(
+            &repo,
+            &manifest,
+            ids.as_ref(),
+            scratch.as_deref(),
+            opts.wal,
+            stop,
+        )
+        .await
     }
 }
 
 /// Verifies `manifest`'s backup and records the outcome: the one function
 /// `dr verify` and `dr-agent`'s scheduled verification both run.
 ///
+/// A physical backup's WAL is checked first (from its start to its stop
+/// segment; with `whole_chain` to the newest archived segment, see
+/// [`dr_postgres::wal::verify_backup_wal`]): when it fails, the scratch
+/// restore is not attempted (it could not reach consistency) and the
+/// outcome is a failed verification, not an unproven one.
+///
 /// # Errors
-/// The repository cannot be read at all.
+/// The repository cannot be read at all; a key that does not open intact
+/// objects.
 pub async fn verify_backup(
     repo: &Repository,
     manifest: &Manifest,
     ids: Option<&Identities>,
     scratch: Option<&dyn Restorer>,
+    whole_chain: bool,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<VerifyOutcome> {
+    let kind = SourceKind::from_manifest_kind(&manifest.source.kind);
+    let wal = match kind {
+        Some(SourceKind::PostgresPhysical) => {
+            Some(dr_postgres::wal::verify_backup_wal(repo, manifest, ids, whole_chain).await?)
+        }
+        _ => None,
+    };
+    let wanted_restore = scratch.is_some();
+    let scratch = scratch.filter(|_| wal.as_ref().is_none_or(|w| w.ok));
     let report = match scratch {
         Some(restorer) => job::verify_until(repo, manifest, ids, restorer, stop).await?,
         None => job::verify(repo, manifest, ids, None).await?,
     };
-    let archive = match (SourceKind::from_manifest_kind(&manifest.source.kind), ids) {
+    let archive = match (kind, ids) {
         (Some(SourceKind::VaultRaft), Some(ids)) if report.ok() => {
             let reader = BackupReader::new(repo.clone(), manifest.clone(), ids.clone());
             Some(match dr_vault::verify_snapshot(&reader).await {
@@ -235,6 +273,16 @@ pub async fn verify_backup(
         record.ok = false;
         record.problems.push(e.clone());
     }
+    if let Some(w) = wal.as_ref().filter(|w| !w.ok) {
+        record.ok = false;
+        record.problems.extend(w.problems.iter().cloned());
+        if wanted_restore {
+            record.problems.push(
+                "the scratch restore was not attempted: the backup's WAL is missing or damaged"
+                    .into(),
+            );
+        }
+    }
     // Failing to keep the record does not change what the verification found.
     let record_error = record_verification(repo, &record)
         .await
@@ -246,6 +294,7 @@ pub async fn verify_backup(
     Ok(VerifyOutcome {
         report,
         archive,
+        wal,
         level,
         record,
         record_error,
@@ -274,7 +323,7 @@ pub async fn verify_latest(
             return Err(e.into());
         }
     };
-    verify_backup(repo, &m, ids, None, std::future::pending())
+    verify_backup(repo, &m, ids, None, false, std::future::pending())
         .await
         .map(Some)
 }

@@ -704,6 +704,56 @@ impl WalArchive {
         Ok((obj, plain))
     }
 
+    /// Reads the stored object `obj` (from [`WalArchive::list`]) and, with
+    /// `identities`, decrypts and decompresses it and checks its plaintext
+    /// against the SHA-256 in its name; without, checks only that it can be
+    /// read whole and holds as many bytes as listed. The plaintext is
+    /// dropped. Returns the plaintext size (with a key) or the stored size.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the object (a size or digest mismatch, a
+    /// frame that does not decode); [`Error::Decrypt`]; store errors.
+    pub async fn check_object(
+        &self,
+        obj: &WalObject,
+        identities: Option<&Identities>,
+    ) -> Result<u64> {
+        let path = StorePath::from(obj.object.as_str());
+        let stored = self
+            .store()
+            .get(&path)
+            .await
+            .map_err(|e| Error::store(obj.object.as_str(), e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::store(obj.object.as_str(), e))?;
+        if stored.len() as u64 != obj.stored_size || stored.is_empty() {
+            return Err(Error::Corrupt {
+                object: obj.object.clone(),
+                reason: format!("{} bytes read, {} listed", stored.len(), obj.stored_size),
+            });
+        }
+        let Some(identities) = identities else {
+            return Ok(obj.stored_size);
+        };
+        let identities = identities.clone();
+        let o = obj.clone();
+        tokio::task::spawn_blocking(move || {
+            codec::decode_buffer_to(
+                &stored,
+                &identities,
+                &o.plain_sha256,
+                &o.object,
+                &mut std::io::sink(),
+            )
+        })
+        .await
+        .map_err(|e| Error::Io {
+            what: format!("decoding {}", obj.object),
+            source: std::io::Error::other(e),
+        })?
+    }
+
     /// [`WalArchive::fetch`] into the file `dest`, atomically: the content is
     /// streamed to a temporary file in the same directory while its digest
     /// is checked, and renamed over `dest` only when it matches. On any error

@@ -211,6 +211,9 @@ impl Ctx<'_> {
                 Some(c) => println!("  FAILED  {}", c.error.as_deref().unwrap_or_default()),
                 None => {}
             }
+            if let Some(w) = &outcome.wal {
+                println!("{}", render::wal_verification(w));
+            }
         }
         // An unreachable scratch server proves nothing about the backup: exit 3,
         // not "verification failed".

@@ -105,6 +105,9 @@ pub struct ChainCheck {
     /// Whether every timeline switch on the path was read from its
     /// `.history` file.
     pub history_read: bool,
+    /// The archived segments on the path within the checked ranges, in
+    /// replay order (what a verification of the chain reads).
+    pub segments: Vec<String>,
 }
 
 /// Checks one cluster's archive along the path of the newest timeline:
@@ -268,10 +271,14 @@ pub fn check_chain(chain: &ChainFacts) -> ChainCheck {
         .collect();
     ranges.push((start, end));
     let mut seen = BTreeSet::new();
+    let mut seen_segments = BTreeSet::new();
     for (from, to) in ranges {
         let mut s = from;
         while s <= to {
             if present.contains(&(expected_tli(s), s)) {
+                if seen_segments.insert(s) {
+                    out.segments.push(name(s));
+                }
                 s += 1;
                 continue;
             }
@@ -294,6 +301,7 @@ pub fn check_chain(chain: &ChainFacts) -> ChainCheck {
     }
     out.gaps
         .sort_by(|a, b| a.first_missing[8..].cmp(&b.first_missing[8..]));
+    out.segments.sort_by(|a, b| a[8..].cmp(&b[8..]));
     out
 }
 
@@ -328,6 +336,41 @@ fn bases(manifests: &[Manifest]) -> BTreeMap<(String, u64), Vec<BaseStart>> {
     out
 }
 
+/// The `.history` files among `objects` (one cluster's archive), by
+/// timeline: read with `identities`, else [`HistoryFile::Unread`].
+///
+/// # Errors
+/// Store errors; a `.history` file that cannot be decrypted or does not
+/// parse.
+pub(crate) async fn read_histories(
+    archive: &WalArchive,
+    system_id: u64,
+    objects: &[dr_storage::WalObject],
+    identities: Option<&Identities>,
+) -> dr_core::Result<BTreeMap<u32, HistoryFile>> {
+    let mut histories = BTreeMap::new();
+    for o in objects {
+        let Ok(n) = WalFileName::parse(&o.name) else {
+            continue;
+        };
+        if n.kind != WalFileKind::History {
+            continue;
+        }
+        let h = match identities {
+            Some(ids) => {
+                let (_, text) = archive.fetch(system_id, &o.name, ids).await?;
+                HistoryFile::Read(
+                    History::parse(n.timeline, &String::from_utf8_lossy(&text))
+                        .map_err(dr_core::Error::from)?,
+                )
+            }
+            None => HistoryFile::Unread,
+        };
+        histories.insert(n.timeline, h);
+    }
+    Ok(histories)
+}
+
 /// The state of every WAL archive in the repository, by source: when WAL
 /// was last archived and the continuity of every cluster (system
 /// identifier) it holds, checked from the oldest kept physical base backup
@@ -359,26 +402,7 @@ pub async fn wal_status(
             ..Default::default()
         };
         for (sysid, objects) in &chains {
-            let mut histories = BTreeMap::new();
-            for o in objects {
-                let Ok(n) = WalFileName::parse(&o.name) else {
-                    continue;
-                };
-                if n.kind != WalFileKind::History {
-                    continue;
-                }
-                let h = match identities {
-                    Some(ids) => {
-                        let (_, text) = archive.fetch(*sysid, &o.name, ids).await?;
-                        HistoryFile::Read(
-                            History::parse(n.timeline, &String::from_utf8_lossy(&text))
-                                .map_err(dr_core::Error::from)?,
-                        )
-                    }
-                    None => HistoryFile::Unread,
-                };
-                histories.insert(n.timeline, h);
-            }
+            let histories = read_histories(&archive, *sysid, objects, identities).await?;
             let chain = ChainFacts {
                 system_id: sysid.to_string(),
                 segment_size: segment_size_for(&sizes, *sysid),
@@ -522,6 +546,11 @@ mod tests {
         assert!(c.problems.is_empty(), "{c:?}");
         assert!(c.history_read);
         assert_eq!(c.last_segment.as_deref(), Some("00000002000000000000000B"));
+        // What a chain verification reads: the parent's segments up to the
+        // switch, then the new timeline's, never the parent's .partial.
+        let mut path = segs(1, 3..=7);
+        path.extend(segs(2, 8..=11));
+        assert_eq!(c.segments, path);
         // A segment missing on the new timeline is a gap named there.
         names.retain(|n| n != "000000020000000000000009");
         let c = check_chain(&chain(

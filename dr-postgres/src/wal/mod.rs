@@ -5,7 +5,8 @@
 //!   ([`RetryPolicy`]) and the exit-code rules ([`push_exit_code`],
 //!   [`fetch_exit_code`]); their error is [`WalError`].
 //! - [`retention`]: the archive as retention facts, with each cluster's
-//!   segment size; [`continuity`]: gaps on the path recovery follows.
+//!   segment size; [`continuity`]: gaps on the path recovery follows;
+//!   [`verify_backup_wal`]: a physical backup's WAL read and checked.
 //! - [`names`], [`control`], [`timeline`]: PostgreSQL's formats, from
 //!   [`crate::format`] (kept here under their old paths).
 //!
@@ -18,6 +19,7 @@ mod archive;
 pub mod continuity;
 mod error;
 pub mod retention;
+mod verify;
 
 pub use crate::format::{control, names, timeline};
 pub use archive::{
@@ -28,3 +30,4 @@ pub use control::{read_control, segment_header, ControlData, SegmentHeader};
 pub use error::WalError;
 pub use names::{segment_file_name, Lsn, WalFileKind, WalFileName};
 pub use timeline::{History, HistoryEntry};
+pub use verify::{verify_backup_wal, WalVerification};
