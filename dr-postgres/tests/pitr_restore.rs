@@ -406,3 +406,67 @@ async fn backup_fails_when_archiving_is_broken() {
         .unwrap_err();
     assert!(format!("{err:?}").contains("archive_mode"), "{err:?}");
 }
+
+/// `--start` without `--port`: the restored server listens where the
+/// backup's configuration says (here the source's own port), and dr
+/// connects there, not to 5432. While the source still holds that port the
+/// start fails with a hint naming the port, and nothing is left running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_started_restore_listens_where_its_configuration_says() {
+    if !testing::should_run() {
+        return;
+    }
+    let f = fixture().await;
+    let c = f.archiving_cluster("cfgport");
+    let source = PostgresPhysical::new(c.settings("postgres"), PhysicalOptions::default());
+    dr_core::job::backup(&f.repo, &source, "cfgport")
+        .await
+        .unwrap();
+    let parent = tempfile::Builder::new()
+        .prefix("drp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let restore = |name: &str| {
+        let mut opts = pitr_options(&f, parent.path().join(name), RecoveryTarget::Immediate);
+        opts.port = None;
+        opts
+    };
+
+    // The source runs on the configured port: the start fails, says why,
+    // and stops nothing but leaves nothing running.
+    let opts = restore("busy");
+    let plan = physical::plan_pitr(&f.repo, &f.key, "cfgport", &opts)
+        .await
+        .unwrap();
+    let err = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .unwrap_err();
+    let text = dr_core::error_chain(&err);
+    assert!(text.contains("the port is in use"), "{text}");
+    assert!(!opts.pgdata.join("postmaster.pid").exists(), "{text}");
+    assert_eq!(c.psql("postgres", "SELECT 1"), "1");
+
+    // With the port free, the restored server takes it and dr finds it.
+    c.stop();
+    let opts = restore("free");
+    let plan = physical::plan_pitr(&f.repo, &f.key, "cfgport", &opts)
+        .await
+        .unwrap();
+    let report = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.port, Some(c.port()));
+    let conn = dr_postgres::ConnectionSettings::from_dsn(&format!(
+        "host={} port={} user=postgres dbname=postgres",
+        report.socket_dir.as_ref().unwrap().display(),
+        c.port()
+    ))
+    .unwrap();
+    let client = conn.connect().await.unwrap();
+    let row = client.query_one("SELECT 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    drop(client);
+    physical::stop_server(&opts, 15).await.unwrap();
+}

@@ -257,7 +257,8 @@ pub(super) async fn restore_from(
         // The files are complete: whatever the recovery did, the directory
         // is no interrupted restore's leftover.
         lock.release();
-        report.reached = Some(reached?);
+        let (reached, port, sock) = reached?;
+        report.reached = Some(reached);
         report.port = Some(port);
         report.socket_dir = Some(sock);
     } else {

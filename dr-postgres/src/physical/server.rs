@@ -93,21 +93,85 @@ fn log_tail(pgdata: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-/// Starts the restored server as `owner` on `port` (socket in `sock`) and
-/// waits, bounded by `opts.wait_timeout`, until recovery ends the way
-/// `opts.action` says: promoted, paused at the target, or shut down there.
+/// Where a started server listens, read from its `postmaster.pid` (lines 4
+/// and 5: the port and the first Unix socket directory; PostgreSQL source,
+/// `src/include/utils/pidfile.h`): what the server really uses, whatever
+/// configuration file set it (a restored `postgresql.conf` may set a port).
+pub(super) fn listening_address(pgdata: &Path) -> Option<(u16, PathBuf)> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let port = lines.get(3)?.trim().parse().ok()?;
+    let sock = lines.get(4)?.trim();
+    (!sock.is_empty()).then(|| (port, PathBuf::from(sock)))
+}
+
+/// What the server log says about why a server did not start, as a hint
+/// naming the cause.
+fn start_failure_hint(log: &str) -> &'static str {
+    if log.contains("could not bind") || log.contains("Address already in use") {
+        "the port is in use: choose another with --port"
+    } else if log.contains("No space left on device") {
+        "a file system is full: free space and start it again"
+    } else if log.contains("invalid checkpoint record")
+        || log.contains("could not locate a valid checkpoint record")
+        || log.contains("invalid record length")
+        || log.contains("incorrect resource manager data checksum")
+    {
+        "the WAL needed to start is damaged or missing: check the archive (dr status, dr verify --wal)"
+    } else if log.contains("Permission denied") {
+        "the server's user cannot read or write a file it needs: check the owner and modes"
+    } else {
+        "see the server log above"
+    }
+}
+
+/// Starts the restored server as `owner` (socket in `sock`, on `port` when
+/// the restore wrote one, else where its configuration says) and waits,
+/// bounded by `opts.wait_timeout`, until recovery ends the way `opts.action`
+/// says: promoted, paused at the target, or shut down there. Returns where
+/// recovery ended and the port and socket directory the server listens on
+/// ([`listening_address`]).
+///
+/// A failure after the server started stops it (`pg_ctl stop -m fast`):
+/// nothing is left running; the data directory is kept for inspection.
 ///
 /// # Errors
-/// [`PitrError::RecoveryFailed`] with the end of the server log (the
-/// server did not start, stopped during recovery, or shut down without
-/// reaching the target); [`PitrError::Timeout`].
+/// [`PitrError::RecoveryFailed`] with the end of the server log and a hint
+/// naming the cause (the server did not start, stopped during recovery, or
+/// shut down without reaching the target); [`PitrError::Timeout`].
 pub(super) async fn start_and_wait(
     plan: &PitrPlan,
     opts: &PitrOptions,
     owner: Option<(u32, u32)>,
     port: u16,
     sock: &Path,
-) -> Result<RecoveryPoint, PitrError> {
+) -> Result<(RecoveryPoint, u16, PathBuf), PitrError> {
+    let result = start_and_wait_inner(plan, opts, owner, port, sock).await;
+    if result.is_err() && opts.pgdata.join("postmaster.pid").exists() {
+        let bin = server_bin(opts, plan.backup.server_version_num / 10000);
+        let pgdata = opts.pgdata.to_string_lossy().to_string();
+        match pg_ctl(&bin, owner, &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await {
+            Ok((true, _)) => {
+                tracing::info!(pgdata = %pgdata, "the restored server was stopped after the failure")
+            }
+            Ok((false, out)) => {
+                tracing::warn!(pgdata = %pgdata, output = %out.trim(), "the restored server could not be stopped")
+            }
+            Err(e) => {
+                tracing::warn!(pgdata = %pgdata, error = %e, "the restored server could not be stopped")
+            }
+        }
+    }
+    result
+}
+
+async fn start_and_wait_inner(
+    plan: &PitrPlan,
+    opts: &PitrOptions,
+    owner: Option<(u32, u32)>,
+    port: u16,
+    sock: &Path,
+) -> Result<(RecoveryPoint, u16, PathBuf), PitrError> {
     let bin = server_bin(opts, plan.backup.server_version_num / 10000);
     let pgdata = opts.pgdata.to_string_lossy().to_string();
     let log = log_path(&opts.pgdata).to_string_lossy().to_string();
@@ -149,22 +213,28 @@ pub(super) async fn start_and_wait(
             )));
         }
         let control = read_control(&opts.pgdata)?;
-        return Ok(RecoveryPoint {
+        let point = RecoveryPoint {
             lsn: control.checkpoint.to_string(),
             timeline: control.timeline,
             last_replayed_commit: None,
             in_recovery: true,
-        });
+        };
+        return Ok((point, port, sock.to_path_buf()));
     }
     if !ok {
+        let tail = log_tail(&opts.pgdata);
         return Err(failed(format!(
-            "pg_ctl start: {}\nserver log:\n{}\nThe restored data directory is left in place: fix the cause (a port \
-             in use: --port) and start it with `pg_ctl -D {} start`, or remove it to restore again.",
+            "pg_ctl start: {}\nserver log:\n{tail}\nThe server did not start: {}. The restored data directory is \
+             left in place: fix the cause and start it with `pg_ctl -D {} start`, or remove it to restore again.",
             out.trim(),
-            log_tail(&opts.pgdata),
+            start_failure_hint(&tail),
             opts.pgdata.display()
         )));
     }
+    // Where the server listens: a port the restore did not write comes
+    // from the restored configuration, not 5432.
+    let (port, sock) =
+        listening_address(&opts.pgdata).unwrap_or_else(|| (port, sock.to_path_buf()));
     let conn = ConnectionSettings::from_dsn(&format!(
         "host={} port={port} user={} dbname=postgres",
         sock.display(),
@@ -255,14 +325,15 @@ pub(super) async fn start_and_wait(
         .map_err(q)?;
     let lsn: String = row.get(0);
     let _: Lsn = lsn.parse()?;
-    Ok(RecoveryPoint {
+    let point = RecoveryPoint {
         lsn,
         timeline: row.get::<_, i32>(1) as u32,
         last_replayed_commit: row
             .get::<_, Option<std::time::SystemTime>>(2)
             .map(Into::into),
         in_recovery,
-    })
+    };
+    Ok((point, port, sock))
 }
 
 /// Stops a server started by [`pitr_restore`](super::pitr_restore) (fast
