@@ -6,7 +6,10 @@
 //! before it expires; a store without conditional updates (the local file
 //! system) renews by replacing the object after checking that it still holds
 //! it. A lease past its expiry is stale: it is broken only when the caller
-//! says so (`dr prune --break-stale-lock`), never silently.
+//! says so (`dr prune --break-stale-lock`), never silently. A lease whose
+//! holder is a process of this host (same host name and PID namespace)
+//! that no longer exists is broken at once, with a warning: a killed
+//! `dr prune` does not block the next one for the lease's lifetime.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,34 @@ pub struct LeaseInfo {
     pub acquired_at: DateTime<Utc>,
     /// When it expires unless renewed.
     pub expires_at: DateTime<Utc>,
+    /// The holder's PID namespace (`/proc/self/ns/pid`, e.g.
+    /// `pid:[4026531836]`): with the host name, it says whether the pid in
+    /// `holder` can be looked up here. Absent in leases of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
+}
+
+impl LeaseInfo {
+    /// Whether the holder is a process of this host that has exited: the
+    /// host name and PID namespace are this process's and `/proc/<pid>`
+    /// does not exist. `false` whenever that cannot be told (another host,
+    /// another namespace, an unreadable holder).
+    pub fn holder_is_gone(&self) -> bool {
+        let mut parts = self.holder.splitn(3, ':');
+        let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            return false;
+        };
+        if host != host_name()
+            || self.pid_namespace.is_none()
+            || self.pid_namespace != pid_namespace()
+        {
+            return false;
+        }
+        pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
 }
 
 /// How to take a lease.
@@ -74,12 +105,22 @@ fn lock_path(name: &str) -> String {
     format!("locks/{name}.json")
 }
 
-fn holder_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
+        .unwrap_or_else(|_| "host".into())
+}
+
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn holder_id() -> String {
     format!(
-        "{host}:{}:{}",
+        "{}:{}:{}",
+        host_name(),
         std::process::id(),
         hex::encode(rand::random::<[u8; 4]>())
     )
@@ -106,6 +147,7 @@ impl Repository {
                 acquired_at: now,
                 expires_at: now
                     + chrono::Duration::from_std(options.ttl).unwrap_or(chrono::Duration::MAX),
+                pid_namespace: pid_namespace(),
             };
             let body = serde_json::to_vec_pretty(&info).expect("serialisable");
             let put = store
@@ -143,6 +185,21 @@ impl Repository {
                 tracing::warn!(lock = %name, holder = %current.0.holder, expired = %current.0.expires_at,
                     "breaking a stale lease");
                 delete_if_version(&store, &path, &current.1).await?;
+                continue;
+            }
+            if current.0.holder_is_gone() {
+                // Read again right before the delete (the store has no
+                // conditional delete): only the gone holder's lease is
+                // removed, not one a racing process took meanwhile.
+                let again = read_lease(&store, &path).await?;
+                if again
+                    .as_ref()
+                    .is_some_and(|a| a.0.holder == current.0.holder)
+                {
+                    tracing::warn!(lock = %name, holder = %current.0.holder, purpose = %current.0.purpose,
+                        "breaking the lease of a process of this host that has exited");
+                    delete_if_version(&store, &path, &current.1).await?;
+                }
                 continue;
             }
             if tokio::time::Instant::now() >= deadline {

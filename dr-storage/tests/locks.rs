@@ -143,3 +143,84 @@ async fn a_broken_lease_is_noticed_on_renewal() {
         other.release().await.unwrap();
     }
 }
+
+/// The lease of a process of this host that has exited (a `dr prune` killed
+/// with SIGKILL) is broken at once, not after its lifetime; a lease of a
+/// live process, or of a process that cannot be looked up here (another
+/// host, another PID namespace), is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lease_of_an_exited_local_process_is_broken_at_once() {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let mut live = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let lease = |holder: String, namespace: Option<&str>| {
+        let now = chrono::Utc::now();
+        let mut v = serde_json::json!({
+            "name": "prune",
+            "holder": holder,
+            "purpose": "prune (killed)",
+            "acquired_at": now,
+            "expires_at": now + chrono::Duration::minutes(5),
+        });
+        if let Some(ns) = namespace {
+            v["pid_namespace"] = ns.into();
+        }
+        serde_json::to_vec(&v).unwrap()
+    };
+    let path = dr_storage::object_store::path::Path::from("locks/prune.json");
+    for (loc, repo, _d) in repos().await {
+        let kept = [
+            (
+                format!("{host}:{}:aaaa", live.id()),
+                Some(namespace.as_str()),
+            ),
+            (format!("elsewhere:{dead}:aaaa"), Some(namespace.as_str())),
+            (format!("{host}:{dead}:aaaa"), Some("pid:[1]")),
+            (format!("{host}:{dead}:aaaa"), None),
+        ];
+        for (holder, ns) in kept {
+            repo.store()
+                .put(&path, lease(holder.clone(), ns).into())
+                .await
+                .unwrap();
+            let err = repo.acquire_lease("prune", &opts(1_000)).await.unwrap_err();
+            match err {
+                Error::Locked {
+                    holder: h, stale, ..
+                } => {
+                    assert_eq!(h, holder, "{loc}");
+                    assert!(!stale, "{loc}");
+                }
+                other => panic!("{loc}: {holder} {ns:?}: {other:?}"),
+            }
+        }
+        repo.store()
+            .put(
+                &path,
+                lease(format!("{host}:{dead}:aaaa"), Some(&namespace)).into(),
+            )
+            .await
+            .unwrap();
+        let lease = repo.acquire_lease("prune", &opts(1_000)).await.unwrap();
+        assert_ne!(lease.info().holder, format!("{host}:{dead}:aaaa"), "{loc}");
+        assert_eq!(
+            lease.info().pid_namespace.as_deref(),
+            Some(namespace.as_str())
+        );
+        lease.release().await.unwrap();
+    }
+    live.kill().unwrap();
+    let _ = live.wait();
+}
