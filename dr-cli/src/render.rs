@@ -270,9 +270,17 @@ pub fn prune_plan(p: &dr_core::prune::PrunePlan) -> String {
             d.object, d.source, d.reason
         ));
     }
+    for f in &p.staging {
+        out.push_str(&format!(
+            "\nstaging file of an interrupted write, to delete: {} ({}, last written {})",
+            f.path,
+            bytes(f.size),
+            f.last_modified.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
     out.push_str(&format!(
         "\norphans: {} to delete, {} younger than the grace period\nverification records of pruned backups: {} to delete\n{} to free",
-        p.orphans.len(),
+        p.orphans.len() + p.staging.len(),
         p.orphans_in_grace,
         p.verifications.len(),
         bytes(p.bytes_freed())

@@ -95,6 +95,27 @@ fn prune_keeps_exactly_what_the_policy_says() {
     let young = env.path("repo/backups/db/29990101T000000Z-beef00");
     std::fs::create_dir_all(&young).unwrap();
     std::fs::write(young.join("database.pgdump.zst.age"), b"running").unwrap();
+    // Staging files that object_store's local store leaves when a writer is
+    // killed (SIGKILL): listings skip them; prune removes those older than
+    // the grace period, in a kept backup's directory and in the WAL archive
+    // too, and leaves a young one (an upload in progress).
+    let kept_dir = env.path(&format!("repo/backups/db/{}", ids[3]));
+    let stale_staging = [
+        kept_dir.join("database.pgdump.zst.age#3"),
+        env.path("repo/wal/db/000000010000000000000001-abc.age#12"),
+    ];
+    for f in &stale_staging {
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, b"half an upload").unwrap();
+        let st = std::process::Command::new("touch")
+            .args(["-d", "2 days ago"])
+            .arg(f)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let young_staging = kept_dir.join("database.pgdump.zst.age#4");
+    std::fs::write(&young_staging, b"uploading").unwrap();
 
     // Verification records: of two backups that go and of the newest.
     for id in [&ids[0], &ids[1], &ids[3]] {
@@ -136,7 +157,21 @@ fn prune_keeps_exactly_what_the_policy_says() {
         "{rules:?}"
     );
     assert_eq!(plan["orphans"].as_array().unwrap().len(), 1);
-    assert_eq!(plan["orphans_in_grace"], 1);
+    let staging: Vec<&str> = plan["staging"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        staging,
+        vec![
+            format!("backups/db/{}/database.pgdump.zst.age#3", ids[3]).as_str(),
+            "wal/db/000000010000000000000001-abc.age#12"
+        ],
+        "{plan}"
+    );
+    assert_eq!(plan["orphans_in_grace"], 2);
     let human = env.ok(&["prune", "--dry-run"]);
     assert!(
         human.contains("DELETE") && human.contains("keep (keep_last"),
@@ -172,6 +207,12 @@ fn prune_keeps_exactly_what_the_policy_says() {
         young.join("database.pgdump.zst.age").exists(),
         "a running backup's objects are left alone"
     );
+    for f in &stale_staging {
+        assert!(!f.exists(), "{} removed", f.display());
+    }
+    assert!(young_staging.exists(), "a young staging file is left alone");
+    assert!(kept_dir.join("manifest.json").exists());
+    std::fs::remove_file(&young_staging).unwrap();
     // Only the record of the kept backup is left.
     let left_records = records();
     assert_eq!(left_records.len(), 1, "{left_records:?}");

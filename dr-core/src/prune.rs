@@ -54,12 +54,19 @@ pub struct PrunePlan {
     /// knows).
     #[serde(default)]
     pub damaged: Vec<DamagedManifest>,
+    /// Staging files of writes into a local repository that were killed
+    /// ([`Repository::staging_leftovers`]), older than the orphan grace
+    /// period, to be removed. Younger ones count in `orphans_in_grace`.
+    #[serde(default)]
+    pub staging: Vec<dr_storage::StagingFile>,
 }
 
 impl PrunePlan {
     /// Bytes the plan frees.
     pub fn bytes_freed(&self) -> u64 {
-        self.retention.bytes_freed() + self.orphans.iter().map(|o| o.size).sum::<u64>()
+        self.retention.bytes_freed()
+            + self.orphans.iter().map(|o| o.size).sum::<u64>()
+            + self.staging.iter().map(|f| f.size).sum::<u64>()
     }
 }
 
@@ -246,6 +253,14 @@ pub async fn plan_prune(
                 .map(|d| (d.source.as_str(), d.backup_id.as_str())),
         )
         .collect();
+    let mut staging = Vec::new();
+    for f in repo.staging_leftovers()? {
+        if now - f.last_modified < grace {
+            in_grace += 1;
+        } else {
+            staging.push(f);
+        }
+    }
     let records = crate::verification::list_records(repo).await?;
     let verifications =
         crate::verification::stale_records(&records, |source, id| kept.contains(&(source, id)));
@@ -255,6 +270,7 @@ pub async fn plan_prune(
         orphans_in_grace: in_grace,
         verifications,
         damaged: damaged_manifests,
+        staging,
     })
 }
 
@@ -389,6 +405,11 @@ pub async fn prune_with_report(
             delete_if_present(repo, &o.object).await?;
             report.orphans_deleted += 1;
             report.bytes_freed += o.size;
+        }
+        for f in &plan.staging {
+            repo.remove_staging(f)?;
+            report.orphans_deleted += 1;
+            report.bytes_freed += f.size;
         }
         Ok(report)
     }

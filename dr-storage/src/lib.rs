@@ -77,7 +77,7 @@ pub use object_store;
 pub use progress::{NoProgress, Progress};
 pub use repo::{
     validate_source_name, BackupWriter, DamagedManifest, InitOptions, KeySource, RecordedArtifact,
-    RepoConfig, Repository, FORMAT_VERSION, MANIFEST_ATTEMPTS, REPO_CONFIG,
+    RepoConfig, Repository, StagingFile, FORMAT_VERSION, MANIFEST_ATTEMPTS, REPO_CONFIG,
 };
 pub use wal::{
     sha256_hex, validate_wal_name, wal_claim_path, write_atomically, write_atomically_with,

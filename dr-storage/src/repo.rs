@@ -146,6 +146,8 @@ impl KeySource {
 struct Inner {
     store: Arc<dyn ObjectStore>,
     location: String,
+    /// The directory of a local repository.
+    local_root: Option<std::path::PathBuf>,
     config: RepoConfig,
     recipients: Recipients,
     codec: CodecOptions,
@@ -253,12 +255,11 @@ impl Repository {
             Err(e) => return Err(e),
         }
         tracing::info!(location = %location, id = %config.repository_id, "repository initialised");
-        Ok(Self::from_parts(
-            store,
-            location.to_string(),
-            config,
-            parsed,
-        ))
+        Ok(
+            Self::from_parts(store, location.to_string(), config, parsed).rebuild(|i| {
+                i.local_root = location.local_path().map(std::path::Path::to_path_buf)
+            }),
+        )
     }
 
     /// Opens the repository at `location`, checking the digest of
@@ -271,7 +272,10 @@ impl Repository {
     /// match; [`Error::Format`] when it does not parse.
     pub async fn open(location: &Location, store_options: &StoreOptions) -> Result<Self> {
         let store = location.open(store_options, false)?;
-        Self::open_store(store, location.to_string()).await
+        let root = location.local_path().map(std::path::Path::to_path_buf);
+        Ok(Self::open_store(store, location.to_string())
+            .await?
+            .rebuild(|i| i.local_root = root))
     }
 
     /// Opens a repository on an already-built store (`location` names it in
@@ -300,6 +304,7 @@ impl Repository {
             inner: Arc::new(Inner {
                 store,
                 location,
+                local_root: None,
                 config,
                 recipients,
                 codec: CodecOptions::default(),
@@ -322,6 +327,7 @@ impl Repository {
         let mut inner = Inner {
             store: self.inner.store.clone(),
             location: self.inner.location.clone(),
+            local_root: self.inner.local_root.clone(),
             config: self.inner.config.clone(),
             recipients: self.inner.recipients.clone(),
             codec: self.inner.codec.clone(),
@@ -330,6 +336,96 @@ impl Repository {
         f(&mut inner);
         Repository {
             inner: Arc::new(inner),
+        }
+    }
+
+    /// The staging files that `object_store`'s local file system leaves
+    /// beside an object (`<object>#<n>`) when a process writing it was
+    /// killed (SIGKILL, a crash, a power loss): listings skip them, so
+    /// nothing else finds them. Empty for a repository that is not a local
+    /// directory. Sorted by path.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be read.
+    pub fn staging_leftovers(&self) -> Result<Vec<StagingFile>> {
+        let Some(root) = &self.inner.local_root else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: dir.display().to_string(),
+                        source,
+                    })
+                }
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| Error::Io {
+                    what: dir.display().to_string(),
+                    source,
+                })?;
+                let path = entry.path();
+                let meta = std::fs::symlink_metadata(&path).map_err(|source| Error::Io {
+                    what: path.display().to_string(),
+                    source,
+                })?;
+                if meta.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if !meta.is_file() || !is_staging_name(&entry.file_name().to_string_lossy()) {
+                    continue;
+                }
+                let relative = path.strip_prefix(root).unwrap_or(&path);
+                out.push(StagingFile {
+                    path: relative.to_string_lossy().into_owned(),
+                    size: meta.len(),
+                    last_modified: meta
+                        .modified()
+                        .map(DateTime::<Utc>::from)
+                        .unwrap_or_else(|_| Utc::now()),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Removes a staging file found by [`Repository::staging_leftovers`];
+    /// one already gone is not an error.
+    ///
+    /// # Errors
+    /// [`Error::Io`], of kind `InvalidInput` for a path that is not a
+    /// staging file inside this local repository.
+    pub fn remove_staging(&self, file: &StagingFile) -> Result<()> {
+        let name_ok = std::path::Path::new(&file.path)
+            .file_name()
+            .is_some_and(|n| is_staging_name(&n.to_string_lossy()));
+        let inside = std::path::Path::new(&file.path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let (Some(root), true, true) = (&self.inner.local_root, name_ok, inside) else {
+            return Err(Error::Io {
+                what: file.path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a staging file of this local repository",
+                ),
+            });
+        };
+        let path = root.join(&file.path);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io {
+                what: path.display().to_string(),
+                source,
+            }),
         }
     }
 
@@ -993,4 +1089,23 @@ async fn put_create(store: &Arc<dyn ObjectStore>, path: &str, body: PutPayload) 
         .await
         .map(|_| ())
         .map_err(|e| Error::store(path, e))
+}
+
+/// A staging file of an interrupted write in a local repository (see
+/// [`Repository::staging_leftovers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingFile {
+    /// Path relative to the repository directory (`backups/db/ID/x.age#3`).
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// `object_store`'s staging name: `<name>#<decimal suffix>`.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(stem, n)| {
+        !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
