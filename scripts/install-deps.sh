@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 # protobuf: etcd-client's build script runs protoc (dr-k8s, feature etcd).
-apt_install postgresql-15 postgresql-contrib zstd protobuf-compiler libprotobuf-dev
+# age, jq: the README's "Recovering without dr" commands (dr-cli/tests/recover_without_dr.rs).
+apt_install postgresql-15 postgresql-contrib zstd protobuf-compiler libprotobuf-dev age jq
