@@ -137,3 +137,59 @@ fn every_example_plan_checks() {
         "{err}"
     );
 }
+
+/// `dr plan check` with a Route53 `[dns]` section validates offline: the
+/// endpoint is a closed port and the instance metadata service is off, so
+/// any connection at check time would fail it. `dr dns` commands, which
+/// need the server, still report the failure to connect.
+#[test]
+fn a_route53_plan_checks_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    std::fs::write(
+        dir.path().join("dr.toml"),
+        format!(
+            "[dns]\nprovider = \"route53\"\nzone_name = \"example.com.\"\n\
+             endpoint_url = \"http://127.0.0.1:{port}\"\nmax_attempts = 1\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("failover.toml"),
+        "name = \"failover\"\n[[steps]]\nname = \"dns\"\naction = \"dns.failover\"\nrollback = true\n\
+         params = { name = \"api.example.com.\", type = \"A\", from = [\"10.0.0.1\"], to = [\"10.1.0.1\"], ttl = 60 }\n",
+    )
+    .unwrap();
+    let offline = |c: &mut Command| {
+        c.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .timeout(std::time::Duration::from_secs(60));
+    };
+    let mut cmd = dr(dir.path());
+    offline(&mut cmd);
+    let out = cmd
+        .args(["plan", "check", "failover.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = dr(dir.path());
+    offline(&mut cmd);
+    let out = cmd
+        .args(["dns", "get", "www.example.com."])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -196,7 +196,7 @@ description = "no default"
 [[steps]]
 name = "a"
 action = "wait"
-params = { duration = "1s", reason = "${known} ${unknown}" }
+params = { duration = "1s", reason = "${known} ${unknown} ${needed}" }
 [[steps]]
 name = "b"
 action = "wait"
@@ -225,6 +225,12 @@ params = { duration = "1s", reason = "${steps.c.summary} ${oops" }
         None,
         "variables.needed",
         "no value: pass --set needed=..., set DR_VAR_NEEDED",
+    );
+    // A declared variable without a value is reported once, not as unknown
+    // at each reference.
+    assert!(
+        !issues.iter().any(|i| i.message.contains("${needed}")),
+        "{issues:?}"
     );
 
     // --set of an undeclared variable is an error; the environment fills a value.

@@ -38,7 +38,7 @@ mod rfc2136;
 mod route53;
 
 pub use action::{register, DnsFailover, FAILOVER_ACTION};
-pub use config::{connect, DnsConfig};
+pub use config::{connect, connect_lazily, DnsConfig};
 pub use error::DnsError;
 pub use failover::{
     failover, get, rollback, set, FailoverOptions, FailoverReport, FailoverSpec, SetReport,

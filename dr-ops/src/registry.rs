@@ -210,7 +210,8 @@ pub async fn action_registry(
     );
     match &config.dns {
         Some(dns) => {
-            let provider = dr_dns::connect(dns).await?;
+            // Connected on first use: checking a plan makes no network call.
+            let provider = dr_dns::connect_lazily(dns)?;
             dr_dns::register(&mut registry, provider);
         }
         None => unavailable(

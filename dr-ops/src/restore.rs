@@ -128,9 +128,6 @@ impl Ops {
                     if let Some(c) = &cancel {
                         c.cancel();
                     }
-                    // The restore removes what it wrote before it returns,
-                    // unless it had already finished: then it is complete
-                    // and kept.
                     // The restore removes what it wrote before it returns;
                     // one past the point where it could stop (starting the
                     // server, recovery) finishes, and what it made is then

@@ -491,10 +491,16 @@ pub fn check(
             for (path, r) in refs {
                 let problem = match r {
                     Err(e) => Some(e),
-                    Ok(Ref::Var(v)) if !scope_vars.contains_key(&v) => Some(format!(
-                        "unknown variable ${{{v}}}; declared: {}",
-                        spec.variables.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )),
+                    // A declared variable without a value is reported once,
+                    // under `variables.<name>`, not at every reference.
+                    Ok(Ref::Var(v))
+                        if !scope_vars.contains_key(&v) && !spec.variables.contains_key(&v) =>
+                    {
+                        Some(format!(
+                            "unknown variable ${{{v}}}; declared: {}",
+                            spec.variables.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ))
+                    }
                     Ok(Ref::Step { step: s, .. }) => match index.get(s.as_str()) {
                         None => Some(format!("${{steps.{s}...}}: no step named {s:?}")),
                         Some(&j) if j != i && !ancestors[i].contains(&j) => Some(format!(
