@@ -388,6 +388,9 @@ pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
         for p in &s.problems {
             out.push_str(&format!("\n{}: {p}", s.source));
         }
+        for w in &s.warnings {
+            out.push_str(&format!("\n{}: warning: {w}", s.source));
+        }
     }
     out
 }

@@ -325,6 +325,7 @@ mod tests {
             rpo_met: false,
             wal: None,
             problems: vec![],
+            warnings: vec![],
             last_verify: None,
         }
     }

@@ -386,9 +386,13 @@ pub async fn prune_with_report(
         }
         for w in &plan.retention.wal {
             for object in &w.deleted {
-                // The name's claim first: an interruption leaves a data
-                // object without a claim (read as before claims), never a
-                // claim without its data.
+                // The segment's events and the name's claim first: an
+                // interruption leaves a data object without them (read as
+                // before events and claims were written), never an events
+                // object or a claim without its data.
+                if let Some(events) = dr_storage::wal_events_path(object) {
+                    delete_if_present(repo, &events).await?;
+                }
                 if let Some(claim) = dr_storage::wal_claim_path(object) {
                     delete_if_present(repo, &claim).await?;
                 }
@@ -630,6 +634,11 @@ mod tests {
             else {
                 panic!()
             };
+            let ev = [dr_storage::WalEvent::TablespaceDrop {
+                oid: 16_000 + i as u32,
+                lsn: format!("0/{:X}", (i << 24) + 40),
+            }];
+            assert!(archive.put_events(7, &name, &ev).await.unwrap());
             wal.push(WalFacts {
                 source: "db".into(),
                 system_id: "7".into(),
@@ -674,10 +683,16 @@ mod tests {
             .unwrap();
         for d in &deleted {
             let claim = dr_storage::wal_claim_path(d).unwrap();
-            assert!(!left.contains(d) && !left.contains(&claim), "{left:?}");
+            let events = dr_storage::wal_events_path(d).unwrap();
+            assert!(
+                !left.contains(d) && !left.contains(&claim) && !left.contains(&events),
+                "{left:?}"
+            );
         }
-        // The kept segments keep their claims: two data objects, two claims.
-        assert_eq!(left.len(), 4, "{left:?}");
+        // The kept segments keep their claims and events: two data objects,
+        // two claims, two events objects.
+        assert_eq!(left.len(), 6, "{left:?}");
+        assert_eq!(archive.list_events(7).await.unwrap().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -50,8 +50,13 @@ pub struct SourceStatus {
     /// archived segment (PostgreSQL sources with archiving).
     #[serde(default)]
     pub wal: Option<WalStatus>,
-    /// Problems found (gaps, stale backups), one line each.
+    /// Problems found (gaps, stale backups), one line each. Any problem
+    /// makes [`SourceStatus::ok`] false.
     pub problems: Vec<String>,
+    /// Warnings, one line each (the WAL archive's [`WalStatus::warnings`]):
+    /// shown, but they leave [`SourceStatus::ok`] as it is.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The newest `dr verify` of this source's backups (stored in the
     /// repository under `verifications/`).
     #[serde(default)]
@@ -60,6 +65,7 @@ pub struct SourceStatus {
 
 impl SourceStatus {
     /// Whether every objective holds: the RPO is met and nothing is wrong.
+    /// Warnings do not count.
     pub fn ok(&self) -> bool {
         self.rpo_met && self.problems.is_empty()
     }
@@ -133,6 +139,14 @@ pub struct WalStatus {
     /// Other problems (a timeline without its `.history` file, no base
     /// backup on the newest timeline's history), one line each.
     pub problems: Vec<String>,
+    /// Warnings, one line each: what does not break recovery from the
+    /// archive but needs an operator, such as a tablespace created or
+    /// dropped after the newest base backup (a restore beside the cluster
+    /// would replay it into the original's directory; PostgreSQL 15 docs
+    /// §26.3.7 "Caveats": take a new base backup). They do not make the
+    /// status fail.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Whether the newest archived WAL can be replayed from the newest base
@@ -275,6 +289,10 @@ pub async fn status_with_wal(
             rpo_seconds: rpo,
             rto_seconds: obj.rto.as_secs_f64(),
             rpo_met,
+            warnings: wal_state
+                .as_ref()
+                .map(|w| w.warnings.clone())
+                .unwrap_or_default(),
             wal: wal_state,
             problems,
             last_verify,

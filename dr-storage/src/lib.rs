@@ -80,7 +80,7 @@ pub use repo::{
     RepoConfig, Repository, StagingFile, FORMAT_VERSION, MANIFEST_ATTEMPTS, REPO_CONFIG,
 };
 pub use wal::{
-    sha256_hex, validate_wal_name, wal_claim_path, write_atomically, write_atomically_with,
-    PushOutcome, Registration, WalArchive, WalArchiveInfo, WalConflict, WalObject,
-    WAL_ARCHIVE_VERSION, WAL_PREFIX,
+    sha256_hex, validate_wal_name, wal_claim_path, wal_events_path, write_atomically,
+    write_atomically_with, PushOutcome, Registration, WalArchive, WalArchiveInfo, WalConflict,
+    WalEvent, WalObject, EVENTS_DIR, WAL_ARCHIVE_VERSION, WAL_PREFIX,
 };

@@ -29,6 +29,24 @@
 //! contents there is reported by [`WalArchive::conflicts`]. Prune removes a
 //! claim before its data object ([`wal_claim_path`]).
 //!
+//! What the WAL of a segment does outside the data directory is recorded
+//! beside it, in plaintext (no key needed to read it), by `wal-push`:
+//! ```text
+//! wal/<source>/<system-id>/events/<segment name>.json   [{"kind": "tablespace_create", "oid": 16390,
+//!                                                         "path": "/srv/ts2", "lsn": "0/3000060"}, ...]
+//! ```
+//! one JSON array of [`WalEvent`]s (tablespace creations and drops, in WAL
+//! order), written with a conditional create and only for a segment that
+//! holds at least one such record: a segment without an events object holds
+//! none, or was archived by a `dr` before events were recorded. Replaying a
+//! `CREATE TABLESPACE` record writes at the path in the record, outside the
+//! restored data directory (PostgreSQL 15 docs §26.3.7 "Caveats": take a new
+//! base backup after creating or dropping a tablespace), so `dr status`
+//! reads these objects to warn when one lies after the newest base backup.
+//! Prune removes a segment's events object before its data object
+//! ([`wal_events_path`]); events objects are never WAL objects (not listed
+//! by [`WalArchive::list`]).
+//!
 //! Pushing needs only the recipients in `dr-repo.json`; fetching needs a key.
 //! A WAL object is small (one segment, 16 MiB by default), so it is encoded
 //! in memory and stored with one conditional `PUT`.
@@ -57,6 +75,73 @@ pub const WAL_ARCHIVE_VERSION: u32 = 1;
 const STORED_SUFFIX: &str = ".zst.age";
 
 const CLAIM_SUFFIX: &str = ".claim";
+
+/// The directory of events objects under a system identifier (see the
+/// module docs).
+pub const EVENTS_DIR: &str = "events";
+
+const EVENTS_SUFFIX: &str = ".json";
+
+/// One WAL record of an archived segment whose replay acts outside the data
+/// directory, as recorded in `events/<segment>.json` (see the module docs).
+/// Serialised with a `kind` tag: `{"kind": "tablespace_create", "oid": ..,
+/// "path": .., "lsn": ..}` or `{"kind": "tablespace_drop", "oid": ..,
+/// "lsn": ..}`. `lsn` is where the record starts, PostgreSQL's `X/X` form.
+/// Record layouts: PostgreSQL's `src/include/commands/tablespace.h`
+/// (`xl_tblspc_create_rec`, `xl_tblspc_drop_rec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WalEvent {
+    /// `XLOG_TBLSPC_CREATE`: `CREATE TABLESPACE`.
+    TablespaceCreate {
+        /// The tablespace's OID.
+        oid: u32,
+        /// The directory written in the record.
+        path: String,
+        /// Where the record starts.
+        lsn: String,
+    },
+    /// `XLOG_TBLSPC_DROP`: `DROP TABLESPACE`.
+    TablespaceDrop {
+        /// The tablespace's OID.
+        oid: u32,
+        /// Where the record starts.
+        lsn: String,
+    },
+}
+
+impl WalEvent {
+    /// Where the record starts (`X/X`).
+    pub fn lsn(&self) -> &str {
+        match self {
+            WalEvent::TablespaceCreate { lsn, .. } | WalEvent::TablespaceDrop { lsn, .. } => lsn,
+        }
+    }
+}
+
+/// Whether `name` is a full segment's name (24 hex digits): only those get
+/// an events object.
+fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The events object of the WAL data object `object`
+/// (`wal/<source>/<system-id>/<dir>/<segment>-<sha256>.zst.age` ->
+/// `wal/<source>/<system-id>/events/<segment>.json`); `None` when `object`
+/// is not the data object of a full segment. Prune deletes it before the
+/// data object, so that no events object outlives its segment.
+pub fn wal_events_path(object: &str) -> Option<String> {
+    let (dir, file) = object.rsplit_once('/')?;
+    if !object.starts_with(&format!("{WAL_PREFIX}/")) {
+        return None;
+    }
+    let (name, _) = parse_stored(file)?;
+    if !is_segment_name(name) {
+        return None;
+    }
+    let (sysdir, _) = dir.rsplit_once('/')?;
+    Some(format!("{sysdir}/{EVENTS_DIR}/{name}{EVENTS_SUFFIX}"))
+}
 
 /// `<name>.claim`: which content the first push of a WAL file name stored.
 /// Written once with a conditional create, before the data object.
@@ -359,6 +444,96 @@ impl WalArchive {
             "{}/{name}-{sha}{STORED_SUFFIX}",
             self.dir_path(system_id, name)
         )
+    }
+
+    /// The events object of segment `name` (see the module docs).
+    pub fn events_path(&self, system_id: u64, name: &str) -> String {
+        format!(
+            "{WAL_PREFIX}/{}/{system_id}/{EVENTS_DIR}/{name}{EVENTS_SUFFIX}",
+            self.source
+        )
+    }
+
+    /// Records `events` of segment `name` with a conditional create: `true`
+    /// when this call wrote the object, `false` when it was already there
+    /// (the same segment pushed again: its events are the same, since its
+    /// content is claimed). Writes nothing for no events.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] when `name` is not a full segment's name;
+    /// store errors.
+    pub async fn put_events(
+        &self,
+        system_id: u64,
+        name: &str,
+        events: &[WalEvent],
+    ) -> Result<bool> {
+        if !is_segment_name(name) {
+            return Err(Error::InvalidName {
+                what: "WAL segment name",
+                name: name.to_string(),
+                reason: "events are recorded for full segments only (24 hex digits)",
+            });
+        }
+        if events.is_empty() {
+            return Ok(false);
+        }
+        match self
+            .repo
+            .put_json_create(&self.events_path(system_id, name), &events)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The segments of `system_id` that have an events object, sorted by
+    /// name. One listing of the `events/` directory; no key needed.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list_events(&self, system_id: u64) -> Result<Vec<String>> {
+        let prefix = format!("{WAL_PREFIX}/{}/{system_id}/{EVENTS_DIR}", self.source);
+        let listed: Vec<_> = self
+            .store()
+            .list(Some(&StorePath::from(prefix.as_str())))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(prefix.as_str(), e))?;
+        let mut out: Vec<String> = listed
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.strip_suffix(EVENTS_SUFFIX)?;
+                is_segment_name(name).then(|| name.to_string())
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The events recorded for segment `name`; empty when it has no events
+    /// object.
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Format`] for an object that does not parse.
+    pub async fn events(&self, system_id: u64, name: &str) -> Result<Vec<WalEvent>> {
+        let path = self.events_path(system_id, name);
+        let got = match self.store().get(&StorePath::from(path.as_str())).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::store(path, e)),
+        };
+        let body = got
+            .bytes()
+            .await
+            .map_err(|e| Error::store(path.as_str(), e))?;
+        serde_json::from_slice(&body).map_err(|source| Error::Format {
+            object: path,
+            what: "WAL events",
+            source,
+        })
     }
 
     /// Reads `archive.json`; `None` before the first push.
@@ -894,6 +1069,53 @@ mod tests {
             Some(("000000010000000000000001.partial", sha.as_str()))
         );
         assert_eq!(parse_stored("x-abc.zst.age"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn events_sit_beside_their_segment_and_are_not_wal() {
+        let (archive, _) = archive("events").await;
+        let seg = "000000010000000000000003";
+        let PushOutcome::Stored(o) = archive.push(7, seg, vec![1u8; 64].into()).await.unwrap()
+        else {
+            panic!()
+        };
+        let ev = vec![WalEvent::TablespaceCreate {
+            oid: 16_390,
+            path: "/srv/ts2".into(),
+            lsn: "0/3000060".into(),
+        }];
+        assert!(!archive.put_events(7, seg, &[]).await.unwrap());
+        assert!(archive.put_events(7, seg, &ev).await.unwrap());
+        // Create-only: a second push of the segment finds it there.
+        assert!(!archive.put_events(7, seg, &ev).await.unwrap());
+        assert!(archive
+            .put_events(7, "00000002.history", &ev)
+            .await
+            .is_err());
+        assert_eq!(
+            wal_events_path(&o.object).unwrap(),
+            archive.events_path(7, seg)
+        );
+        assert_eq!(
+            archive.events_path(7, seg),
+            "wal/db/7/events/000000010000000000000003.json"
+        );
+        let partial = o.object.replace(seg, &format!("{seg}.partial"));
+        assert_eq!(wal_events_path(&partial), None);
+        assert_eq!(archive.list_events(7).await.unwrap(), vec![seg.to_string()]);
+        assert_eq!(archive.events(7, seg).await.unwrap(), ev);
+        assert!(archive
+            .events(7, "000000010000000000000004")
+            .await
+            .unwrap()
+            .is_empty());
+        // Not a WAL object, and no conflict.
+        let listed = archive.list(7).await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(archive.conflicts().await.unwrap().is_empty());
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
+        assert_eq!(json[0]["kind"], "tablespace_create");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dr_storage::{Identities, PushOutcome, Registration, WalArchive};
+use dr_storage::{Identities, PushOutcome, Registration, WalArchive, WalEvent};
 use serde::Serialize;
 
 use super::error::WalError;
@@ -150,6 +150,10 @@ pub struct PushReport {
     pub plain_size: u64,
     /// Stored bytes (0 when it was already there).
     pub stored_size: u64,
+    /// The tablespace creations and drops found in a full segment and
+    /// recorded beside it (empty for other files, for a segment without
+    /// them, and when the segment could not be read as records).
+    pub events: Vec<WalEvent>,
     /// Wall time.
     #[serde(with = "secs")]
     pub elapsed: Duration,
@@ -174,6 +178,17 @@ fn pgdata_or_cwd(p: &Option<PathBuf>) -> PathBuf {
 /// it against the archive, and stores the file create-only. Returns only once
 /// the object is completely stored, or was already stored with the same
 /// content.
+///
+/// A full segment's records are read meanwhile (on a blocking thread, while
+/// the segment is encoded and stored) for tablespace creations and drops
+/// ([`super::segment_events`]); those found are recorded beside the segment
+/// (`events/<segment>.json`, see `dr_storage::wal`), for `dr status` to warn
+/// about (PostgreSQL 15 docs §26.3.7 "Caveats"). A segment that cannot be
+/// read as records is logged as a warning and pushed all the same: the scan
+/// never fails a push. Writing the events object is a store write like the
+/// segment's, retried the same way, and its failure fails the push, so that
+/// PostgreSQL pushes the segment again and the events are not lost (the
+/// segment is then already stored; the events object is create-only).
 ///
 /// # Errors
 /// [`WalError::InvalidInput`] / [`WalError::NotWal`] for a file that is not
@@ -212,6 +227,12 @@ pub async fn wal_push(
             })?
             .system_id
     };
+    // The scan runs beside the push: it never delays it by more than its
+    // own excess, and never fails it.
+    let scan = (name.kind == WalFileKind::Segment).then(|| {
+        let (name, data) = (name.clone(), data.clone());
+        tokio::task::spawn_blocking(move || super::segment_events(&name, &data))
+    });
     let registration = opts
         .retry
         .run("reading the WAL archive description", || async {
@@ -250,6 +271,33 @@ pub async fn wal_push(
             })
         }
     };
+    let events = match scan {
+        None => Vec::new(),
+        Some(task) => match task.await {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                tracing::warn!(file = %base, error = %e, "WAL records not readable: tablespace changes in this segment are not recorded");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(file = %base, error = %e, "WAL record scan did not finish: tablespace changes in this segment are not recorded");
+                Vec::new()
+            }
+        },
+    };
+    if !events.is_empty() {
+        opts.retry
+            .run(&format!("recording the events of {base}"), || async {
+                archive
+                    .put_events(system_id, base, &events)
+                    .await
+                    .map_err(WalError::from)
+            })
+            .await?;
+        for e in &events {
+            tracing::info!(file = %base, event = ?e, "tablespace change recorded with the archive");
+        }
+    }
     let report = PushReport {
         name: base.to_string(),
         kind: name.kind,
@@ -259,6 +307,7 @@ pub async fn wal_push(
         sha256: obj.plain_sha256,
         plain_size: data.len() as u64,
         stored_size: if stored { obj.stored_size } else { 0 },
+        events,
         elapsed: started.elapsed(),
     };
     tracing::info!(

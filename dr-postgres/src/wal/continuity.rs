@@ -19,6 +19,15 @@
 //!
 //! The segment after the newest archived one is not a gap: that is archive
 //! lag, reported by the last-archived time.
+//!
+//! Tablespace creations and drops that `wal-push` recorded beside the
+//! segments (`events/<segment>.json`) at or after the start of the newest
+//! kept physical base backup of a cluster are warnings
+//! ([`WalStatus::warnings`]): recovery can replay them, but a restore beside
+//! the cluster would write into the original's tablespace (PostgreSQL 15
+//! docs §26.3.7 "Caveats": take a new base backup after creating or dropping
+//! tablespaces), so `dr restore` refuses them; a new base backup ends the
+//! warning. A warning does not make `dr status` fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -371,6 +380,70 @@ pub(crate) async fn read_histories(
     Ok(histories)
 }
 
+/// The warnings for the tablespace creations and drops recorded in
+/// `archive` for cluster `system_id` at or after the start of the newest
+/// (by start time) of `bases`, its kept physical base backups, oldest first;
+/// none without a base backup. Only the events objects of segments from the
+/// backup's start segment on are read. An events object that cannot be read
+/// is a warning of its own.
+///
+/// # Errors
+/// Store errors of the listing.
+pub async fn tablespace_warnings(
+    archive: &WalArchive,
+    system_id: u64,
+    bases: &[BaseStart],
+    segment_size: u32,
+) -> dr_core::Result<Vec<String>> {
+    let Some(newest) = bases.iter().max_by_key(|b| (b.started_at, b.start_lsn)) else {
+        return Ok(Vec::new());
+    };
+    let first = newest.start_lsn.segment_no(segment_size);
+    let mut out = Vec::new();
+    for seg in archive.list_events(system_id).await? {
+        let Ok(name) = WalFileName::parse(&seg) else {
+            continue;
+        };
+        if name.segment_no(segment_size) < first {
+            continue;
+        }
+        let events = match archive.events(system_id, &seg).await {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(format!(
+                    "the tablespace changes recorded for WAL segment {seg} cannot be read: {e}"
+                ));
+                continue;
+            }
+        };
+        for e in events {
+            let Ok(lsn) = e.lsn().parse::<Lsn>() else {
+                out.push(format!(
+                    "the tablespace changes recorded for WAL segment {seg} hold an invalid LSN {:?}",
+                    e.lsn()
+                ));
+                continue;
+            };
+            if lsn < newest.start_lsn {
+                continue;
+            }
+            let id = &newest.backup_id;
+            out.push(match e {
+                dr_storage::WalEvent::TablespaceCreate { oid, path, .. } => format!(
+                    "tablespace OID {oid} was created at {path} (LSN {lsn}, WAL segment {seg}) after the start of \
+                     the newest base backup {id}: take a new base backup; a restore of {id} beside this cluster \
+                     would refuse to replay it (replay writes into {path})"
+                ),
+                dr_storage::WalEvent::TablespaceDrop { oid, .. } => format!(
+                    "tablespace OID {oid} was dropped (LSN {lsn}, WAL segment {seg}) after the start of the newest \
+                     base backup {id}: take a new base backup (PostgreSQL 15 docs §26.3.7)"
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The state of every WAL archive in the repository, by source: when WAL
 /// was last archived and the continuity of every cluster (system
 /// identifier) it holds, checked from the oldest kept physical base backup
@@ -430,6 +503,9 @@ pub async fn wal_status(
             status.history_read &= check.history_read;
             status.gaps.extend(check.gaps);
             status.problems.extend(check.problems);
+            status.warnings.extend(
+                tablespace_warnings(&archive, *sysid, &chain.bases, chain.segment_size).await?,
+            );
         }
         // A name stored with two contents (pushes that raced before
         // names were claimed): recovery would refuse it.
@@ -446,6 +522,77 @@ mod tests {
     use super::*;
 
     const MIB: u32 = 1 << 20;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tablespace_changes_from_the_newest_backup_start_on_are_warnings() {
+        use dr_storage::{InitOptions, Location, StoreOptions, WalEvent};
+        let key = dr_storage::Identities::generate();
+        let repo = Repository::init(
+            &Location::parse("memory://wal-ts-warnings").unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        let a = WalArchive::new(&repo, "db").unwrap();
+        let create = |oid: u32, lsn: &str| WalEvent::TablespaceCreate {
+            oid,
+            path: format!("/srv/ts{oid}"),
+            lsn: lsn.into(),
+        };
+        // Segment 2 (16 MiB): before either backup. Segment 3: one creation
+        // before the newest backup's start (0/3000100), one at it, a drop
+        // after it.
+        a.put_events(7, "000000010000000000000002", &[create(1, "0/2000100")])
+            .await
+            .unwrap();
+        a.put_events(
+            7,
+            "000000010000000000000003",
+            &[
+                create(2, "0/3000028"),
+                create(3, "0/3000100"),
+                WalEvent::TablespaceDrop {
+                    oid: 1,
+                    lsn: "0/3000200".into(),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+        let base = |id: &str, start: u64, at: i64| BaseStart {
+            backup_id: id.into(),
+            timeline: 1,
+            start_lsn: Lsn(start),
+            stop_timeline: 1,
+            stop_lsn: Lsn(start + 0x100),
+            started_at: DateTime::from_timestamp(at, 0).unwrap(),
+        };
+        let bases = [base("old", 0x100_0028, 1), base("new", 0x300_0100, 2)];
+        let w = tablespace_warnings(&a, 7, &bases, 16 * MIB).await.unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("tablespace OID 3 was created at /srv/ts3 (LSN 0/3000100, WAL segment 000000010000000000000003) after the start of the newest base backup new"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("tablespace OID 1 was dropped (LSN 0/3000200"),
+            "{w:?}"
+        );
+        // From the older backup alone, every change is after it.
+        assert_eq!(
+            tablespace_warnings(&a, 7, &bases[..1], 16 * MIB)
+                .await
+                .unwrap()
+                .len(),
+            4
+        );
+        // No base backup: nothing to warn about.
+        assert!(tablespace_warnings(&a, 7, &[], 16 * MIB)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 
     fn chain(names: &[&str], histories: &[(u32, &str)], bases: &[(u32, u64, u64)]) -> ChainFacts {
         ChainFacts {

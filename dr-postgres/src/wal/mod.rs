@@ -4,6 +4,8 @@
 //! - [`wal_push`] / [`wal_fetch`]: the commands, with bounded retries
 //!   ([`RetryPolicy`]) and the exit-code rules ([`push_exit_code`],
 //!   [`fetch_exit_code`]); their error is [`WalError`].
+//! - [`segment_events`]: the tablespace creations and drops in a segment,
+//!   which [`wal_push`] records beside it for `dr status`.
 //! - [`retention`]: the archive as retention facts, with each cluster's
 //!   segment size; [`continuity`]: gaps on the path recovery follows;
 //!   [`verify_backup_wal`]: a physical backup's WAL read and checked.
@@ -18,6 +20,7 @@
 mod archive;
 pub mod continuity;
 mod error;
+mod events;
 pub mod retention;
 mod verify;
 
@@ -28,6 +31,7 @@ pub use archive::{
 };
 pub use control::{read_control, segment_header, ControlData, SegmentHeader};
 pub use error::WalError;
+pub use events::segment_events;
 pub use names::{segment_file_name, Lsn, WalFileKind, WalFileName};
 pub use timeline::{History, HistoryEntry};
 pub use verify::{verify_backup_wal, WalVerification};
