@@ -19,7 +19,9 @@ pub struct RestoreOptions {
     /// Password file for the target.
     #[cfg_attr(feature = "clap", arg(long, value_name = "FILE"))]
     pub password_file: Option<PathBuf>,
-    /// Replace a target database that already holds objects.
+    /// Replace a target database that already holds objects; with
+    /// `--pgdata`, empty the leftover of an interrupted dr restore first
+    /// (only a directory holding dr's restore lock file, held by no process).
     #[cfg_attr(feature = "clap", arg(long))]
     pub clean: bool,
     /// Apply the backup's globals (roles, tablespaces) first.

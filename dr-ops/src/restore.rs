@@ -77,10 +77,11 @@ impl Ops {
                     "a point-in-time restore needs --source NAME (the WAL archive's source)",
                 )
             })?;
-            let opts = opts
+            let mut pitr_opts = opts
                 .pitr
                 .options(self.dr_program()?, crate::wal::fetch_args(self.settings())?)?;
-            Some((source, opts))
+            pitr_opts.clean_leftover = opts.clean;
+            Some((source, pitr_opts))
         } else {
             None
         };

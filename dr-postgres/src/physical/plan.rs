@@ -60,6 +60,12 @@ pub struct PitrOptions {
     /// With the target `latest`: restore even when archived WAL has a gap
     /// after the backup (recovery then ends at the gap).
     pub allow_wal_gap: bool,
+    /// When `pgdata` is the leftover of an interrupted dr restore (its lock
+    /// file is there and no process holds it), remove what that restore
+    /// wrote (the directory's contents and those of the tablespace
+    /// directories its `pg_tblspc` links point to) and restore into it. A
+    /// directory without dr's lock file is never cleaned.
+    pub clean_leftover: bool,
     /// Directory of the server programs (`pg_ctl`); default
     /// `/usr/lib/postgresql/<major>/bin`.
     pub bin_dir: Option<PathBuf>,
@@ -101,6 +107,7 @@ impl PitrOptions {
             user: "postgres".into(),
             wait_timeout: Duration::from_secs(900),
             allow_wal_gap: false,
+            clean_leftover: false,
             bin_dir: None,
             tablespace_mapping: Vec::new(),
             tablespace_root: None,

@@ -111,7 +111,7 @@ pub(super) async fn restore_from(
     // Held until the restore ends; refuses a directory another restore
     // writes (before looking at anything else it may be writing), or one
     // that is not empty.
-    let lock = RestoreLock::acquire(pgdata)?;
+    let lock = RestoreLock::acquire(pgdata, opts.clean_leftover)?;
     let refused = || -> Result<(), PitrError> {
         for t in &plan.tablespaces {
             if !is_empty_or_absent(&t.dir)? {
