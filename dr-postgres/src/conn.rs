@@ -317,47 +317,50 @@ fn quote_kv(v: &str) -> String {
     }
 }
 
-/// A temporary password file (mode 0600), removed on drop.
+/// A password file for one libpq program that exists only in memory: an
+/// anonymous file (`memfd_create(2)`, mode 0600, close-on-exec) that the
+/// program opens through `/proc/<dr's pid>/fd/<n>` (libpq requires a
+/// regular file without group or world access: PostgreSQL docs §34.16
+/// "The Password File"; a memfd is one). Nothing is written to disk, and it
+/// is gone when dr exits, even on SIGKILL. Like a 0600 file, only processes
+/// of the same user (and root) can open it while it exists.
 #[derive(Debug)]
 pub struct PassFile {
+    _memfd: std::os::fd::OwnedFd,
     path: PathBuf,
 }
 
 impl PassFile {
     fn write(password: &SecretString) -> Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = std::env::temp_dir().join(format!(
-            "dr-pgpass-{}",
-            hex::encode(rand::random::<[u8; 8]>())
-        ));
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        use std::os::fd::AsRawFd;
+        let io = |source: std::io::Error| Error::Io {
+            path: PathBuf::from("(in-memory password file)"),
+            source,
+        };
+        let fd = memfd_create(c"dr-pgpass", MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| io(std::io::Error::from(e)))?;
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| io(std::io::Error::from(e)))?;
         let escaped = password
             .expose_secret()
             .replace('\\', "\\\\")
             .replace(':', "\\:");
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
+        let mut f = std::fs::File::from(fd.try_clone().map_err(io)?);
         f.write_all(format!("*:*:*:*:{escaped}\n").as_bytes())
             .map_err(io)?;
-        Ok(PassFile { path })
+        let path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            fd.as_raw_fd()
+        ));
+        Ok(PassFile { _memfd: fd, path })
     }
 
-    /// The file's path.
+    /// The path a program opens it by (`/proc/<pid>/fd/<n>`), for
+    /// `PGPASSFILE`.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-impl Drop for PassFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -453,6 +456,8 @@ mod tests {
         let (_, guard) = s.command(Path::new("/bin/true")).unwrap();
         let guard = guard.unwrap();
         let path = guard.path().to_path_buf();
+        // In memory: nothing on a file system to leave behind.
+        assert!(path.starts_with("/proc/"), "{}", path.display());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "*:*:*:*:p\\:w\n");

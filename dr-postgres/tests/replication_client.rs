@@ -196,3 +196,70 @@ async fn archive_stream_of_a_cluster_with_a_tablespace() {
     );
     conn.close().await;
 }
+
+/// A libpq program run by dr gets the password from an in-memory password
+/// file: the server requires SCRAM, the program runs with `--no-password`,
+/// and nothing is written under TMPDIR (so nothing is left even when dr is
+/// killed with SIGKILL).
+#[tokio::test]
+async fn a_libpq_program_reads_its_password_from_memory_only() {
+    if !testing::should_run() {
+        return;
+    }
+    let c = TestCluster::start();
+    c.psql(
+        "postgres",
+        "SET password_encryption = 'scram-sha-256'; \
+         CREATE ROLE pw_user LOGIN PASSWORD 'p:w x'",
+    );
+    let hba = c.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all pw_user 127.0.0.1/32 scram-sha-256\n{text}"),
+    )
+    .unwrap();
+    c.psql("postgres", "SELECT pg_reload_conf()");
+    let psql = |password: Option<&str>| {
+        let s = settings(&c, "pw_user", password);
+        let (mut cmd, guard) = s.command(&c.bin().join("psql")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        cmd.args(["--dbname", "postgres", "-XAtc", "SELECT current_user"])
+            .env("TMPDIR", tmp.path());
+        (cmd, guard, tmp)
+    };
+    // Until the reload is seen, trust still lets pw_user in without one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut cmd, _guard, _tmp) = psql(None);
+        let out = cmd
+            .env("PGPASSFILE", "/nonexistent")
+            .output()
+            .await
+            .unwrap();
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_hba.conf not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut cmd, guard, tmp) = psql(Some("p:w x"));
+    let guard = guard.unwrap();
+    assert!(
+        guard.path().starts_with("/proc/"),
+        "{}",
+        guard.path().display()
+    );
+    let out = cmd.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pw_user");
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    // The wrong password is refused: the file really is what logs in.
+    let (mut cmd, _guard, _tmp) = psql(Some("wrong"));
+    assert!(!cmd.output().await.unwrap().status.success());
+}
