@@ -129,17 +129,12 @@ fn take_over_leftover(pgdata: &Path, path: &Path) -> Result<RestoreLock, PitrErr
     let Ok(mut held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         return Err(not_leftover());
     };
-    let (pid, started) = read_owner(&mut held);
-    let same = match (held.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
-    };
-    let fresh = held
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .is_some_and(|age| age < EMPTY_GRACE);
+    let Facts {
+        pid,
+        started,
+        same,
+        fresh,
+    } = facts(&mut held, path);
     if !same || (pid.is_none() && fresh) {
         drop(held);
         return Err(not_leftover());
@@ -207,6 +202,40 @@ fn remove_contents(dir: &Path, keep: Option<&str>) -> Result<(), PitrError> {
     Ok(())
 }
 
+/// What a locked lock file says about the restore that made it.
+struct Facts {
+    /// Its pid, as recorded.
+    pid: Option<u32>,
+    /// Its start, as recorded.
+    started: Option<DateTime<Utc>>,
+    /// Whether the locked file is still the one at `path` (not removed and
+    /// recreated meanwhile).
+    same: bool,
+    /// Whether it was written less than [`EMPTY_GRACE`] ago.
+    fresh: bool,
+}
+
+/// [`Facts`] of the lock file `held`, found at `path`.
+fn facts(held: &mut Flock<File>, path: &Path) -> Facts {
+    let (pid, started) = read_owner(held);
+    let same = match (held.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    let fresh = held
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age < EMPTY_GRACE);
+    Facts {
+        pid,
+        started,
+        same,
+        fresh,
+    }
+}
+
 /// `(pid, started)` as the lock file records them.
 fn read_owner(file: &mut File) -> (Option<u32>, Option<DateTime<Utc>>) {
     let mut text = String::new();
@@ -244,17 +273,12 @@ fn examine(pgdata: &Path, path: &Path) -> PitrError {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Err((mut file, _)) => in_progress(read_owner(&mut file).0),
         Ok(mut held) => {
-            let (pid, started) = read_owner(&mut held);
-            let same = match (held.metadata(), std::fs::metadata(path)) {
-                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-                _ => false,
-            };
-            let fresh = held
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| SystemTime::now().duration_since(m).ok())
-                .is_some_and(|age| age < EMPTY_GRACE);
+            let Facts {
+                pid,
+                started,
+                same,
+                fresh,
+            } = facts(&mut held, path);
             drop(held);
             if !same {
                 PitrError::TargetNotEmpty {
