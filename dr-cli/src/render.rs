@@ -186,6 +186,9 @@ pub fn verify(r: &VerifyReport) -> String {
             bytes(rr.bytes_read),
             secs(rr.duration)
         ));
+        for w in &rr.warnings {
+            out.push_str(&format!("  warning {w}\n"));
+        }
     }
     if let Some(e) = &r.restore_error {
         out.push_str(&format!("  FAILED  {e}\n"));

@@ -178,7 +178,9 @@ pub fn storage_error_kind(e: &dr_storage::Error) -> ErrorKind {
     match e {
         // A stored object that does not parse is damaged, as one whose
         // digest differs.
-        S::Corrupt { .. } | S::Format { .. } => ErrorKind::VerificationFailed,
+        S::Corrupt { .. } | S::Format { .. } | S::RepositoryFileMissing { .. } => {
+            ErrorKind::VerificationFailed
+        }
         S::InvalidLocation { .. }
         | S::InvalidKey { .. }
         | S::Decrypt { .. }

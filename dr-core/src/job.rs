@@ -6,7 +6,7 @@ use dr_storage::{Identities, Manifest, Repository};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::error::{error_chain, Error, ErrorKind, Result};
+use crate::error::{error_chain, Error, Result};
 use crate::source::{BackupReader, BackupSource, CheckReport, RestoreReport, Restorer};
 
 /// Backs up `source` into `repository` under the source name `name`.
@@ -111,6 +111,12 @@ pub struct ArtifactCheck {
     pub error: Option<String>,
 }
 
+/// Whether a scratch restore's error says only that the scratch target
+/// could not be reached.
+fn scratch_unreachable(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { .. })
+}
+
 /// The outcome of [`verify`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VerifyReport {
@@ -128,9 +134,12 @@ pub struct VerifyReport {
     pub restore_error: Option<String>,
     /// Whether the scratch target was removed afterwards.
     pub discarded: Option<bool>,
-    /// True when the scratch restore or check could not run for a reason
-    /// that says nothing about the backup (the scratch server unreachable, a
-    /// tool missing): the backup is unproven, not proven wrong.
+    /// True when the scratch restore or check could not run because the
+    /// scratch target could not be reached ([`Error::Unavailable`]): the
+    /// backup is unproven, not proven wrong. Any other failure of the
+    /// restore (a program missing or of the wrong version, a server that
+    /// does not start, a restore that stops half-way) is a failed
+    /// verification: the backup could not be restored here.
     #[serde(default)]
     pub scratch_unavailable: bool,
     /// Wall time of the whole verification.
@@ -270,15 +279,14 @@ pub async fn verify(
                     match scratch.check(manifest).await {
                         Ok(c) => report.checks = Some(c),
                         Err(e) => {
-                            report.scratch_unavailable = e.kind() != ErrorKind::VerificationFailed;
+                            report.scratch_unavailable = scratch_unreachable(&e);
                             report.restore_error =
                                 Some(format!("check after restore: {}", error_chain(&e)));
                         }
                     }
                 }
                 Err(e) => {
-                    report.scratch_unavailable = !matches!(e.kind(), ErrorKind::VerificationFailed)
-                        && !matches!(e, Error::Storage(_));
+                    report.scratch_unavailable = scratch_unreachable(&e);
                     report.restore_error = Some(format!("scratch restore: {}", error_chain(&e)));
                 }
             }

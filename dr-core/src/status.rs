@@ -275,6 +275,19 @@ pub async fn status_with_wal(
                 v.problems.join("; ")
             ));
         }
+        let mut warnings = wal_state
+            .as_ref()
+            .map(|w| w.warnings.clone())
+            .unwrap_or_default();
+        if let Some(v) = last_verify.as_ref().filter(|v| !v.ok && v.unproven) {
+            warnings.push(format!(
+                "the last verification (of backup {} at {}) could not reach its scratch target: the backup \
+                 is unproven: {}",
+                v.backup_id,
+                v.verified_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                v.problems.join("; ")
+            ));
+        }
         out.push(SourceStatus {
             source: name.clone(),
             kind: last.map(|m| m.source.kind.clone()),
@@ -289,10 +302,7 @@ pub async fn status_with_wal(
             rpo_seconds: rpo,
             rto_seconds: obj.rto.as_secs_f64(),
             rpo_met,
-            warnings: wal_state
-                .as_ref()
-                .map(|w| w.warnings.clone())
-                .unwrap_or_default(),
+            warnings,
             wal: wal_state,
             problems,
             last_verify,

@@ -74,13 +74,17 @@ impl Ops {
                     n
                 }
             };
+            let bin_dir = self.pg_bin_override().map(std::path::Path::to_path_buf);
             let source: Box<dyn BackupSource> = if *physical {
-                Box::new(dr_postgres::physical::PostgresPhysical::new(
-                    conn,
-                    Default::default(),
-                ))
+                let mut opts = dr_postgres::physical::PhysicalOptions::default();
+                opts.bin_dir = bin_dir;
+                Box::new(dr_postgres::physical::PostgresPhysical::new(conn, opts))
             } else {
-                Box::new(dr_postgres::PostgresLogical::new(conn).with_globals(!no_globals))
+                Box::new(
+                    dr_postgres::PostgresLogical::new(conn)
+                        .with_globals(!no_globals)
+                        .with_bin_dir(bin_dir),
+                )
             };
             return Ok(vec![(name, source)]);
         }
@@ -99,7 +103,7 @@ impl Ops {
         let mut out = Vec::new();
         for name in names {
             let entry = self.config().source(&name)?;
-            let source = build_source(&entry.config)
+            let source = build_source(&entry.config, self.pg_bin_override())
                 .await
                 .map_err(|e| e.context(format!("sources.{name}")))?;
             out.push((name, source));

@@ -18,6 +18,7 @@ pub struct Ops {
     config: DrConfig,
     settings: RepositorySettings,
     progress: Option<Arc<dyn Progress>>,
+    pg_bin: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -44,7 +45,34 @@ impl Ops {
             config,
             settings,
             progress: None,
+            pg_bin: None,
         }
+    }
+
+    /// Searches `dir` first for PostgreSQL's programs (`--pg-bin`,
+    /// `DR_PG_BIN`), before a source's `bin_dir` and the host's layouts
+    /// (see [`dr_postgres::tools`]); `None` keeps the configured ones.
+    pub fn with_pg_bin(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.pg_bin = dir;
+        self
+    }
+
+    /// The directory searched first for the PostgreSQL programs of source
+    /// `source`: [`Ops::with_pg_bin`]'s, else the source's `bin_dir`.
+    pub fn pg_bin(&self, source: &str) -> Option<std::path::PathBuf> {
+        self.pg_bin.clone().or_else(
+            || match self.config.sources.get(source).map(|e| &e.config) {
+                Some(
+                    crate::SourceConfig::Postgres(c) | crate::SourceConfig::PostgresPhysical(c),
+                ) => c.bin_dir.clone(),
+                _ => None,
+            },
+        )
+    }
+
+    /// The directory given with [`Ops::with_pg_bin`].
+    pub(crate) fn pg_bin_override(&self) -> Option<&std::path::Path> {
+        self.pg_bin.as_deref()
     }
 
     /// Reports bytes and phases of backups, restores and verifications to

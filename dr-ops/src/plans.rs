@@ -80,6 +80,7 @@ impl Ops {
             identities.as_ref(),
             self.settings(),
             self.dr_program()?,
+            self.pg_bin_override().map(std::path::Path::to_path_buf),
         )
         .await?;
         Ok(PlanContext {

@@ -18,17 +18,26 @@ use crate::error::{Error, Result};
 pub use crate::kind::SourceKind;
 use crate::options::RestoreOptions;
 
-/// The backup source a `[sources.NAME]` entry describes.
+/// The backup source a `[sources.NAME]` entry describes; `pg_bin`
+/// (`--pg-bin`, `DR_PG_BIN`) replaces a PostgreSQL entry's `bin_dir`.
 ///
 /// # Errors
 /// [`Error::Core`] (a usage kind) when the entry's settings are invalid;
 /// for Kubernetes, when no client can be made from KUBECONFIG.
-pub async fn build_source(config: &SourceConfig) -> Result<Box<dyn BackupSource>> {
+pub async fn build_source(
+    config: &SourceConfig,
+    pg_bin: Option<&std::path::Path>,
+) -> Result<Box<dyn BackupSource>> {
+    let bin_dir = |c: &dr_postgres::PostgresSourceConfig| {
+        pg_bin
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| c.bin_dir.clone())
+    };
     Ok(match config {
-        SourceConfig::Postgres(c) => Box::new(c.logical_source()?),
+        SourceConfig::Postgres(c) => Box::new(c.logical_source()?.with_bin_dir(bin_dir(c))),
         SourceConfig::PostgresPhysical(c) => {
             let mut opts = dr_postgres::physical::PhysicalOptions::default();
-            opts.bin_dir = c.bin_dir.clone();
+            opts.bin_dir = bin_dir(c);
             Box::new(dr_postgres::physical::PostgresPhysical::new(
                 c.connection()?,
                 opts,
@@ -45,7 +54,8 @@ pub async fn build_source(config: &SourceConfig) -> Result<Box<dyn BackupSource>
 
 /// The restorer for a backup of `kind` into the target `opts` names; the
 /// configured source of the backup's name supplies what the flags do not
-/// (the Vault address, the Kubernetes cluster).
+/// (the Vault address, the Kubernetes cluster); `pg_bin` is searched first
+/// for PostgreSQL's programs.
 ///
 /// A physical backup is restored with [`pitr_restorer`] (its options need
 /// the recovery target).
@@ -58,6 +68,7 @@ pub async fn restorer(
     config: &DrConfig,
     manifest: &Manifest,
     opts: &RestoreOptions,
+    pg_bin: Option<std::path::PathBuf>,
 ) -> Result<Box<dyn Restorer>> {
     let configured = config.sources.get(&manifest.source.name).map(|e| &e.config);
     Ok(match kind {
@@ -77,6 +88,7 @@ pub async fn restorer(
             o.jobs = opts.jobs.max(1);
             o.staging_dir = opts.staging_dir.clone();
             o.ignore_database_properties = opts.ignore_database_properties;
+            o.bin_dir = pg_bin;
             Box::new(PostgresLogicalRestorer::new(conn, o))
         }
         SourceKind::PostgresPhysical => {
@@ -139,6 +151,8 @@ pub struct ScratchTarget {
     pub server: Option<String>,
     /// Apply the backup's globals and keep owners in the scratch database.
     pub globals: bool,
+    /// Searched first for PostgreSQL's programs (`pg_restore`, `pg_ctl`).
+    pub pg_bin: Option<std::path::PathBuf>,
 }
 
 /// The scratch restorer that proves a backup of `kind`, or `None` when the
@@ -175,22 +189,28 @@ pub fn scratch_restorer(
             let mut o = LogicalRestoreOptions::default();
             o.globals = target.globals;
             o.no_owner = !target.globals;
+            o.bin_dir = target.pg_bin.clone();
             Some(Box::new(PostgresLogicalRestorer::scratch(&server, o)))
         }
-        SourceKind::PostgresPhysical => Some(Box::new(
-            dr_postgres::physical::PhysicalScratchRestorer::new(
+        SourceKind::PostgresPhysical => {
+            let mut scratch = dr_postgres::physical::PhysicalScratchRestorer::new(
                 ids.clone(),
                 dr_program,
                 crate::wal::fetch_args(settings)?,
-            ),
-        )),
+            );
+            if let Some(dir) = &target.pg_bin {
+                scratch = scratch.with_bin_dir(dir);
+            }
+            Some(Box::new(scratch))
+        }
         SourceKind::VaultRaft | SourceKind::Kubernetes | SourceKind::Etcd => None,
     })
 }
 
 /// Every plan action dr can run, wired from the configuration: the generic
 /// ones, PostgreSQL's, Kubernetes' (through KUBECONFIG), DNS with `[dns]`,
-/// and with a repository and its key the restores (Vault, logical, PITR).
+/// and with a repository and its key the restores (Vault, logical, PITR);
+/// `pg_bin` is searched first for PostgreSQL's server programs.
 ///
 /// # Errors
 /// A `[dns]` section whose provider cannot be set up.
@@ -200,6 +220,7 @@ pub async fn action_registry(
     ids: Option<&Identities>,
     settings: &RepositorySettings,
     dr_program: std::path::PathBuf,
+    pg_bin: Option<std::path::PathBuf>,
 ) -> Result<ActionRegistry> {
     let mut registry = ActionRegistry::new();
     actions::register(&mut registry);
@@ -253,15 +274,14 @@ pub async fn action_registry(
                 identities: ids.clone(),
             },
         );
-        dr_postgres::physical::register(
-            &mut registry,
-            dr_postgres::physical::PitrActionEnv::new(
-                repo.clone(),
-                ids.clone(),
-                dr_program,
-                crate::wal::fetch_args(settings)?,
-            ),
+        let mut pitr = dr_postgres::physical::PitrActionEnv::new(
+            repo.clone(),
+            ids.clone(),
+            dr_program,
+            crate::wal::fetch_args(settings)?,
         );
+        pitr.bin_dir = pg_bin;
+        dr_postgres::physical::register(&mut registry, pitr);
     }
     Ok(registry)
 }
@@ -321,6 +341,7 @@ mod tests {
             None,
             &RepositorySettings::default(),
             "dr".into(),
+            None,
         )
         .await
         .unwrap();

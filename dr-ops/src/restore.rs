@@ -81,6 +81,7 @@ impl Ops {
                 .pitr
                 .options(self.dr_program()?, crate::wal::fetch_args(self.settings())?)?;
             pitr_opts.clean_leftover = opts.clean;
+            pitr_opts.bin_dir = self.pg_bin(source);
             Some((source, pitr_opts))
         } else {
             None
@@ -113,7 +114,16 @@ impl Ops {
         };
         let other = match &pitr_restorer {
             Some(_) => None,
-            None => Some(registry::restorer(kind, self.config(), &manifest, opts).await?),
+            None => Some(
+                registry::restorer(
+                    kind,
+                    self.config(),
+                    &manifest,
+                    opts,
+                    self.pg_bin(&manifest.source.name),
+                )
+                .await?,
+            ),
         };
         let restorer: &dyn dr_core::Restorer = match (&pitr_restorer, &other) {
             (Some(p), _) => p,

@@ -104,8 +104,9 @@ impl VerifyOutcome {
     }
 
     /// Whether the backup is unproven rather than wrong: the scratch
-    /// restore could not run (its server unreachable, a tool missing) and
-    /// every stored object checked out.
+    /// target could not be reached (see
+    /// [`dr_core::job::VerifyReport::scratch_unavailable`]) and every stored
+    /// object checked out.
     pub fn unproven(&self) -> bool {
         !self.ok()
             && self.report.scratch_unavailable
@@ -174,6 +175,7 @@ impl Ops {
             let target = ScratchTarget {
                 server: opts.scratch.clone(),
                 globals: opts.globals,
+                pg_bin: self.pg_bin(&manifest.source.name),
             };
             Some(
                 registry::scratch_restorer(

@@ -6,7 +6,10 @@
 //! `trust` authentication for the superuser `postgres`. `initdb` and the server
 //! refuse to run as root: when the process is root, they run as the `postgres`
 //! user that Debian's package creates, and the directory is handed to it.
-//! Programs come from `DR_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
+//! Programs come from `DR_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`;
+//! [`ClusterOptions::major`] picks a major version installed by
+//! `scripts/install-pg-versions.sh` under [`versions_dir`] instead (13 to 18;
+//! the client programs then come from 18's full install).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,6 +25,30 @@ pub struct ClusterOptions {
     /// Extra `initdb` arguments, e.g. `["--wal-segsize=1"]` for 1 MiB WAL
     /// segments (PostgreSQL 15 docs, `initdb --wal-segsize`).
     pub initdb_args: Vec<String>,
+    /// A major version from [`versions_dir`] instead of the default server.
+    pub major: Option<u32>,
+}
+
+/// Where `scripts/install-pg-versions.sh` installs PostgreSQL 13 to 18
+/// (`DR_PG_VERSIONS_DIR`, default `/opt/dr-pg`), one `<major>/bin` each.
+pub fn versions_dir() -> PathBuf {
+    std::env::var_os("DR_PG_VERSIONS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/dr-pg"))
+}
+
+/// The server programs of major `major` under [`versions_dir`], when
+/// installed.
+pub fn version_bin(major: u32) -> Option<PathBuf> {
+    let bin = versions_dir().join(major.to_string()).join("bin");
+    bin.join("postgres").is_file().then_some(bin)
+}
+
+/// The client programs for clusters of [`version_bin`]: 18's full install
+/// (the server-only builds of 13 to 17 have no psql, pg_dump or
+/// pg_basebackup; 18's read every older server).
+pub fn version_client_bin() -> Option<PathBuf> {
+    version_bin(18).filter(|b| b.join("psql").is_file())
 }
 
 /// A running throwaway cluster; stopped and removed on drop.
@@ -30,6 +57,7 @@ pub struct TestCluster {
     dir: tempfile::TempDir,
     port: u16,
     bin: PathBuf,
+    client_bin: PathBuf,
     owner: Option<(u32, u32)>,
 }
 
@@ -101,7 +129,18 @@ impl TestCluster {
     /// # Panics
     /// When the cluster cannot be made.
     pub fn start_with(options: ClusterOptions) -> Self {
-        let bin = bin_dir();
+        let (bin, client_bin) = match options.major {
+            Some(m) => (
+                version_bin(m).unwrap_or_else(|| {
+                    panic!(
+                        "PostgreSQL {m} is not installed under {}: run scripts/install-pg-versions.sh",
+                        versions_dir().display()
+                    )
+                }),
+                version_client_bin().expect("PostgreSQL 18's client programs (scripts/install-pg-versions.sh)"),
+            ),
+            None => (bin_dir(), bin_dir()),
+        };
         let dir = tempfile::Builder::new()
             .prefix("drpg")
             .tempdir_in("/tmp")
@@ -118,6 +157,7 @@ impl TestCluster {
             dir,
             port: free_port(),
             bin,
+            client_bin,
             owner,
         };
         let data = cluster.data_dir();
@@ -230,6 +270,12 @@ impl TestCluster {
         &self.bin
     }
 
+    /// The client programs' directory (psql, pgbench, pg_dump): the server's
+    /// own, or 18's for a cluster of [`ClusterOptions::major`].
+    pub fn client_bin(&self) -> &Path {
+        &self.client_bin
+    }
+
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port
@@ -321,7 +367,7 @@ impl TestCluster {
     /// # Panics
     /// When psql fails.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
+        let out = Command::new(self.client_bin.join("psql"))
             .args([
                 "-X",
                 "-q",
@@ -357,7 +403,7 @@ impl TestCluster {
         {
             self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
         }
-        let out = Command::new(self.bin.join("pgbench"))
+        let out = Command::new(self.client_bin.join("pgbench"))
             .args(["-i", "-q", "-s", &scale.to_string(), "-d", &self.dsn(db)])
             .output()
             .expect("pgbench");

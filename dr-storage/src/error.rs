@@ -23,6 +23,19 @@ pub enum Error {
         /// The repository location.
         location: String,
     },
+    /// No `dr-repo.json` at a location that holds backups or WAL: the
+    /// repository file was deleted or not copied. Reading refuses to guess,
+    /// and `dr repo init` refuses to write a new one (its new
+    /// `repository_id` would disown every manifest).
+    #[error(
+        "dr-repo.json is missing from {location}, which holds backups or WAL: put the original dr-repo.json \
+         back (its repository_id is in every manifest; README \"What dr writes\"); `dr repo init` will not \
+         make a new one over existing backups"
+    )]
+    RepositoryFileMissing {
+        /// The repository location.
+        location: String,
+    },
     /// `dr repo init` found a repository already there.
     #[error("a repository already exists at {location}")]
     AlreadyInitialized {

@@ -245,6 +245,11 @@ impl Repository {
         }
         .sealed();
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
+        if get_bytes(&store, REPO_CONFIG).await.is_err() && holds_data(&store).await? {
+            return Err(Error::RepositoryFileMissing {
+                location: location.to_string(),
+            });
+        }
         match put_create(&store, REPO_CONFIG, body.into()).await {
             Ok(()) => {}
             Err(Error::AlreadyExists { .. }) => {
@@ -286,6 +291,9 @@ impl Repository {
     pub async fn open_store(store: Arc<dyn ObjectStore>, location: String) -> Result<Self> {
         let body = match get_bytes(&store, REPO_CONFIG).await {
             Ok(b) => b,
+            Err(Error::NotFound { .. }) if holds_data(&store).await? => {
+                return Err(Error::RepositoryFileMissing { location })
+            }
             Err(Error::NotFound { .. }) => return Err(Error::NotInitialized { location }),
             Err(e) => return Err(e),
         };
@@ -1108,4 +1116,20 @@ fn is_staging_name(name: &str) -> bool {
     name.rsplit_once('#').is_some_and(|(stem, n)| {
         !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
     })
+}
+
+/// Whether `store` holds any backup or WAL object (one listing call each).
+///
+/// # Errors
+/// The store cannot be listed.
+async fn holds_data(store: &Arc<dyn ObjectStore>) -> Result<bool> {
+    for prefix in ["backups/", "wal/"] {
+        let mut listing = store.list(Some(&Path::from(prefix)));
+        match listing.try_next().await {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => {}
+            Err(e) => return Err(Error::store(prefix, e)),
+        }
+    }
+    Ok(false)
 }

@@ -283,3 +283,37 @@ async fn a_flipped_digit_in_dr_repo_json_fails_opening_it() {
             .unwrap();
     }
 }
+
+/// A deleted `dr-repo.json` beside backups is damage, not "no repository":
+/// opening names it, and `init` refuses to make a new one (its new
+/// repository id would disown the manifests). An empty location is still
+/// simply not initialised.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_repository_file_beside_backups_is_damage_and_never_reinitialised() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = Location::parse(dir.path().join("repo").to_str().unwrap()).unwrap();
+    let key = Identities::generate();
+    let init = || InitOptions::with_recipients(key.recipients().to_strings());
+    let repo = Repository::init(&location, &StoreOptions::default(), init())
+        .await
+        .unwrap();
+    physical_backup(&repo, "db").await;
+    std::fs::remove_file(dir.path().join("repo").join(REPO_CONFIG)).unwrap();
+    let e = Repository::open(&location, &StoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::RepositoryFileMissing { .. }), "{e:?}");
+    assert!(e.to_string().contains("dr-repo.json is missing"), "{e}");
+    let e = Repository::init(&location, &StoreOptions::default(), init())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::RepositoryFileMissing { .. }), "{e:?}");
+    assert!(!dir.path().join("repo").join(REPO_CONFIG).exists());
+
+    let empty = tempfile::tempdir().unwrap();
+    let location = Location::parse(empty.path().to_str().unwrap()).unwrap();
+    let e = Repository::open(&location, &StoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotInitialized { .. }), "{e:?}");
+}

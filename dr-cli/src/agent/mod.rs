@@ -32,7 +32,7 @@ pub async fn run(
     let mut repo = RepositoryArgs::default();
     repo.repo = args.repo;
     repo.identity = args.identity;
-    let ops = Ops::new(config, repo);
+    let ops = Ops::new(config, repo).with_pg_bin(args.pg_bin.clone());
     let metrics = Arc::new(AgentMetrics::new());
     let agent = ops.agent(metrics.clone()).await?;
     let listener = server::bind(listen).await?;

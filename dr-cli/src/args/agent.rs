@@ -26,6 +26,12 @@ pub struct AgentArgs {
     /// `repository.identity_file`).
     #[arg(long, env = "DR_IDENTITY_FILE")]
     pub identity: Option<PathBuf>,
+    /// Directory searched first for PostgreSQL's programs (pg_dump,
+    /// pg_basebackup, pg_restore, pg_ctl), before a source's `bin_dir`, the
+    /// `pg_config` on PATH, /usr/lib/postgresql/<V>/bin, /usr/pgsql-<V>/bin
+    /// and PATH. A program of the wrong version there is passed over.
+    #[arg(long, env = "DR_PG_BIN", value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
     /// More logging (-v info, -vv debug); `DR_LOG` takes a filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -33,6 +33,14 @@ pub struct Cli {
     /// No progress bar.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Directory searched first for PostgreSQL's programs (pg_dump,
+    /// pg_basebackup, pg_restore, psql, pg_ctl, postgres), before a source's
+    /// `bin_dir`, the `pg_config` on PATH, /usr/lib/postgresql/<V>/bin,
+    /// /usr/pgsql-<V>/bin and PATH. Clients must be at least the server's
+    /// version, server programs exactly the data directory's; a program of
+    /// the wrong version here is passed over with a warning.
+    #[arg(long, global = true, env = "DR_PG_BIN", value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

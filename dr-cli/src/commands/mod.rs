@@ -5,6 +5,7 @@ mod plan;
 mod wal;
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -46,6 +47,24 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The result of an operation that a first SIGINT or SIGTERM stops (and
+/// which then undoes what it wrote): `Break(130 or 143)`, after printing
+/// the error, when a signal was received and the operation failed; its
+/// value, or its error, otherwise.
+fn stopped_by_signal<T, E>(result: std::result::Result<T, E>) -> Result<ControlFlow<i32, T>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match (result, signals::exit_code()) {
+        (Err(e), Some(code)) => {
+            let e = anyhow::Error::new(e);
+            eprintln!("error: {}", crate::exit::message(&e));
+            Ok(ControlFlow::Break(code))
+        }
+        (r, _) => Ok(ControlFlow::Continue(r?)),
+    }
+}
+
 struct Ctx<'a> {
     cli: &'a Cli,
     config: DrConfig,
@@ -61,7 +80,7 @@ impl Ctx<'_> {
 
     /// The operations with `args` over the file's `[repository]`.
     fn ops(&self, args: &RepoArgs) -> Ops {
-        Ops::new(self.config.clone(), args.clone())
+        Ops::new(self.config.clone(), args.clone()).with_pg_bin(self.cli.pg_bin.clone())
     }
 
     /// As [`Ctx::ops`], with a progress bar on a terminal.
@@ -138,13 +157,9 @@ impl Ctx<'_> {
         if let Some(b) = &bar {
             b.finish();
         }
-        let done = match (result, signals::exit_code()) {
-            (Err(e), Some(code)) => {
-                let e = anyhow::Error::new(e);
-                eprintln!("error: {}", crate::exit::message(&e));
-                return Ok(code);
-            }
-            (r, _) => r?,
+        let done = match stopped_by_signal(result)? {
+            ControlFlow::Continue(done) => done,
+            ControlFlow::Break(code) => return Ok(code),
         };
         if json {
             self.print_json(&done)?;
@@ -196,7 +211,10 @@ impl Ctx<'_> {
         if let Some(b) = &bar {
             b.finish();
         }
-        let outcome = outcome?;
+        let outcome = match stopped_by_signal(outcome)? {
+            ControlFlow::Continue(outcome) => outcome,
+            ControlFlow::Break(code) => return Ok(code),
+        };
         if let Some(e) = &outcome.record_error {
             eprintln!("warning: the verification result was not recorded in the repository: {e}");
         }
@@ -262,7 +280,10 @@ impl Ctx<'_> {
         if let Some(b) = &bar {
             b.finish();
         }
-        let outcome = outcome?;
+        let outcome = match stopped_by_signal(outcome)? {
+            ControlFlow::Continue(outcome) => outcome,
+            ControlFlow::Break(code) => return Ok(code),
+        };
         if self.cli.json {
             match &outcome.pitr {
                 Some(p) => self.print_json(p)?,

@@ -39,7 +39,7 @@ impl Ops {
         let mut backups = Vec::new();
         for (name, schedule) in &schedules.backups {
             let entry = config.source(name)?;
-            let source = build_source(&entry.config)
+            let source = build_source(&entry.config, self.pg_bin_override())
                 .await
                 .map_err(|e| e.context(format!("sources.{name}")))?;
             backups.push((name.clone(), Arc::from(source), schedule.clone()));

@@ -488,11 +488,22 @@ impl PostgresLogicalRestorer {
         backup: &BackupReader,
         pg_restore: &tools::Tool,
         temp: &str,
+        server_major: u32,
+        warnings: &mut Vec<String>,
     ) -> dr_core::Result<u64> {
         let (mut cmd, _pass) = self.target.command(&pg_restore.path)?;
-        cmd.arg("--exit-on-error")
-            .arg("--dbname")
-            .arg(dbname_conninfo(temp));
+        // pg_restore 17 and newer begin every session with `SET
+        // transaction_timeout = 0`, which servers before 17 reject
+        // ("unrecognized configuration parameter"). When no pg_restore of
+        // the server's own major is installed, the newer one runs without
+        // --exit-on-error and every error it reports must be that one.
+        let newer_settings = pg_restore.major >= 17 && server_major < 17;
+        if newer_settings {
+            cmd.env("LC_MESSAGES", "C");
+        } else {
+            cmd.arg("--exit-on-error");
+        }
+        cmd.arg("--dbname").arg(dbname_conninfo(temp));
         if self.options.no_owner {
             cmd.arg("--no-owner").arg("--no-privileges");
         }
@@ -555,15 +566,43 @@ impl PostgresLogicalRestorer {
             _ => 0,
         };
         if !out.status.success() {
-            return Err(Error::ToolFailed {
-                program: "pg_restore".into(),
-                status: out.status.to_string(),
-                stderr: tail(&out.stderr, 4000),
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if newer_settings && only_transaction_timeout_errors(&stderr) {
+                warnings.push(format!(
+                    "pg_restore {} sent `SET transaction_timeout = 0`, which this PostgreSQL {server_major} \
+                     server does not know; that error was the only one and was ignored (install pg_restore \
+                     {server_major} to avoid it)",
+                    pg_restore.major
+                ));
+            } else {
+                return Err(Error::ToolFailed {
+                    program: "pg_restore".into(),
+                    status: out.status.to_string(),
+                    stderr: tail(&out.stderr, 4000),
+                }
+                .into());
             }
-            .into());
         }
         Ok(bytes)
     }
+}
+
+/// Whether every error in pg_restore's standard error (run with
+/// `LC_MESSAGES=C`) is the rejected `SET transaction_timeout`, and the
+/// count it reports at the end ("errors ignored on restore: N") matches.
+fn only_transaction_timeout_errors(stderr: &str) -> bool {
+    let errors: Vec<&str> = stderr.split("pg_restore: error:").skip(1).collect();
+    let ignored: Option<usize> = stderr
+        .split("errors ignored on restore:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    !errors.is_empty()
+        && ignored == Some(errors.len())
+        && errors.iter().all(|e| {
+            let e = e.split("pg_restore: warning:").next().unwrap_or(e);
+            e.contains("\"transaction_timeout\"") && e.contains("SET transaction_timeout")
+        })
 }
 
 fn decode_error(e: std::io::Error) -> Error {
@@ -681,7 +720,9 @@ impl dr_core::Restorer for PostgresLogicalRestorer {
             if let Some((sql, psql)) = globals {
                 bytes += self.apply_globals(sql, &psql, &mut warnings).await?;
             }
-            bytes += self.run_pg_restore(backup, &pg_restore, &temp).await?;
+            bytes += self
+                .run_pg_restore(backup, &pg_restore, &temp, major, &mut warnings)
+                .await?;
             properties::apply(
                 &admin,
                 &temp,
@@ -853,5 +894,37 @@ mod owner_tests {
         };
         assert!(dead.is_gone());
         assert_eq!(TemporaryOwner::parse("a user comment"), None);
+    }
+}
+
+#[cfg(test)]
+mod newer_pg_restore_tests {
+    use super::only_transaction_timeout_errors;
+
+    const TIMEOUT: &str = "pg_restore: error: could not execute query: ERROR:  unrecognized configuration \
+                           parameter \"transaction_timeout\"\nCommand was: SET transaction_timeout = 0;\n";
+
+    #[test]
+    fn only_the_rejected_transaction_timeout_is_forgiven() {
+        let one = format!("{TIMEOUT}pg_restore: warning: errors ignored on restore: 1\n");
+        assert!(only_transaction_timeout_errors(&one));
+        // One per session with --jobs.
+        let three = format!(
+            "{TIMEOUT}{TIMEOUT}{TIMEOUT}pg_restore: warning: errors ignored on restore: 3\n"
+        );
+        assert!(only_transaction_timeout_errors(&three));
+        let other = format!(
+            "{TIMEOUT}pg_restore: error: could not execute query: ERROR:  relation \"t\" already exists\n\
+             Command was: CREATE TABLE public.t (id integer);\n\
+             pg_restore: warning: errors ignored on restore: 2\n"
+        );
+        assert!(!only_transaction_timeout_errors(&other));
+        // A count that does not match what was read is not trusted.
+        let miscounted = format!("{TIMEOUT}pg_restore: warning: errors ignored on restore: 2\n");
+        assert!(!only_transaction_timeout_errors(&miscounted));
+        assert!(!only_transaction_timeout_errors(
+            "pg_restore: error: could not open input file: No such file\n"
+        ));
+        assert!(!only_transaction_timeout_errors(""));
     }
 }

@@ -49,7 +49,8 @@ impl PostgresLogical {
         }
     }
 
-    /// Looks for the client programs in `dir` only.
+    /// Looks for the client programs in `dir` first (see [`crate::tools`]
+    /// for the rest of the search).
     pub fn with_bin_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.bin_dir = dir;
         self

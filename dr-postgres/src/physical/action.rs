@@ -109,8 +109,8 @@ pub struct PitrActionEnv {
     /// Arguments before `--source` for `dr wal-fetch`: the repository and the
     /// key *file* (never a key), e.g. `["--repo", URL, "--identity", FILE]`.
     pub fetch_args: Vec<String>,
-    /// The PostgreSQL server programs' directory (default
-    /// `/usr/lib/postgresql/<major>/bin`).
+    /// The PostgreSQL server programs' directory, searched first (see
+    /// [`crate::tools`] for the rest of the search).
     pub bin_dir: Option<PathBuf>,
     /// `(uid, gid)` owning the data directory and running the server
     /// (default when root: the `postgres` user).
@@ -461,7 +461,7 @@ impl PitrRestore {
         if done {
             tracing::info!(data_dir = %self.data_dir.display(), "an earlier attempt finished recovery; reusing it");
             if !self.data_dir.join("postmaster.pid").exists() {
-                let bin = server_bin(&opts, major);
+                let bin = server_bin(&opts, major).await?;
                 let owner = opts.owner.or_else(default_owner);
                 let pgdata = self.data_dir.to_string_lossy().to_string();
                 let log = log_path(&self.data_dir);

@@ -66,8 +66,8 @@ pub struct PitrOptions {
     /// directories its `pg_tblspc` links point to) and restore into it. A
     /// directory without dr's lock file is never cleaned.
     pub clean_leftover: bool,
-    /// Directory of the server programs (`pg_ctl`); default
-    /// `/usr/lib/postgresql/<major>/bin`.
+    /// Directory of the server programs (`pg_ctl`), searched first (see
+    /// [`crate::tools`] for the rest of the search).
     pub bin_dir: Option<PathBuf>,
     /// Restore these tablespaces elsewhere than their original directory.
     pub tablespace_mapping: Vec<TablespaceMapping>,

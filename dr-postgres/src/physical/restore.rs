@@ -126,7 +126,15 @@ pub(super) async fn restore_from(
         // directory appeared.
         refuse_wal_tablespaces(&plan.wal_tablespaces)
     };
-    if let Err(e) = refused() {
+    let mut refusal = refused();
+    if refusal.is_ok() && opts.start {
+        // A server that cannot be started is known before anything is
+        // written.
+        refusal = super::server::server_bin(opts, plan.backup.server_version_num / 10000)
+            .await
+            .map(|_| ());
+    }
+    if let Err(e) = refusal {
         // Nothing written but the lock file (and the directory, when it was
         // made for the lock).
         lock.release();

@@ -273,9 +273,12 @@ async fn live_checks(
     let mut checks = Vec::new();
     let row = client
         .query_one(
-            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() \
+            &format!(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {} \
              ELSE 'not paused' END, (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE \
              pg_current_wal_lsn() END)::text, (SELECT system_identifier FROM pg_control_system())",
+                super::server::pause_state_sql(meta.server_major())
+            ),
             &[],
         )
         .await

@@ -36,17 +36,35 @@ pub struct RecoveryPoint {
     pub in_recovery: bool,
 }
 
+/// The SQL expression of the recovery pause state (`'paused'`, `'pause
+/// requested'` or `'not paused'`) on a server of `major`:
+/// `pg_get_wal_replay_pause_state()` from PostgreSQL 14 on; before, from
+/// `pg_is_wal_replay_paused()`, which says only whether a pause was asked
+/// for (PostgreSQL 13 docs, §9.27.4 "Recovery Control Functions"). Reaching
+/// a target with `recovery_target_action = 'pause'` is the only pause dr
+/// asks for, so on 13 a requested pause is a reached one.
+pub(super) fn pause_state_sql(major: u32) -> &'static str {
+    if major >= 14 {
+        "pg_get_wal_replay_pause_state()"
+    } else {
+        "CASE WHEN pg_is_wal_replay_paused() THEN 'paused' ELSE 'not paused' END"
+    }
+}
+
 /// `postgresql.conf` string quoting: single quotes doubled.
 fn conf_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 
-/// The server programs' directory for `major`: `opts.bin_dir`, else
-/// Debian's `/usr/lib/postgresql/<major>/bin`.
-pub(super) fn server_bin(opts: &PitrOptions, major: u32) -> PathBuf {
-    opts.bin_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
+/// The server programs' directory for `major`: `opts.bin_dir` when its
+/// programs are of that major, else the first found by
+/// [`crate::tools::server_bin_dir`]'s search.
+///
+/// # Errors
+/// [`PitrError::Postgres`] naming what was searched when no server of
+/// that major is installed.
+pub(super) async fn server_bin(opts: &PitrOptions, major: u32) -> Result<PathBuf, PitrError> {
+    Ok(crate::tools::server_bin_dir(opts.bin_dir.as_deref(), major).await?)
 }
 
 /// Runs `pg_ctl` as the owner.
@@ -148,9 +166,12 @@ pub(super) async fn start_and_wait(
 ) -> Result<(RecoveryPoint, u16, PathBuf), PitrError> {
     let result = start_and_wait_inner(plan, opts, owner, port, sock).await;
     if result.is_err() && opts.pgdata.join("postmaster.pid").exists() {
-        let bin = server_bin(opts, plan.backup.server_version_num / 10000);
         let pgdata = opts.pgdata.to_string_lossy().to_string();
-        match pg_ctl(&bin, owner, &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await {
+        let stopped = match server_bin(opts, plan.backup.server_version_num / 10000).await {
+            Ok(bin) => pg_ctl(&bin, owner, &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await,
+            Err(e) => Err(e),
+        };
+        match stopped {
             Ok((true, _)) => {
                 tracing::info!(pgdata = %pgdata, "the restored server was stopped after the failure")
             }
@@ -172,7 +193,7 @@ async fn start_and_wait_inner(
     port: u16,
     sock: &Path,
 ) -> Result<(RecoveryPoint, u16, PathBuf), PitrError> {
-    let bin = server_bin(opts, plan.backup.server_version_num / 10000);
+    let bin = server_bin(opts, plan.backup.server_version_num / 10000).await?;
     let pgdata = opts.pgdata.to_string_lossy().to_string();
     let log = log_path(&opts.pgdata).to_string_lossy().to_string();
     let timeout = opts.wait_timeout.as_secs().max(1).to_string();
@@ -264,8 +285,10 @@ async fn start_and_wait_inner(
     loop {
         let row = match client
             .query_one(
-                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() \
-                 ELSE 'not paused' END",
+                &format!(
+                    "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {} ELSE 'not paused' END",
+                    pause_state_sql(plan.backup.server_version_num / 10000)
+                ),
                 &[],
             )
             .await
@@ -344,7 +367,7 @@ async fn start_and_wait_inner(
 /// [`PitrError::RecoveryFailed`] when `pg_ctl stop` fails and the server
 /// still runs; [`PitrError::Io`] when `pg_ctl` cannot be run.
 pub async fn stop_server(opts: &PitrOptions, server_major: u32) -> Result<(), PitrError> {
-    let bin = server_bin(opts, server_major);
+    let bin = server_bin(opts, server_major).await?;
     let owner = opts.owner.or_else(default_owner);
     let pgdata = opts.pgdata.to_string_lossy().to_string();
     let (ok, out) = pg_ctl(&bin, owner, &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await?;

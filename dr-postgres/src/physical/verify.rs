@@ -90,7 +90,8 @@ impl PhysicalScratchRestorer {
         self
     }
 
-    /// The server programs' directory (default `/usr/lib/postgresql/<major>/bin`).
+    /// The server programs' directory, searched first (see [`crate::tools`]
+    /// for the rest of the search).
     pub fn with_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bin_dir = Some(dir.into());
         self
@@ -115,12 +116,6 @@ impl PhysicalScratchRestorer {
             .await
             .as_ref()
             .map(|s| s.restorer.options().pgdata.clone())
-    }
-
-    fn bin(&self, major: u32) -> PathBuf {
-        self.bin_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
     }
 
     /// The options of a scratch restore into `root` on `port`.
@@ -202,11 +197,23 @@ impl Restorer for PhysicalScratchRestorer {
         })?;
         let meta = PhysicalMetadata::from_manifest(manifest)?;
         let mut report = scratch.restorer.check(manifest).await?;
-        let amcheck = self.bin(meta.server_major()).join("pg_amcheck");
-        if amcheck.exists() {
-            report.checks.push(run_amcheck(&amcheck, scratch).await?);
-        } else {
-            tracing::info!(program = %amcheck.display(), "pg_amcheck not installed; skipping the corruption check");
+        // pg_amcheck of the cluster's own major: its queries follow the
+        // amcheck extension of that release.
+        let major = meta.server_major();
+        match crate::tools::Search::default()
+            .find(
+                "pg_amcheck",
+                self.bin_dir.as_deref(),
+                crate::tools::Fit::Server(major),
+            )
+            .await
+        {
+            Ok(amcheck) => report
+                .checks
+                .push(run_amcheck(&amcheck.path, scratch).await?),
+            Err(e) => {
+                tracing::info!(error = %e, "pg_amcheck of PostgreSQL {major} not installed; skipping the corruption check")
+            }
         }
         Ok(report)
     }
