@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dr_postgres::testing::{self, free_port, ClusterOptions, TestCluster};
+mod common;
 
-/// The binary that writes the repository.
-const DR: &str = env!("CARGO_BIN_EXE_dr");
+use common::{chmod_tree, ok, scratch, DR};
+use dr_postgres::testing::{self, free_port, ClusterOptions, TestCluster};
 
 /// The README whose section is followed.
 const README: &str = include_str!("../../README.md");
@@ -96,51 +96,19 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn ok(what: &str, o: Output) -> Output {
-    assert!(o.status.success(), "{what}: {}", text(&o));
-    o
-}
-
-/// A scratch directory under /tmp (short paths: socket names are limited to
-/// 107 bytes) that the `postgres` user can enter and write.
-fn scratch(prefix: &str) -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    d
-}
-
 fn open_dir(p: &Path) -> PathBuf {
     std::fs::create_dir_all(p).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
     p.to_path_buf()
 }
 
-fn chmod_tree(p: &Path) {
-    let mode = if p.is_dir() { 0o777 } else { 0o666 };
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
-    if p.is_dir() {
-        for e in std::fs::read_dir(p).unwrap() {
-            chmod_tree(&e.unwrap().path());
-        }
-    }
-}
-
+/// `dr ARGS` from `dir` (none of dr's variables inherited), which must
+/// succeed.
 fn dr(dir: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(DR);
-    c.current_dir(dir).args(args);
-    for v in [
-        "DR_REPO",
-        "DR_CONFIG",
-        "DR_IDENTITY_FILE",
-        "DR_PASSPHRASE",
-        "DR_PASSPHRASE_FILE",
-    ] {
-        c.env_remove(v);
-    }
-    ok(&format!("dr {}", args.join(" ")), c.output().unwrap())
+    ok(
+        &format!("dr {}", args.join(" ")),
+        common::run(dir, &[], args),
+    )
 }
 
 fn sha256_file(p: &Path) -> String {
@@ -220,17 +188,9 @@ impl Drop for Restored {
     }
 }
 
-/// `psql` over TCP to the server on 127.0.0.1:`port`.
+/// `psql` over TCP to the server on 127.0.0.1:`port`, which must succeed.
 fn psql_port(bin: &Path, port: u16, sql: &str) -> String {
-    let out = Command::new(bin.join("psql"))
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&ok(sql, out).stdout)
-        .trim()
-        .to_string()
+    common::psql_port(bin, port, "postgres", sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// The README's recovery by hand: a PostgreSQL 15 cluster archives through

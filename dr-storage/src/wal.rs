@@ -438,6 +438,30 @@ impl WalArchive {
         Err(Error::NotFound { object: path })
     }
 
+    /// When `name` was first archived, as its claim records it
+    /// (`claimed_at`, written by the pushing `dr`): unlike an object's
+    /// modification time, it survives copying the repository. `None` for a
+    /// name without a claim (archived by an older dr).
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Corrupt`] for a claim that does not parse.
+    pub async fn claimed_at(&self, system_id: u64, name: &str) -> Result<Option<DateTime<Utc>>> {
+        let path = self.claim_path(system_id, name);
+        let body = match self.store().get(&StorePath::from(path.as_str())).await {
+            Ok(g) => g
+                .bytes()
+                .await
+                .map_err(|e| Error::store(path.as_str(), e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(path, e)),
+        };
+        let held: WalClaim = serde_json::from_slice(&body).map_err(|e| Error::Corrupt {
+            object: path.clone(),
+            reason: format!("not a WAL claim: {e}"),
+        })?;
+        Ok(Some(held.claimed_at))
+    }
+
     /// The object path for `name` with plaintext digest `sha`.
     pub fn object_path(&self, system_id: u64, name: &str, sha: &str) -> String {
         format!(

@@ -444,6 +444,27 @@ pub async fn tablespace_warnings(
     Ok(out)
 }
 
+/// When the newest file of a cluster's archive (by WAL order: the
+/// greatest name) was archived: its claim's `claimed_at`, which copying the
+/// repository keeps, else (no claim, or one that cannot be read) the
+/// newest object's modification time.
+async fn last_archived(
+    archive: &WalArchive,
+    system_id: u64,
+    objects: &[dr_storage::WalObject],
+) -> Option<DateTime<Utc>> {
+    let newest_mtime = objects.iter().map(|o| o.last_modified).max();
+    let newest = objects.iter().map(|o| o.name.as_str()).max()?;
+    match archive.claimed_at(system_id, newest).await {
+        Ok(Some(at)) => Some(at),
+        Ok(None) => newest_mtime,
+        Err(e) => {
+            tracing::warn!(name = newest, error = %e, "the WAL claim cannot be read; using the object's time");
+            newest_mtime
+        }
+    }
+}
+
 /// The state of every WAL archive in the repository, by source: when WAL
 /// was last archived and the continuity of every cluster (system
 /// identifier) it holds, checked from the oldest kept physical base backup
@@ -491,8 +512,9 @@ pub async fn wal_status(
                     .map(|w| now - w),
             };
             let check = check_chain(&chain);
-            let newest = objects.iter().map(|o| o.last_modified).max();
-            status.last_archived_at = status.last_archived_at.max(newest);
+            status.last_archived_at = status
+                .last_archived_at
+                .max(last_archived(&archive, *sysid, objects).await);
             // The figures of the cluster archiving now (or the only one).
             if current == Some(*sysid) || chains.len() == 1 {
                 status.checked_from = check.checked_from.clone();
@@ -592,6 +614,65 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// "Last archived" is when dr pushed the newest file (its claim), not
+    /// when the object was last written: a copied repository (new mtimes)
+    /// reports the same time. Without a claim, the modification time.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn last_archived_is_the_newest_files_claim_time_not_its_mtime() {
+        use dr_storage::{InitOptions, Location, StoreOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let key = dr_storage::Identities::generate();
+        let repo = Repository::init(
+            &Location::parse(dir.path().to_str().unwrap()).unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        let a = WalArchive::new(&repo, "db").unwrap();
+        a.register(7).await.unwrap();
+        let before = Utc::now();
+        for name in ["000000010000000000000002", "000000010000000000000003"] {
+            a.push(7, name, bytes::Bytes::from(name.as_bytes().to_vec()))
+                .await
+                .unwrap();
+        }
+        let after = Utc::now();
+        // "Copied": every file's modification time moved a year ahead.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(365 * 86400);
+        let mut stack = vec![dir.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    std::fs::File::options()
+                        .write(true)
+                        .open(e.path())
+                        .unwrap()
+                        .set_modified(later)
+                        .unwrap();
+                }
+            }
+        }
+        let status = |repo: Repository| async move {
+            wal_status(&repo, None, &BTreeMap::new(), Utc::now())
+                .await
+                .unwrap()["db"]
+                .last_archived_at
+                .unwrap()
+        };
+        let at = status(repo.clone()).await;
+        assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
+        // Without the newest name's claim: its object's time.
+        let claim = dir
+            .path()
+            .join("wal/db/7/0000000100000000/000000010000000000000003.claim");
+        std::fs::remove_file(&claim).unwrap();
+        let at = status(repo).await;
+        assert!(at > after + chrono::Duration::days(300), "{at}");
     }
 
     fn chain(names: &[&str], histories: &[(u32, &str)], bases: &[(u32, u64, u64)]) -> ChainFacts {
