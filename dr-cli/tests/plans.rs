@@ -193,3 +193,106 @@ fn a_route53_plan_checks_offline() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `dr plan check --preflight` against a real PostgreSQL and a real
+/// repository: a database step reaches its server, one on a closed port
+/// fails naming it, a PITR step fails when the repository holds no base
+/// backup of its source, and the command exits 1; nothing is changed.
+#[test]
+fn preflight_touches_each_steps_target_and_fails_on_the_unreachable() {
+    if !dr_postgres::testing::should_run() {
+        return;
+    }
+    let pg = dr_postgres::testing::TestCluster::start();
+    let closed = dr_postgres::testing::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dr(dir.path())
+        .env_remove("DR_CONFIG")
+        .args(["key", "generate", "--output", "key.txt"])
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::fs::write(
+        dir.path().join("dr.toml"),
+        format!(
+            "[repository]\nurl = \"{}\"\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n",
+            dir.path().join("repo").display(),
+            dir.path().join("key.txt").display(),
+        ),
+    )
+    .unwrap();
+    assert!(dr(dir.path())
+        .args(["repo", "init"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"name = "preflight"
+[[steps]]
+name = "live"
+action = "postgres.sql_check"
+params = {{ dsn = "{live}", checks = [{{ name = "one", query = "SELECT true" }}] }}
+[[steps]]
+name = "down"
+action = "postgres.revoke_writes"
+params = {{ dsn = "postgresql://postgres@127.0.0.1:{closed}/postgres", role = "app" }}
+[[steps]]
+name = "restore"
+action = "postgres.pitr_restore"
+params = {{ source = "nobackups", target_time = "2026-01-01T00:00:00Z", data_dir = "{data}" }}
+"#,
+            live = pg.dsn("postgres"),
+            data = dir.path().join("restored").display(),
+        ),
+    )
+    .unwrap();
+    let out = dr(dir.path())
+        .args(["plan", "check", "--preflight"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |step: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!(" {step} (")))
+            .unwrap_or_else(|| panic!("no line for {step}:\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("live").contains("ok") && line("live").contains("PostgreSQL 15"),
+        "{text}"
+    );
+    assert!(
+        line("down").contains("FAILED") && line("down").contains(&closed.to_string()),
+        "{text}"
+    );
+    assert!(
+        line("restore").contains("FAILED") && line("restore").contains("base backup of nobackups"),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("restored").exists(),
+        "preflight wrote nothing"
+    );
+    // Without --preflight, nothing outside is touched: the same plan checks.
+    let out = dr(dir.path())
+        .args(["plan", "check"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

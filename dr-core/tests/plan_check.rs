@@ -420,3 +420,94 @@ fn the_data_corruption_plan_has_the_runbook_order() {
     let drill = check(&spec, &registry(), &CheckOptions::with_set(set).drill(true)).unwrap();
     assert_eq!(drill.variables()["app_env_file"], "/tmp/dr-drill/app.env");
 }
+
+/// `plan check --preflight`: each step's action touches what it will work
+/// on, changing nothing; a step whose parameters use an earlier step's
+/// output is not checked; an unreachable target fails its step only. (The
+/// HTTP actions exist with the `http` feature, which the test command
+/// enables.)
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn preflight_reaches_each_steps_target_and_skips_what_depends_on_outputs() {
+    use dr_core::plan::Preflight;
+    // A closed port: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let spec = PlanSpec::from_toml(&format!(
+        r#"
+name = "preflight"
+[[steps]]
+name = "present"
+action = "exec"
+params = {{ argv = ["true"] }}
+[[steps]]
+name = "absent"
+action = "exec"
+params = {{ argv = ["/nonexistent/dr-no-such-program"] }}
+[[steps]]
+name = "pause"
+action = "wait"
+params = {{ duration = "1s" }}
+[[steps]]
+name = "listening"
+action = "http.check"
+params = {{ url = "http://127.0.0.1:{open_port}/health" }}
+[[steps]]
+name = "closed"
+action = "http.check"
+params = {{ url = "http://127.0.0.1:{closed}/health" }}
+[[steps]]
+name = "uses-output"
+action = "exec"
+after = ["present"]
+params = {{ argv = ["${{steps.present.summary}}"] }}
+"#
+    ))
+    .unwrap();
+    let plan = check(&spec, &registry(), &CheckOptions::default()).unwrap();
+    let checks = plan.preflight(std::time::Duration::from_secs(5)).await;
+    let by_step = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.step == name)
+            .unwrap_or_else(|| panic!("{name} in {checks:?}"))
+    };
+    assert!(
+        matches!(&by_step("present").outcome, Ok(Preflight::Reached(t)) if t.contains("/true")),
+        "{checks:?}"
+    );
+    let absent = by_step("absent");
+    assert!(absent.failed());
+    assert!(
+        absent
+            .outcome
+            .as_ref()
+            .unwrap_err()
+            .contains("/nonexistent/dr-no-such-program"),
+        "{absent:?}"
+    );
+    assert!(matches!(
+        by_step("pause").outcome,
+        Ok(Preflight::NotChecked(_))
+    ));
+    assert!(
+        matches!(&by_step("listening").outcome, Ok(Preflight::Reached(t)) if t.contains("accepts connections")),
+        "{checks:?}"
+    );
+    let closed_step = by_step("closed");
+    assert!(closed_step.failed(), "{closed_step:?}");
+    assert!(
+        matches!(&by_step("uses-output").outcome, Ok(Preflight::NotChecked(t)) if t.contains("present")),
+        "{checks:?}"
+    );
+    assert_eq!(checks.iter().filter(|c| c.failed()).count(), 2);
+    let json = serde_json::to_value(by_step("absent")).unwrap();
+    assert_eq!(json["result"], "failed", "{json}");
+    assert_eq!(json["step"], "absent", "{json}");
+    drop(open);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dr_core::dns::{DnsProvider, WaitOptions};
-use dr_core::plan::{Action, ActionContext, ActionOutput, ActionRegistry};
+use dr_core::plan::{Action, ActionContext, ActionOutput, ActionRegistry, Preflight};
 use dr_core::{Error, Result};
 
 use crate::failover::{failover, rollback, FailoverOptions, FailoverReport, FailoverSpec};
@@ -47,6 +47,29 @@ impl DnsFailover {
 impl Action for DnsFailover {
     fn name(&self) -> &'static str {
         FAILOVER_ACTION
+    }
+
+    /// Reads the record set from the provider (credentials, zone, name),
+    /// changing nothing.
+    async fn preflight(&self) -> Result<Preflight> {
+        let key = self.spec.key()?;
+        Ok(Preflight::Reached(match self.provider.get(&key).await? {
+            Some(set) if set.values.is_empty() => format!(
+                "{} {} on {} is an alias",
+                key.name, key.rtype, self.provider
+            ),
+            Some(set) => format!(
+                "{} {} on {} is now {}",
+                key.name,
+                key.rtype,
+                self.provider,
+                set.values.join(",")
+            ),
+            None => format!(
+                "{} on {} answers; {} {} does not exist yet",
+                self.provider, key.name, key.name, key.rtype
+            ),
+        }))
     }
 
     fn describe(&self) -> String {

@@ -53,6 +53,20 @@ async fn run(
     name: &str,
     fail_after: bool,
 ) -> dr_core::plan::RunReport {
+    let plan = checked(provider, name, fail_after);
+    let journal = tempfile::tempdir().unwrap();
+    Executor::new(JournalStore::local(journal.path()))
+        .run(&plan)
+        .await
+        .expect("the executor runs")
+}
+
+/// The DNS part checked against `provider`.
+fn checked(
+    provider: Arc<dyn DnsProvider>,
+    name: &str,
+    fail_after: bool,
+) -> dr_core::plan::CheckedPlan {
     let mut registry = ActionRegistry::new();
     actions::register(&mut registry);
     dr_dns::register(&mut registry, provider);
@@ -66,17 +80,12 @@ async fn run(
         ("primary_ip".to_string(), PRIMARY.to_string()),
         ("dr_ip".to_string(), DR.to_string()),
     ]);
-    let plan = check(
+    check(
         &dns_part(fail_after),
         &registry,
         &CheckOptions::with_set(set),
     )
-    .unwrap_or_else(|e| panic!("the DNS part checks: {e:?}"));
-    let journal = tempfile::tempdir().unwrap();
-    Executor::new(JournalStore::local(journal.path()))
-        .run(&plan)
-        .await
-        .expect("the executor runs")
+    .unwrap_or_else(|e| panic!("the DNS part checks: {e:?}"))
 }
 
 async fn value(p: &dyn DnsProvider, name: &str) -> Vec<String> {
@@ -103,6 +112,18 @@ async fn scenario(p: Arc<dyn DnsProvider>, name: &str, rollback_name: &str) {
         .await
         .expect("primary record");
     }
+
+    // `plan check --preflight`: the failover step reads the record from
+    // the provider and changes nothing.
+    let checks = checked(p.clone(), name, false)
+        .preflight(std::time::Duration::from_secs(30))
+        .await;
+    let dns = checks.iter().find(|c| c.action == "dns.failover").unwrap();
+    assert!(
+        matches!(&dns.outcome, Ok(dr_core::plan::Preflight::Reached(t)) if t.contains(PRIMARY)),
+        "{checks:?}"
+    );
+    assert_eq!(value(p.as_ref(), name).await, vec![PRIMARY.to_string()]);
 
     let report = run(p.clone(), name, false).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:#?}");

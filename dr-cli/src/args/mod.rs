@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand};
 
 pub use agent::AgentArgs;
 pub use dns::DnsCommand;
-pub use plan::{DrillArgs, DrillCommand, JournalArgs, PlanCommand, PlanFileArgs, ResumeArgs};
+pub use plan::{
+    DrillArgs, DrillCommand, JournalArgs, PlanCheckArgs, PlanCommand, PlanFileArgs, ResumeArgs,
+};
 pub use wal::{WalFetchArgs, WalPushArgs};
 
 /// dr: backups you have proven you can restore.

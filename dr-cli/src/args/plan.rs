@@ -10,8 +10,9 @@ use super::RepoArgs;
 #[derive(Debug, Subcommand)]
 pub enum PlanCommand {
     /// Validate a plan (actions, parameters, dependencies, variables) and
-    /// print it in order. Nothing runs.
-    Check(PlanFileArgs),
+    /// print it in order. Nothing runs, and nothing outside is touched
+    /// unless --preflight.
+    Check(PlanCheckArgs),
     /// Run a plan: steps in dependency order, journal after every step,
     /// rollback of completed steps on failure.
     Run(PlanFileArgs),
@@ -52,6 +53,21 @@ pub struct PlanFileArgs {
     /// Journals.
     #[command(flatten)]
     pub journal: JournalArgs,
+}
+
+/// `dr plan check`
+#[derive(Debug, Args, Clone)]
+pub struct PlanCheckArgs {
+    /// The plan and its variables.
+    #[command(flatten)]
+    pub plan: PlanFileArgs,
+    /// After the offline check, touch what each step will work on, changing
+    /// nothing: connect to its database, read its DNS record, find its
+    /// program, its base backup and server programs, open a connection to
+    /// its URL. Steps that use an earlier step's output are not checked.
+    /// Exit 1 when something could not be reached.
+    #[arg(long)]
+    pub preflight: bool,
 }
 
 /// `dr plan resume`

@@ -14,6 +14,9 @@ use super::Ctx;
 use crate::args::{DrillArgs, DrillCommand, JournalArgs, PlanCommand, PlanFileArgs};
 use crate::exit::{Usage, EXIT_FAILED, EXIT_OK, EXIT_VERIFY_FAILED};
 
+/// How long `plan check --preflight` waits for one step's target.
+const PREFLIGHT_LIMIT: Duration = Duration::from_secs(15);
+
 fn settings(
     journal: &JournalArgs,
     yes: bool,
@@ -53,15 +56,43 @@ fn finish(report: &RunReport, json: bool) -> i32 {
 pub(super) async fn run(ctx: &Ctx<'_>, cmd: &PlanCommand) -> Result<i32> {
     let json = ctx.cli.json;
     match cmd {
-        PlanCommand::Check(a) => {
+        PlanCommand::Check(c) => {
+            let a = &c.plan;
             let (plan, _) = ctx.ops(&a.repo).check_plan(&a.file, &a.set, false).await?;
             let preview = plan.preview();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&preview)?);
-            } else {
-                println!("{}", preview.to_text());
+            if !c.preflight {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&preview)?);
+                } else {
+                    println!("{}", preview.to_text());
+                }
+                return Ok(EXIT_OK);
             }
-            Ok(EXIT_OK)
+            let checks = plan.preflight(PREFLIGHT_LIMIT).await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "plan": preview,
+                        "preflight": checks,
+                    }))?
+                );
+            } else {
+                println!("{}\n\npreflight:", preview.to_text());
+                for c in &checks {
+                    let (mark, text) = match &c.outcome {
+                        Ok(dr_core::plan::Preflight::Reached(t)) => ("ok     ", t.as_str()),
+                        Ok(dr_core::plan::Preflight::NotChecked(t)) => ("skipped", t.as_str()),
+                        Err(e) => ("FAILED ", e.as_str()),
+                    };
+                    println!("  {mark} {} ({}): {text}", c.step, c.action);
+                }
+            }
+            Ok(if checks.iter().any(|c| c.failed()) {
+                EXIT_VERIFY_FAILED
+            } else {
+                EXIT_OK
+            })
         }
         PlanCommand::Run(a) => {
             let ops = ctx.ops(&a.repo);

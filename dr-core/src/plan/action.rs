@@ -183,6 +183,18 @@ pub trait Action: Debug + Send + Sync + 'static {
     /// try again.
     async fn run(&self, ctx: &ActionContext) -> Result<ActionOutput>;
 
+    /// Touches what [`run`](Action::run) will touch, changing nothing (the
+    /// server answers, the provider reads the record, the program exists),
+    /// for `dr plan check --preflight`. The default reaches nothing.
+    ///
+    /// # Errors
+    /// What could not be reached, and why.
+    async fn preflight(&self) -> Result<Preflight> {
+        Ok(Preflight::NotChecked(
+            "nothing to reach before it runs".into(),
+        ))
+    }
+
     /// Whether [`rollback`](Action::rollback) is implemented.
     fn has_rollback(&self) -> bool {
         false
@@ -197,6 +209,17 @@ pub trait Action: Debug + Send + Sync + 'static {
             what: format!("rollback of {}", self.name()),
         })
     }
+}
+
+/// What [`Action::preflight`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "detail", rename_all = "snake_case")]
+pub enum Preflight {
+    /// What the step will work on answered; what was reached.
+    Reached(String),
+    /// Not checked ahead, and why (nothing to reach, or parameters known
+    /// only when earlier steps have run).
+    NotChecked(String),
 }
 
 /// Builds an [`Action`] from a step's parameters (a JSON object, already

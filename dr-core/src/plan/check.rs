@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::spec::{DrillCheck, OnFailure, PlanSpec, RetryOn, RollbackSpec, StepSpec};
 use super::vars::{self, Ref, Scope};
-use super::{Action, ActionOutput, ActionRegistry};
+use super::{Action, ActionOutput, ActionRegistry, Preflight};
 use crate::error::{Error, Result};
 use crate::serde_duration;
 
@@ -195,6 +195,45 @@ pub struct CheckedStep {
     /// Depth in the graph: 0 for steps with no dependencies; steps of equal
     /// depth may run at once.
     pub level: usize,
+}
+
+/// One step's [`CheckedPlan::preflight`]. Serialised flat: `{"step",
+/// "action", "result": "reached" | "not_checked" | "failed", "detail"}`.
+#[derive(Debug, Clone)]
+pub struct StepPreflight {
+    /// The step.
+    pub step: String,
+    /// Its action.
+    pub action: String,
+    /// What was reached or why nothing was, or what could not be reached.
+    pub outcome: std::result::Result<Preflight, String>,
+}
+
+impl Serialize for StepPreflight {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (result, detail) = match &self.outcome {
+            Ok(Preflight::Reached(d)) => ("reached", d),
+            Ok(Preflight::NotChecked(d)) => ("not_checked", d),
+            Err(e) => ("failed", e),
+        };
+        let mut st = serializer.serialize_struct("StepPreflight", 4)?;
+        st.serialize_field("step", &self.step)?;
+        st.serialize_field("action", &self.action)?;
+        st.serialize_field("result", result)?;
+        st.serialize_field("detail", detail)?;
+        st.end()
+    }
+}
+
+impl StepPreflight {
+    /// Whether what the step will work on could not be reached.
+    pub fn failed(&self) -> bool {
+        self.outcome.is_err()
+    }
 }
 
 /// A plan that passed every check: the steps in an order that respects
@@ -877,6 +916,57 @@ impl CheckedPlan {
                     reason,
                 })?;
         self.registry.build(action, &resolved)
+    }
+
+    /// Touches the world for every step, in order, changing nothing
+    /// ([`Action::preflight`], at most `limit` each): a step whose
+    /// parameters use an earlier step's output is not checked, since they
+    /// are known only when that step has run.
+    pub async fn preflight(&self, limit: Duration) -> Vec<StepPreflight> {
+        let scope = Scope {
+            vars: &self.variables,
+            outputs: None,
+        };
+        let mut out = Vec::new();
+        for step in self.ordered() {
+            let mut refs = Vec::new();
+            vars::references(&step.params, "params", &mut refs);
+            let needs: BTreeSet<&str> = refs
+                .iter()
+                .filter_map(|(_, r)| match r {
+                    Ok(Ref::Step { step, .. }) => Some(step.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let outcome = if !needs.is_empty() {
+                Ok(Preflight::NotChecked(format!(
+                    "its parameters use the output of {}",
+                    needs.into_iter().collect::<Vec<_>>().join(", ")
+                )))
+            } else {
+                match scope
+                    .substitute(&step.params, "params")
+                    .map_err(|(path, e)| format!("{path}: {e}"))
+                    .and_then(|params| {
+                        self.registry
+                            .build(&step.action, &params)
+                            .map_err(|e| crate::error_chain(&e))
+                    }) {
+                    Err(e) => Err(e),
+                    Ok(action) => match tokio::time::timeout(limit, action.preflight()).await {
+                        Ok(Ok(p)) => Ok(p),
+                        Ok(Err(e)) => Err(crate::error_chain(&e)),
+                        Err(_) => Err(format!("no answer within {limit:?}")),
+                    },
+                }
+            };
+            out.push(StepPreflight {
+                step: step.name.clone(),
+                action: step.action.clone(),
+                outcome,
+            });
+        }
+        out
     }
 
     /// The plan as a step list for `plan check` and `--dry-run`: what each

@@ -59,11 +59,11 @@ mod vars;
 pub use crate::error::error_chain;
 pub use action::{
     parse_params, Action, ActionContext, ActionFactory, ActionOutput, ActionRegistry, Checkpoint,
-    CheckpointSink,
+    CheckpointSink, Preflight,
 };
 pub use check::{
     check, check_file, parse_set, CheckOptions, CheckedPlan, CheckedRollback, CheckedStep,
-    PlanErrors, PlanIssue, PlanPreview, DEFAULT_BACKOFF, DEFAULT_MAX_PARALLEL,
+    PlanErrors, PlanIssue, PlanPreview, StepPreflight, DEFAULT_BACKOFF, DEFAULT_MAX_PARALLEL,
     DEFAULT_STEP_TIMEOUT, MAX_BACKOFF,
 };
 pub use executor::{backoff, new_run_id, Executor, RunOptions, DEFAULT_MAX_OUTPUT_BYTES};

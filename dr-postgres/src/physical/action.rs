@@ -552,6 +552,30 @@ impl Action for PitrRestore {
         PITR_RESTORE
     }
 
+    /// Reads the repository for the source's newest physical base backup
+    /// and finds the server programs of its major version; writes nothing.
+    async fn preflight(&self) -> dr_core::Result<dr_core::plan::Preflight> {
+        let backups = self.env.repository.list_backups(Some(&self.source)).await?;
+        let newest = backups
+            .iter()
+            .filter(|m| m.source.kind == crate::metadata::KIND_PHYSICAL)
+            .max_by_key(|m| m.finished_at)
+            .ok_or_else(|| dr_core::Error::NotFound {
+                what: format!(
+                    "a physical base backup of {} in the repository",
+                    self.source
+                ),
+            })?;
+        let major = crate::metadata::PhysicalMetadata::from_manifest(newest)?.server_major();
+        let bin = crate::tools::server_bin_dir(self.env.bin_dir.as_deref(), major).await?;
+        Ok(dr_core::plan::Preflight::Reached(format!(
+            "newest base backup of {}: {} (PostgreSQL {major}); server programs in {}",
+            self.source,
+            newest.backup_id,
+            bin.display()
+        )))
+    }
+
     fn describe(&self) -> String {
         format!(
             "restore the newest physical backup of {:?} that ends before {}{}, replay WAL to {} into {} (tablespaces under {}) and start it on port {} (archive_mode off); DSN {}",

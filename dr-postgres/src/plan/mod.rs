@@ -43,6 +43,29 @@ pub use sql_check::{SqlCheck, SqlCheckItem, SqlCheckParams, SQL_CHECK};
 
 use dr_core::plan::ActionRegistry;
 
+/// The preflight of a step on a database: connect with its settings and
+/// read the server's version, changing nothing.
+///
+/// # Errors
+/// The connection or the query fails (address, credentials, database).
+pub(crate) async fn reach(
+    settings: &crate::ConnectionSettings,
+) -> dr_core::Result<dr_core::plan::Preflight> {
+    let client = settings.connect().await?;
+    let version: String = client
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+        .map_err(|e| dr_core::Error::Failed {
+            what: format!("reading the server version of {}", settings.target()),
+            source: Box::new(e),
+        })?
+        .get(0);
+    Ok(dr_core::plan::Preflight::Reached(format!(
+        "connected to {} (PostgreSQL {version})",
+        settings.target()
+    )))
+}
+
 /// Adds `postgres.revoke_writes`, `postgres.grant_writes` and
 /// `postgres.sql_check` to `registry`.
 pub fn register(registry: &mut ActionRegistry) {

@@ -451,6 +451,11 @@ impl Action for RevokeWrites {
         REVOKE_WRITES
     }
 
+    /// Connects with the step's settings, changing nothing.
+    async fn preflight(&self) -> dr_core::Result<dr_core::plan::Preflight> {
+        super::reach(&self.settings).await
+    }
+
     fn describe(&self) -> String {
         format!(
             "revoke INSERT, UPDATE, DELETE, TRUNCATE on all tables of schema(s) {} from role {:?} on {} (privileges recorded first)",
@@ -510,6 +515,11 @@ fn output_added(recorded: &WritePrivileges, added: &[TableGrant], target: &str) 
 impl Action for GrantWrites {
     fn name(&self) -> &'static str {
         GRANT_WRITES
+    }
+
+    /// Connects with the step's settings, changing nothing.
+    async fn preflight(&self) -> dr_core::Result<dr_core::plan::Preflight> {
+        super::reach(&self.settings).await
     }
 
     fn describe(&self) -> String {

@@ -119,6 +119,11 @@ impl Action for SqlCheck {
         )
     }
 
+    /// Connects with the step's settings (address, credentials, database).
+    async fn preflight(&self) -> dr_core::Result<dr_core::plan::Preflight> {
+        super::reach(&self.settings).await
+    }
+
     async fn run(&self, _ctx: &ActionContext) -> dr_core::Result<ActionOutput> {
         let target = self.settings.target();
         let mut client = self.settings.connect().await.map_err(PlanError::from)?;

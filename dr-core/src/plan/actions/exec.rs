@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
 use crate::plan::output::BoundedBuffer;
-use crate::plan::{Action, ActionContext, ActionOutput, ActionRegistry};
+use crate::plan::{Action, ActionContext, ActionOutput, ActionRegistry, Preflight};
 
 const NAME: &str = "exec";
 
@@ -124,6 +124,36 @@ async fn capture(mut r: impl AsyncRead + Unpin, limit: usize) -> std::io::Result
 impl Action for Exec {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Finds the program (a path, or a name on `PATH`) and checks that it
+    /// is executable; runs nothing.
+    async fn preflight(&self) -> Result<Preflight> {
+        use std::os::unix::fs::PermissionsExt;
+        let program = self.program();
+        let candidates: Vec<std::path::PathBuf> = if program.contains('/') {
+            vec![program.into()]
+        } else {
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+                .unwrap_or_default()
+        };
+        let found = candidates.into_iter().find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+        match found {
+            Some(p) => Ok(Preflight::Reached(format!("program {} found", p.display()))),
+            None => Err(Error::NotFound {
+                what: format!(
+                    "executable program {program:?}{}",
+                    if program.contains('/') {
+                        ""
+                    } else {
+                        " on PATH"
+                    }
+                ),
+            }),
+        }
     }
 
     fn describe(&self) -> String {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::plan::{Action, ActionContext, ActionOutput, ActionRegistry};
+use crate::plan::{Action, ActionContext, ActionOutput, ActionRegistry, Preflight};
 
 const NAME: &str = "http.check";
 
@@ -199,6 +199,22 @@ pub(super) fn register(registry: &mut ActionRegistry) {
 impl Action for HttpCheck {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Resolves the URL's host and opens a TCP connection to it; sends no
+    /// request (the service may rightly be down before the steps before
+    /// this one have run: a failure here is information, not a verdict).
+    async fn preflight(&self) -> Result<Preflight> {
+        let host = self.url.host_str().unwrap_or_default().to_string();
+        let port = self.url.port_or_known_default().unwrap_or(80);
+        let what = format!("{host}:{port} (of {})", redact_url(&self.url));
+        match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+            Ok(_) => Ok(Preflight::Reached(format!("{what} accepts connections"))),
+            Err(e) => Err(Error::Unavailable {
+                what,
+                source: Box::new(e),
+            }),
+        }
     }
 
     fn describe(&self) -> String {
