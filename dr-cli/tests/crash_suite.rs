@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{chmod_tree, init_repo, ok, scratch, stderr};
-use dr_postgres::testing::{should_run, ClusterOptions, TestCluster};
+use dr_postgres::testing::{should_run, TestCluster};
 use rand::{Rng, SeedableRng};
 
 const PHYSICAL: &str = "crash-base";
@@ -80,18 +80,7 @@ impl World {
         let dir = scratch("drcrash");
         let repo = dir.path().join("repo");
         let key = init_repo(dir.path(), &[], repo.to_str().unwrap());
-        let mut o = ClusterOptions::default();
-        o.conf = vec![
-            "wal_level = replica".into(),
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{} wal-push --repo {} --source {PHYSICAL} %p'",
-                common::DR,
-                repo.display()
-            ),
-            "max_wal_senders = 4".into(),
-        ];
-        let cluster = TestCluster::start_with(o);
+        let cluster = TestCluster::start_with(common::archiving(&repo, PHYSICAL));
         cluster.psql("postgres", "CREATE DATABASE app");
         cluster.psql(
             "app",

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{chmod_tree, init_repo, ok, scratch};
-use dr_postgres::testing::{should_run, ClusterOptions, TestCluster};
+use dr_postgres::testing::{should_run, TestCluster};
 
 const PHYSICAL: &str = "tb";
 const LOGICAL: &str = "ta";
@@ -107,18 +107,7 @@ impl Pristine {
         let dir = scratch("drtamper");
         let repo = dir.path().join("repo");
         let key = init_repo(dir.path(), &[], repo.to_str().unwrap());
-        let mut o = ClusterOptions::default();
-        o.conf = vec![
-            "wal_level = replica".into(),
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{} wal-push --repo {} --source {PHYSICAL} %p'",
-                common::DR,
-                repo.display()
-            ),
-            "max_wal_senders = 4".into(),
-        ];
-        let cluster = TestCluster::start_with(o);
+        let cluster = TestCluster::start_with(common::archiving(&repo, PHYSICAL));
         cluster.psql("postgres", "CREATE DATABASE app");
         cluster.psql(
             "app",

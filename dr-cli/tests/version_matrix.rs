@@ -29,9 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{code, init_repo, ok, psql_port, run, scratch, stderr, wait_until};
-use dr_postgres::testing::{
-    self, free_port, version_bin, version_client_bin, ClusterOptions, TestCluster,
-};
+use dr_postgres::testing::{self, free_port, version_bin, version_client_bin, TestCluster};
 
 /// Whether the matrix's PostgreSQL builds are installed; a failure instead
 /// of a skip under `DR_REQUIRE_SERVERS`.
@@ -65,17 +63,8 @@ fn round_trip(major: u32) {
     let physical = format!("pg{major}");
     let logical = format!("app{major}");
 
-    let mut o = ClusterOptions::default();
+    let mut o = common::archiving(&repo, &physical);
     o.major = Some(major);
-    o.conf = vec![
-        "wal_level = replica".into(),
-        "archive_mode = on".into(),
-        format!(
-            "archive_command = '{} wal-push --repo {repo_s} --source {physical} %p'",
-            common::DR
-        ),
-        "max_wal_senders = 4".into(),
-    ];
     let c = TestCluster::start_with(o);
     let version: u32 = c
         .psql("postgres", "SELECT current_setting('server_version_num')")

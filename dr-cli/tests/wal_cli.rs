@@ -21,29 +21,9 @@ use std::time::{Duration, Instant};
 use dr_postgres::testing::{self, free_port, ClusterOptions, TestCluster};
 use dr_storage::{Location, Repository, StoreOptions, WalArchive};
 
-/// The binary under test.
-const DR: &str = env!("CARGO_BIN_EXE_dr");
+mod common;
 
-/// A scratch directory under /tmp (short paths: socket names are limited to
-/// 107 bytes) that the `postgres` user can enter and write.
-fn scratch(prefix: &str) -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    d
-}
-
-fn chmod_tree(p: &Path) {
-    let mode = if p.is_dir() { 0o777 } else { 0o666 };
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
-    if p.is_dir() {
-        for e in std::fs::read_dir(p).unwrap() {
-            chmod_tree(&e.unwrap().path());
-        }
-    }
-}
+use common::{chmod_tree, code, ok, scratch, stderr, wait_until, DR};
 
 /// `dr` with none of dr's own variables inherited, plus `envs`.
 fn dr(dir: &Path, envs: &[(String, String)]) -> Command {
@@ -67,25 +47,6 @@ fn dr(dir: &Path, envs: &[(String, String)]) -> Command {
 
 fn run(dir: &Path, envs: &[(String, String)], args: &[&str]) -> Output {
     dr(dir, envs).args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("dr ended by a signal")
-}
-
-fn ok(what: &str, o: Output) -> Output {
-    assert!(
-        o.status.success(),
-        "{what}: exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    o
 }
 
 /// A key (readable by `postgres`) and an initialised repository at `url`.
@@ -126,14 +87,6 @@ fn archiving_cluster(prefix: &str, url: &str, source: &str) -> TestCluster {
         "max_wal_senders = 4".into(),
     ];
     TestCluster::start_with(o)
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `psql` over TCP to a server on 127.0.0.1:`port`.

@@ -119,6 +119,23 @@ pub fn init_repo(dir: &Path, envs: &[(&str, &str)], url: &str) -> std::path::Pat
     key
 }
 
+/// Cluster options that archive every WAL segment into the local
+/// repository `repo` under `source` with the built `dr wal-push`, as
+/// `archive_command` (and allow base backups over replication).
+pub fn archiving(repo: &Path, source: &str) -> dr_postgres::testing::ClusterOptions {
+    let mut o = dr_postgres::testing::ClusterOptions::default();
+    o.conf = vec![
+        "wal_level = replica".into(),
+        "archive_mode = on".into(),
+        format!(
+            "archive_command = '{DR} wal-push --repo {} --source {source} %p'",
+            repo.display()
+        ),
+        "max_wal_senders = 4".into(),
+    ];
+    o
+}
+
 /// Waits until `f` holds, polling every 100 ms; fails after `within`.
 pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
