@@ -281,6 +281,11 @@ pub fn prune_plan(p: &dr_core::prune::PrunePlan) -> String {
             f.last_modified.format("%Y-%m-%d %H:%M:%S")
         ));
     }
+    for dir in &p.in_progress {
+        out.push_str(&format!(
+            "\nbackup in progress (marked by a running dr), left alone: {dir}"
+        ));
+    }
     out.push_str(&format!(
         "\norphans: {} to delete, {} younger than the grace period\nverification records of pruned backups: {} to delete\n{} to free",
         p.orphans.len() + p.staging.len(),

@@ -4,6 +4,8 @@
 //! (webhook against wiremock: what a Slack endpoint does with a POST cannot
 //! run here; email against a local aiosmtpd sink), and the example YAML.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -941,5 +943,114 @@ async fn scheduled_verification_is_recorded_as_dr_verify_records_it() {
         )
         .is_some(),
         "{text}"
+    );
+}
+
+/// Issue 22: a tablespace created after the newest base backup (recorded
+/// by `dr wal-push` as the segment holding it is archived) makes the agent
+/// take a base backup ahead of its yearly schedule, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablespace_created_after_the_base_backup_brings_the_next_one_forward() {
+    if !should_run() {
+        return;
+    }
+    let dir = common::scratch("dragentts");
+    let repo_dir = dir.path().join("repo");
+    let key = common::init_repo(dir.path(), &[], repo_dir.to_str().unwrap());
+    let pg = TestCluster::start_with(common::archiving(&repo_dir, "base"));
+    let port = free_port();
+    let config = dir.path().join("dr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = {repo:?}\nidentity_file = {key:?}\n\n\
+             [sources.base]\nkind = \"postgres-physical\"\ndsn = {dsn:?}\n\
+             # Yearly: the first run is the catch-up for a source without backups.\n\
+             schedule = \"0 0 1 1 *\"\n\n\
+             [agent]\nlisten = \"127.0.0.1:{port}\"\nrefresh_interval = \"1s\"\n",
+            repo = repo_dir.display().to_string(),
+            key = key.display().to_string(),
+            dsn = pg.dsn("postgres"),
+        ),
+    )
+    .unwrap();
+    common::chmod_tree(dir.path());
+    let log = dir.path().join("agent.log");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("dr-agent"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("DR_CONFIG")
+        .env_remove("DR_AGENT_LISTEN")
+        .env_remove("DR_REPO")
+        .env_remove("DR_IDENTITY_FILE")
+        .env("DR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let repo = Repository::open(
+        &Location::parse(repo_dir.to_str().unwrap()).unwrap(),
+        &StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let backups = || async { repo.list_backups(Some("base")).await.unwrap() };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while backups().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up base backup:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = backups().await;
+    assert_eq!(first.len(), 1);
+
+    let location = tempfile::Builder::new()
+        .prefix("dragentts2")
+        .tempdir_in("/tmp")
+        .unwrap();
+    if let Some((uid, gid)) = pg.owner() {
+        std::os::unix::fs::chown(location.path(), Some(uid), Some(gid)).unwrap();
+    }
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLESPACE ts2 LOCATION '{}'",
+            location.path().display()
+        ),
+    );
+    let created_at: dr_postgres::format::Lsn = pg
+        .psql("postgres", "SELECT pg_current_wal_lsn()")
+        .trim()
+        .parse()
+        .unwrap();
+    pg.switch_wal();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while backups().await.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no base backup after the tablespace change:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    assert!(
+        text.contains("a tablespace was created or dropped after the newest base backup: taking a base backup now"),
+        "{text}"
+    );
+    let all = backups().await;
+    assert_eq!(all.len(), 2, "one early base backup for one change");
+    let start = dr_postgres::PhysicalMetadata::from_manifest(&all[1])
+        .unwrap()
+        .start_lsn;
+    assert!(
+        start > created_at,
+        "the early base backup starts after the change ({start} <= {created_at})"
     );
 }

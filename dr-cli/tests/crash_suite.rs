@@ -239,6 +239,115 @@ impl World {
     }
 }
 
+/// Runs every `args` at once and returns their outputs, in order.
+fn at_once(w: &World, runs: &[Vec<String>]) -> Vec<std::process::Output> {
+    let children: Vec<_> = runs
+        .iter()
+        .map(|a| {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            w.dr(&a)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+/// Issue 20's races: two of each writer at once (backups of one source,
+/// wal-push of one segment, prune), and a prune with no orphan grace while
+/// a base backup is being written. The repository is coherent after each.
+fn races(w: &mut World) {
+    for job in [Job::LogicalBackup, Job::PhysicalBackup, Job::WalPush] {
+        let source = match job {
+            Job::LogicalBackup => LOGICAL,
+            _ => PHYSICAL,
+        };
+        let before = w.listed().iter().filter(|(s, _)| s == source).count();
+        let args = w.args(job, false);
+        for (i, out) in at_once(w, &[args.clone(), args]).iter().enumerate() {
+            ok(&format!("race of two {job:?}: run {i}"), out.clone());
+        }
+        if job != Job::WalPush {
+            let after = w.listed().iter().filter(|(s, _)| s == source).count();
+            assert_eq!(
+                after,
+                before + 2,
+                "race of two {job:?}: both backups listed"
+            );
+        }
+        w.coherent(&format!("race of two {job:?}"));
+    }
+
+    // Two prunes: one holds the lease; the other prunes too (after it) or
+    // stops at once naming the holder. Nothing else.
+    w.complete(Job::LogicalBackup, false);
+    let args = w.args(Job::Prune, false);
+    let outs = at_once(w, &[args.clone(), args]);
+    assert!(
+        outs.iter().any(|o| o.status.success()),
+        "race of two prunes: one succeeds"
+    );
+    for o in &outs {
+        assert!(
+            o.status.success() || stderr(o).contains("lock prune is held by"),
+            "race of two prunes: exit {:?}: {}",
+            o.status.code(),
+            stderr(o)
+        );
+    }
+    w.coherent("race of two prunes");
+
+    // A prune with no orphan grace while a base backup is being written:
+    // the backup's finished objects are not orphans; it completes and
+    // verifies.
+    let args = w.args(Job::PhysicalBackup, false);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let backup = w
+        .dr(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let known: std::collections::HashSet<String> =
+        w.listed().into_iter().map(|(_, id)| id).collect();
+    let dir = w.dir.path().join("repo/backups").join(PHYSICAL);
+    // The first finished data object of the new backup (no staging name).
+    let started = Instant::now();
+    let mut caught = false;
+    while started.elapsed() < Duration::from_secs(120) {
+        let written = std::fs::read_dir(&dir).unwrap().flatten().any(|d| {
+            let id = d.file_name().to_string_lossy().into_owned();
+            !known.contains(&id)
+                && std::fs::read_dir(d.path()).is_ok_and(|mut f| {
+                    f.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".age")))
+                })
+        });
+        if written {
+            caught = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let prune = w.dr(&["prune", "--orphan-grace", "0s"]).output().unwrap();
+    let out = backup.wait_with_output().unwrap();
+    ok("the base backup raced by a prune", out);
+    let prune = ok("the prune racing a base backup", prune);
+    println!(
+        "prune during a base backup (caught mid-write: {caught}):\n{}",
+        String::from_utf8_lossy(&prune.stdout)
+    );
+    assert!(
+        caught,
+        "the base backup wrote no data object before it ended"
+    );
+    w.coherent("a prune racing a base backup");
+}
+
 fn signal(pid: u32, stop: Stop) {
     let status = Command::new("kill")
         .arg(format!("-{}", stop.name()))
@@ -387,6 +496,7 @@ fn stopped_at_random_moments_dr_leaves_a_coherent_repository() {
         }
         w.coherent(&format!("{what}, then run again"));
     }
+    races(&mut w);
     // The segment pushed by stopped and repeated runs is whole.
     let fetched = w.dir.path().join("fetched");
     ok(

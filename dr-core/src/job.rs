@@ -40,7 +40,7 @@ pub async fn backup_until(
     name: &str,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<Manifest> {
-    let writer = repository.begin_backup(source.kind(), name)?;
+    let writer = repository.begin_backup_marked(source.kind(), name).await?;
     let span = tracing::info_span!("backup", source = %name, kind = source.kind(), backup_id = %writer.id());
     async move {
         tracing::info!(%source, "backup started");

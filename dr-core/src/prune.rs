@@ -59,6 +59,17 @@ pub struct PrunePlan {
     /// period, to be removed. Younger ones count in `orphans_in_grace`.
     #[serde(default)]
     pub staging: Vec<dr_storage::StagingFile>,
+    /// Backup directories (`backups/<source>/<id>/`) without a manifest
+    /// whose backup is marked in progress by a live writer
+    /// ([`Repository::backup_in_progress`]): left alone however old their
+    /// objects are.
+    #[serde(default)]
+    pub in_progress: Vec<String>,
+    /// In-progress marks left by killed backups (expired, or their holder
+    /// gone; [`Repository::stale_backup_marks`]), as lease names, to be
+    /// removed.
+    #[serde(default)]
+    pub stale_marks: Vec<String>,
 }
 
 impl PrunePlan {
@@ -219,6 +230,9 @@ pub async fn plan_prune(
         .collect();
     let mut orphans = Vec::new();
     let mut in_grace = 0;
+    // Whether each unlisted directory is a backup still being written,
+    // asked once per directory and only for objects past the grace.
+    let mut marked: std::collections::BTreeMap<String, Unlisted> = Default::default();
     let mut stream = repo.store().list(Some(&Path::from("backups")));
     let grace = chrono::Duration::from_std(options.orphan_grace).unwrap_or(chrono::Duration::MAX);
     while let Some(meta) = stream.next().await {
@@ -234,7 +248,17 @@ pub async fn plan_prune(
         }
         if now - meta.last_modified < grace {
             in_grace += 1;
-        } else {
+            continue;
+        }
+        let state = match marked.get(&dir) {
+            Some(r) => *r,
+            None => {
+                let r = unlisted_state(repo, parts[1], parts[2]).await?;
+                marked.insert(dir.clone(), r);
+                r
+            }
+        };
+        if state == Unlisted::Orphaned {
             orphans.push(Orphan {
                 object: path,
                 size: meta.size,
@@ -261,6 +285,11 @@ pub async fn plan_prune(
             staging.push(f);
         }
     }
+    let in_progress = marked
+        .into_iter()
+        .filter_map(|(dir, state)| (state == Unlisted::Running).then_some(dir))
+        .collect();
+    let stale_marks = repo.stale_backup_marks().await?;
     let records = crate::verification::list_records(repo).await?;
     let verifications =
         crate::verification::stale_records(&records, |source, id| kept.contains(&(source, id)));
@@ -271,7 +300,37 @@ pub async fn plan_prune(
         verifications,
         damaged: damaged_manifests,
         staging,
+        in_progress,
+        stale_marks,
     })
+}
+
+/// What a backup directory without a manifest at listing time is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unlisted {
+    /// Marked in progress by a live writer.
+    Running,
+    /// Committed since the listing: not an orphan.
+    Committed,
+    /// Neither: left by an interrupted backup (or prune).
+    Orphaned,
+}
+
+/// Whether backup `id` of `source`, which had no manifest when the backups
+/// were listed, is being written, was committed since, or is an orphan. The
+/// mark is read first: a writer writes its manifest before it removes its
+/// mark, so a directory found unmarked and then without a manifest was not
+/// committed in between.
+async fn unlisted_state(repo: &Repository, source: &str, id: &str) -> Result<Unlisted> {
+    if repo.backup_in_progress(source, id).await? {
+        return Ok(Unlisted::Running);
+    }
+    let manifest = Path::from(format!("backups/{source}/{id}/manifest.json"));
+    match repo.store().head(&manifest).await {
+        Ok(_) => Ok(Unlisted::Committed),
+        Err(dr_storage::object_store::Error::NotFound { .. }) => Ok(Unlisted::Orphaned),
+        Err(e) => Err(dr_storage::Error::store(manifest.to_string(), e).into()),
+    }
 }
 
 /// What [`prune`] did.
@@ -414,6 +473,9 @@ pub async fn prune_with_report(
             repo.remove_staging(f)?;
             report.orphans_deleted += 1;
             report.bytes_freed += f.size;
+        }
+        for mark in &plan.stale_marks {
+            repo.remove_lease(mark).await?;
         }
         Ok(report)
     }
@@ -637,6 +699,7 @@ mod tests {
             let ev = [dr_storage::WalEvent::TablespaceDrop {
                 oid: 16_000 + i as u32,
                 lsn: format!("0/{:X}", (i << 24) + 40),
+                continued: false,
             }];
             assert!(archive.put_events(7, &name, &ev).await.unwrap());
             wal.push(WalFacts {
@@ -755,6 +818,98 @@ mod tests {
                 .map(|w| w.kept.len())
                 .sum::<usize>(),
             wal.len()
+        );
+    }
+
+    /// A backup marked in progress is never an orphan, however old its
+    /// objects; once it is committed it is an ordinary backup; a mark left
+    /// by a killed writer (expired) is removed and no longer protects.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_running_backup_is_never_an_orphan_and_stale_marks_go() {
+        let repo = repo("running").await;
+        let options = PruneOptions {
+            orphan_grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let running = repo.begin_backup_marked("test", "db").await.unwrap();
+        running
+            .write_artifact("data", &mut &b"rows"[..])
+            .await
+            .unwrap();
+        let dir = format!("backups/db/{}/", running.id());
+        let plan = plan_prune(&repo, &keep_last(1), &[], &options, Utc::now())
+            .await
+            .unwrap();
+        assert!(plan.orphans.is_empty(), "{:?}", plan.orphans);
+        assert_eq!(plan.in_progress, vec![dir.clone()]);
+        assert!(plan.stale_marks.is_empty());
+        prune(&repo, &plan, &options).await.unwrap();
+        let m = running.commit(serde_json::json!({})).await.unwrap();
+        assert_eq!(objects_of(&repo, &m).await.len(), 2);
+        assert!(!repo.backup_in_progress("db", &m.backup_id).await.unwrap());
+
+        // A killed writer: its objects and an expired mark.
+        let killed = repo.begin_backup("test", "db").unwrap();
+        killed
+            .write_artifact("data", &mut &b"rows"[..])
+            .await
+            .unwrap();
+        let id = killed.id().to_string();
+        std::mem::forget(killed);
+        let lease = serde_json::json!({
+            "name": format!("backup-db-{id}"),
+            "holder": "elsewhere:1:00",
+            "purpose": "backup in progress",
+            "acquired_at": "2026-01-01T00:00:00Z",
+            "expires_at": "2026-01-01T00:05:00Z",
+        });
+        let mark = Path::from(format!("locks/backup-db-{id}.json"));
+        repo.store()
+            .put(&mark, PutPayload::from(serde_json::to_vec(&lease).unwrap()))
+            .await
+            .unwrap();
+        assert!(!repo.backup_in_progress("db", &id).await.unwrap());
+        let plan = plan_prune(&repo, &keep_last(1), &[], &options, Utc::now())
+            .await
+            .unwrap();
+        assert!(plan.in_progress.is_empty());
+        assert_eq!(plan.stale_marks, vec![format!("backup-db-{id}")]);
+        assert_eq!(plan.orphans.len(), 1, "{:?}", plan.orphans);
+        prune(&repo, &plan, &options).await.unwrap();
+        assert!(matches!(
+            repo.store().head(&mark).await,
+            Err(dr_storage::object_store::Error::NotFound { .. })
+        ));
+        assert_eq!(repo.list_backups(None).await.unwrap(), vec![m]);
+    }
+
+    /// A directory found without a manifest by the listing but committed
+    /// before its mark was read is no orphan (the writer writes the
+    /// manifest, then removes the mark).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_backup_committed_after_the_listing_is_not_an_orphan() {
+        let repo = repo("committed").await;
+        let w = repo.begin_backup_marked("test", "db").await.unwrap();
+        w.write_artifact("data", &mut &b"rows"[..]).await.unwrap();
+        let id = w.id().to_string();
+        assert_eq!(
+            unlisted_state(&repo, "db", &id).await.unwrap(),
+            Unlisted::Running
+        );
+        w.commit(serde_json::json!({})).await.unwrap();
+        assert_eq!(
+            unlisted_state(&repo, "db", &id).await.unwrap(),
+            Unlisted::Committed
+        );
+        let gone = repo.begin_backup("test", "db").unwrap();
+        gone.write_artifact("data", &mut &b"rows"[..])
+            .await
+            .unwrap();
+        let id = gone.id().to_string();
+        drop(gone);
+        assert_eq!(
+            unlisted_state(&repo, "db", &id).await.unwrap(),
+            Unlisted::Orphaned
         );
     }
 }

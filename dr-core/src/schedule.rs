@@ -317,6 +317,21 @@ impl Scheduler {
         out
     }
 
+    /// Makes `job` due at `now`, ahead of its schedule, unless it is
+    /// running: the next [`Scheduler::poll`] starts it (with nothing
+    /// missed), and its schedule goes on after that. Returns whether it was
+    /// brought forward (false for a running or unknown job).
+    pub fn run_early(&mut self, job: &str, now: DateTime<Utc>) -> bool {
+        match self.jobs.get_mut(job) {
+            Some(st) if !st.running => {
+                st.next = Some(now);
+                st.never_ran = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Marks the run of `job` as ended (successfully or not).
     pub fn finished(&mut self, job: &str) {
         if let Some(st) = self.jobs.get_mut(job) {
@@ -518,5 +533,29 @@ mod tests {
             started,
             vec![t(6, 0), t(12, 0), t(18, 0), t(0, 0) + Duration::days(1)]
         );
+    }
+
+    #[test]
+    fn a_job_run_early_starts_at_the_next_poll_then_keeps_its_schedule() {
+        let mut s = Scheduler::new();
+        let hourly = CronSchedule::parse("0 * * * *", chrono_tz::UTC).unwrap();
+        s.add("b", hourly, LastRun::Unknown, t(10, 5)).unwrap();
+        assert!(s.poll(t(10, 20)).is_empty());
+        assert!(s.run_early("b", t(10, 20)));
+        assert_eq!(
+            s.poll(t(10, 20)),
+            vec![Decision::Start {
+                job: "b".into(),
+                due: t(10, 20),
+                missed: 0
+            }]
+        );
+        assert_eq!(s.next_of("b"), Some(t(11, 0)));
+        // Running: not brought forward again; unknown jobs neither.
+        assert!(!s.run_early("b", t(10, 30)));
+        assert!(s.poll(t(10, 30)).is_empty());
+        assert!(!s.run_early("nope", t(10, 30)));
+        s.finished("b");
+        assert_eq!(s.next_of("b"), Some(t(11, 0)));
     }
 }

@@ -147,6 +147,12 @@ pub struct WalStatus {
     /// status fail.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Where the newest tablespace creation or drop after the start of the
+    /// newest base backup starts (`X/X`), on the cluster archiving now:
+    /// a new base backup is advised (see `warnings`). The agent takes one
+    /// ahead of schedule when the source has a backup schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backup_advised: Option<String>,
 }
 
 /// Whether the newest archived WAL can be replayed from the newest base

@@ -212,7 +212,7 @@ async fn a_tablespace_created_after_the_backup_is_never_replayed_beside_the_orig
     let creates: Vec<_> = recorded
         .iter()
         .filter_map(|(seg, e)| match e {
-            WalEvent::TablespaceCreate { oid, path, lsn } => {
+            WalEvent::TablespaceCreate { oid, path, lsn, .. } => {
                 Some((seg.clone(), *oid, path.clone(), lsn.clone()))
             }
             WalEvent::TablespaceDrop { .. } => None,

@@ -77,10 +77,11 @@ pub use object_store;
 pub use progress::{NoProgress, Progress};
 pub use repo::{
     validate_source_name, BackupWriter, DamagedManifest, InitOptions, KeySource, RecordedArtifact,
-    RepoConfig, Repository, StagingFile, FORMAT_VERSION, MANIFEST_ATTEMPTS, REPO_CONFIG,
+    RepoConfig, Repository, StagingFile, BACKUP_MARK_TTL, FORMAT_VERSION, MANIFEST_ATTEMPTS,
+    REPO_CONFIG,
 };
 pub use wal::{
     sha256_hex, validate_wal_name, wal_claim_path, wal_events_path, write_atomically,
     write_atomically_with, PushOutcome, Registration, WalArchive, WalArchiveInfo, WalConflict,
-    WalEvent, WalObject, EVENTS_DIR, WAL_ARCHIVE_VERSION, WAL_PREFIX,
+    WalEvent, WalObject, EVENTS_DIR, WAL_ARCHIVE_VERSION, WAL_ATTEMPTS, WAL_PREFIX,
 };

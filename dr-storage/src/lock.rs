@@ -344,3 +344,139 @@ impl Lease {
         Ok(())
     }
 }
+
+/// The lease name that marks backup `id` of `source` as in progress.
+pub(crate) fn backup_lease_name(source: &str, id: &str) -> String {
+    format!("backup-{source}-{id}")
+}
+
+/// A backup's in-progress mark: the lease `backup-<source>-<id>`, renewed
+/// every third of its ttl by a background task until
+/// [`BackupMark::release`] (or until the mark is dropped, which stops the
+/// renewal and releases it from the task). A killed process's mark expires
+/// after the ttl; [`Repository::backup_in_progress`] then says no.
+#[derive(Debug)]
+pub(crate) struct BackupMark {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl BackupMark {
+    pub(crate) async fn take(
+        repo: &Repository,
+        source: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<Self> {
+        let options = LeaseOptions {
+            ttl,
+            purpose: format!("backup {source}/{id} in progress"),
+            ..LeaseOptions::default()
+        };
+        let mut lease = repo
+            .acquire_lease(&backup_lease_name(source, id), &options)
+            .await?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(ttl / 3) => {
+                        if let Err(e) = lease.renew().await {
+                            tracing::warn!(lock = %lease.info().name, error = %e, "renewing the backup's in-progress mark failed");
+                        }
+                    }
+                }
+            }
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "releasing the backup's in-progress mark failed; it expires on its own");
+            }
+        });
+        Ok(BackupMark {
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Stops the renewal and removes the mark.
+    pub(crate) async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for BackupMark {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Repository {
+    /// Whether backup `id` of `source` is marked in progress by a writer that
+    /// is still alive: its mark (see [`Repository::begin_backup_marked`])
+    /// exists, has not expired, and its holder is not a process of this host
+    /// that has exited.
+    ///
+    /// # Errors
+    /// Store errors reading the mark; [`Error::Format`] for a mark that does
+    /// not parse.
+    pub async fn backup_in_progress(&self, source: &str, id: &str) -> Result<bool> {
+        Ok(self
+            .lease_info(&backup_lease_name(source, id))
+            .await?
+            .is_some_and(|l| l.expires_at > Utc::now() && !l.holder_is_gone()))
+    }
+
+    /// The in-progress marks (`locks/backup-*`) that have expired or whose
+    /// holder has exited, as lease names: left by killed backups. Prune
+    /// removes them ([`Repository::remove_lease`]).
+    ///
+    /// # Errors
+    /// Store errors of the listing.
+    pub async fn stale_backup_marks(&self) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let objects: Vec<_> = self
+            .store()
+            .list(Some(&Path::from("locks")))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store("locks/", e))?;
+        let mut out = Vec::new();
+        for o in objects {
+            let Some(name) = o
+                .location
+                .filename()
+                .and_then(|f| f.strip_suffix(".json"))
+                .filter(|n| n.starts_with("backup-"))
+            else {
+                continue;
+            };
+            match self.lease_info(name).await {
+                Ok(Some(l)) if l.expires_at > Utc::now() && !l.holder_is_gone() => {}
+                Ok(None) => {}
+                // Expired, gone, or unreadable: a killed writer's leftover.
+                _ => out.push(name.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes lease `name` whoever holds it (for leftovers found by
+    /// [`Repository::stale_backup_marks`]).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn remove_lease(&self, name: &str) -> Result<()> {
+        let path = lock_path(name);
+        match self.store().delete(&Path::from(path.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store(path, e)),
+        }
+    }
+}

@@ -507,7 +507,41 @@ impl Repository {
             started_at,
             artifacts: Arc::new(Mutex::new(Vec::new())),
             abandoned: Default::default(),
+            mark: None,
         })
+    }
+
+    /// Starts a backup as [`Repository::begin_backup`] does and marks it in
+    /// progress for as long as the writer lives: the lease
+    /// `locks/backup-<source>-<id>.json` (ttl [`BACKUP_MARK_TTL`]), renewed
+    /// in the background and removed by [`BackupWriter::commit`] or
+    /// [`BackupWriter::abort`]. Prune never takes the objects of a marked
+    /// backup for orphans, however long the backup runs (a base backup of
+    /// several TiB can outlast the orphan grace); a killed writer's mark
+    /// expires after the ttl and prune removes it. `dr backup` and the agent
+    /// start every backup this way. Needs a Tokio runtime.
+    ///
+    /// # Errors
+    /// As [`Repository::begin_backup`]; store errors writing the mark.
+    pub async fn begin_backup_marked(&self, kind: &str, source: &str) -> Result<BackupWriter> {
+        self.begin_backup_marked_for(kind, source, BACKUP_MARK_TTL)
+            .await
+    }
+
+    /// As [`Repository::begin_backup_marked`], with a mark living `ttl`
+    /// between renewals (renewed every `ttl / 3`).
+    ///
+    /// # Errors
+    /// As [`Repository::begin_backup_marked`].
+    pub async fn begin_backup_marked_for(
+        &self,
+        kind: &str,
+        source: &str,
+        ttl: std::time::Duration,
+    ) -> Result<BackupWriter> {
+        let mut writer = self.begin_backup(kind, source)?;
+        writer.mark = Some(crate::lock::BackupMark::take(self, source, &writer.id, ttl).await?);
+        Ok(writer)
     }
 
     /// The source names that have at least one object.
@@ -827,7 +861,14 @@ pub struct BackupWriter {
     artifacts: Arc<Mutex<Vec<ArtifactInfo>>>,
     /// The tasks of artifacts dropped before they finished.
     abandoned: crate::codec::Abandoned,
+    /// The in-progress mark ([`Repository::begin_backup_marked`]).
+    mark: Option<crate::lock::BackupMark>,
 }
+
+/// How long a backup's in-progress mark lives between renewals (it is
+/// renewed every third of it): a killed backup's objects are protected
+/// from prune for at most this long beyond the orphan grace.
+pub const BACKUP_MARK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl BackupWriter {
     /// The backup id.
@@ -921,7 +962,16 @@ impl BackupWriter {
     /// [`Error::InvalidName`] when no artifact was written; store errors
     /// (after the attempts, for retryable ones); [`Error::AlreadyExists`]
     /// when other bytes are stored under its name.
-    pub async fn commit(self, metadata: serde_json::Value) -> Result<Manifest> {
+    pub async fn commit(mut self, metadata: serde_json::Value) -> Result<Manifest> {
+        let mark = self.mark.take();
+        let committed = self.write_manifest(metadata).await;
+        if let Some(mark) = mark {
+            mark.release().await;
+        }
+        committed
+    }
+
+    async fn write_manifest(&self, metadata: serde_json::Value) -> Result<Manifest> {
         let artifacts = self.artifacts();
         if artifacts.is_empty() {
             return Err(Error::InvalidName {
@@ -961,7 +1011,8 @@ impl BackupWriter {
 
     /// Removes the data objects written so far (best effort); the backup was
     /// never listed.
-    pub async fn abort(self) {
+    pub async fn abort(mut self) {
+        let mark = self.mark.take();
         // Artifacts dropped mid-write (a source stopped by a signal) abort
         // their uploads on their own: wait for that, so that no multipart
         // upload (nor a local store's staging file) outlives the backup.
@@ -972,6 +1023,9 @@ impl BackupWriter {
             for o in objects {
                 let _ = store.delete(&o.location).await;
             }
+        }
+        if let Some(mark) = mark {
+            mark.release().await;
         }
     }
 }

@@ -94,19 +94,28 @@ const EVENTS_SUFFIX: &str = ".json";
 pub enum WalEvent {
     /// `XLOG_TBLSPC_CREATE`: `CREATE TABLESPACE`.
     TablespaceCreate {
-        /// The tablespace's OID.
+        /// The tablespace's OID (0 when `continued` and not in this segment).
         oid: u32,
-        /// The directory written in the record.
+        /// The directory written in the record (when `continued`: as much of
+        /// it as this segment holds, possibly nothing).
         path: String,
         /// Where the record starts.
         lsn: String,
+        /// The record runs on into the next segment: it was recognised by
+        /// its header, and `oid` and `path` may be incomplete. Absent
+        /// (false) in records of older versions.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        continued: bool,
     },
     /// `XLOG_TBLSPC_DROP`: `DROP TABLESPACE`.
     TablespaceDrop {
-        /// The tablespace's OID.
+        /// The tablespace's OID (0 when `continued` and not in this segment).
         oid: u32,
         /// Where the record starts.
         lsn: String,
+        /// As for [`WalEvent::TablespaceCreate`].
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        continued: bool,
     },
 }
 
@@ -115,6 +124,36 @@ impl WalEvent {
     pub fn lsn(&self) -> &str {
         match self {
             WalEvent::TablespaceCreate { lsn, .. } | WalEvent::TablespaceDrop { lsn, .. } => lsn,
+        }
+    }
+}
+
+/// How many times [`WalArchive::push`] and [`WalArchive::fetch`] try when
+/// the store fails transiently ([`Error::is_retryable`]: a connection reset
+/// or a cut response, which `object_store` itself does not retry for
+/// conditional creates and response bodies).
+pub const WAL_ATTEMPTS: u32 = 4;
+
+/// Runs `op` until it succeeds, fails for good, or [`WAL_ATTEMPTS`] tries
+/// failed transiently, waiting 250 ms, then 1 s, then 4 s between them.
+/// Only for operations that are safe to repeat: a push is (the first
+/// writer's claim decides; the digest is in the object's name), a read is.
+async fn retry_transient<T, F, Fut>(what: &str, name: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = std::time::Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && attempt < WAL_ATTEMPTS => {
+                tracing::info!(name, attempt, error = %e, "{what} WAL failed transiently; trying again");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                attempt += 1;
+            }
+            r => return r,
         }
     }
 }
@@ -705,6 +744,18 @@ impl WalArchive {
         name: &str,
         plain: bytes::Bytes,
     ) -> Result<PushOutcome> {
+        retry_transient("pushing", name, || {
+            self.push_once(system_id, name, plain.clone())
+        })
+        .await
+    }
+
+    async fn push_once(
+        &self,
+        system_id: u64,
+        name: &str,
+        plain: bytes::Bytes,
+    ) -> Result<PushOutcome> {
         let existing = self.find(system_id, name).await?;
         if !existing.is_empty() {
             let sha = sha256_hex(&plain);
@@ -889,7 +940,8 @@ impl WalArchive {
         name: &str,
         identities: &Identities,
     ) -> Result<(WalObject, Vec<u8>)> {
-        let (obj, stored) = self.get_one(system_id, name).await?;
+        let (obj, stored) =
+            retry_transient("fetching", name, || self.get_one(system_id, name)).await?;
         let identities = identities.clone();
         let o = obj.clone();
         let plain = tokio::task::spawn_blocking(move || {
@@ -968,7 +1020,8 @@ impl WalArchive {
         identities: &Identities,
         dest: &Path,
     ) -> Result<WalObject> {
-        let (obj, stored) = self.get_one(system_id, name).await?;
+        let (obj, stored) =
+            retry_transient("fetching", name, || self.get_one(system_id, name)).await?;
         let dest = dest.to_path_buf();
         let identities = identities.clone();
         let o = obj.clone();
@@ -1107,6 +1160,7 @@ mod tests {
             oid: 16_390,
             path: "/srv/ts2".into(),
             lsn: "0/3000060".into(),
+            continued: false,
         }];
         assert!(!archive.put_events(7, seg, &[]).await.unwrap());
         assert!(archive.put_events(7, seg, &ev).await.unwrap());

@@ -224,3 +224,52 @@ async fn the_lease_of_an_exited_local_process_is_broken_at_once() {
     live.kill().unwrap();
     let _ = live.wait();
 }
+
+/// A backup begun with its mark is in progress while it is written (the
+/// mark renewed past its ttl), and no longer once committed, aborted, or
+/// dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backups_mark_lives_exactly_as_long_as_its_writer() {
+    for (loc, repo, _d) in repos().await {
+        let ttl = Duration::from_millis(600);
+        let w = repo.begin_backup_marked_for("t", "db", ttl).await.unwrap();
+        let name = format!("backup-db-{}", w.id());
+        let first = repo.lease_info(&name).await.unwrap().unwrap();
+        assert!(
+            repo.backup_in_progress("db", w.id()).await.unwrap(),
+            "{loc}"
+        );
+        tokio::time::sleep(ttl * 2).await;
+        let later = repo.lease_info(&name).await.unwrap().unwrap();
+        assert!(later.expires_at > first.expires_at, "{loc}: not renewed");
+        assert!(
+            repo.backup_in_progress("db", w.id()).await.unwrap(),
+            "{loc}"
+        );
+        w.write_artifact("a", &mut &b"x"[..]).await.unwrap();
+        let m = w.commit(serde_json::json!({})).await.unwrap();
+        assert!(
+            !repo.backup_in_progress("db", &m.backup_id).await.unwrap(),
+            "{loc}"
+        );
+        assert!(repo.lease_info(&name).await.unwrap().is_none(), "{loc}");
+
+        let w = repo.begin_backup_marked_for("t", "db", ttl).await.unwrap();
+        let id = w.id().to_string();
+        w.abort().await;
+        assert!(!repo.backup_in_progress("db", &id).await.unwrap(), "{loc}");
+
+        let w = repo.begin_backup_marked_for("t", "db", ttl).await.unwrap();
+        let id = w.id().to_string();
+        drop(w);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while repo.backup_in_progress("db", &id).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{loc}: a dropped writer's mark stays"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(repo.stale_backup_marks().await.unwrap().is_empty(), "{loc}");
+    }
+}

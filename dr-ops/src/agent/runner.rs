@@ -208,7 +208,8 @@ impl Agent {
         if let Some(s) = &self.verify {
             add(Job::Verify, s, LastRun::Unknown)?;
         }
-        self.refresh(now).await?;
+        let (advice_tx, mut advice_rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = advice_tx.send(self.refresh(now).await?);
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(jobs = ?scheduler.jobs().collect::<Vec<_>>(), next = ?scheduler.next_due(), "agent started");
 
@@ -226,8 +227,13 @@ impl Agent {
                 loop {
                     tokio::time::sleep(every).await;
                     let r = refresh(&repo, &config, ids.as_ref(), &names, &metrics, clock.now());
-                    if let Err(e) = r.await {
-                        tracing::warn!(error = %dr_core::error_chain(&e), "reading the repository status failed");
+                    match r.await {
+                        Ok(advice) => {
+                            let _ = advice_tx.send(advice);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %dr_core::error_chain(&e), "reading the repository status failed")
+                        }
                     }
                 }
             })
@@ -237,9 +243,15 @@ impl Agent {
         let mut tasks: JoinSet<Finished> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, Job> = HashMap::new();
         let mut notes: JoinSet<()> = JoinSet::new();
+        // The tablespace change each source's early base backup was taken
+        // for: one early run per change, even if that run fails.
+        let mut advised: HashMap<String, String> = HashMap::new();
         tokio::pin!(shutdown);
         loop {
             let now = self.clock.now();
+            while let Ok(advice) = advice_rx.try_recv() {
+                self.bring_forward(advice, &mut advised, &mut scheduler, now);
+            }
             for d in scheduler.poll(now) {
                 match d {
                     Decision::Start { job, due, missed } => {
@@ -304,7 +316,7 @@ impl Agent {
         Ok(summary)
     }
 
-    async fn refresh(&self, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    async fn refresh(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<(String, String)>> {
         refresh(
             &self.repo,
             &self.config,
@@ -314,6 +326,35 @@ impl Agent {
             now,
         )
         .await
+    }
+
+    /// Brings the scheduled base backup of each source in `advice` (source,
+    /// LSN of the newest tablespace change after its newest base backup)
+    /// forward, once per change: a restore from the older base backup
+    /// beside the cluster would replay the change into the original's
+    /// tablespace (PostgreSQL 15 docs §26.3.7 "Caveats": take a new base
+    /// backup after creating or dropping tablespaces).
+    fn bring_forward(
+        &self,
+        advice: Vec<(String, String)>,
+        advised: &mut HashMap<String, String>,
+        scheduler: &mut Scheduler,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        for (name, lsn) in advice {
+            let physical = self
+                .backups
+                .iter()
+                .any(|(n, s, _)| *n == name && s.kind() == dr_postgres::KIND_PHYSICAL);
+            if !physical || advised.get(&name) == Some(&lsn) {
+                continue;
+            }
+            let job = Job::Backup(name.clone()).to_string();
+            if scheduler.run_early(&job, now) {
+                tracing::info!(source = %name, %lsn, "a tablespace was created or dropped after the newest base backup: taking a base backup now");
+                advised.insert(name, lsn);
+            }
+        }
     }
 
     fn finished(
@@ -481,7 +522,9 @@ impl Agent {
 
 /// Reads the status of `names` (with WAL continuity from each source's
 /// PITR window, and the newest archived WAL of each) into `metrics`, as
-/// `dr status` reads it.
+/// `dr status` reads it. Returns the sources for which a new base backup
+/// is advised, with the LSN of the change that advises it
+/// ([`dr_core::status::WalStatus::base_backup_advised`]).
 async fn refresh(
     repo: &Repository,
     config: &DrConfig,
@@ -489,8 +532,17 @@ async fn refresh(
     names: &[String],
     metrics: &AgentMetrics,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<()> {
+) -> Result<Vec<(String, String)>> {
     let status = crate::status::read(repo, config, names, ids, now).await?;
     metrics.observe_status(&status.sources);
-    Ok(())
+    Ok(status
+        .sources
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.source.clone(),
+                s.wal.as_ref()?.base_backup_advised.clone()?,
+            ))
+        })
+        .collect())
 }

@@ -212,6 +212,40 @@ fn main_data(rec: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// What the first bytes `rec` of a record that runs on into the next
+/// segment say, when its header (`xl_rmid` at byte 17, `xl_info` at 16) is
+/// there and names a tablespace creation or drop: the record kind, with the
+/// OID (0 when not there yet) and as much of the path as `rec` holds. Such
+/// records carry no block references, so their main data follows the
+/// optional origin and top-level-xid headers (PostgreSQL's
+/// `src/include/access/xlogrecord.h`).
+pub fn unfinished_kind(rec: &[u8]) -> Option<RecordKind> {
+    if *rec.get(17)? != RM_TBLSPC {
+        return None;
+    }
+    let info = rec[16] & 0xF0;
+    let mut o = RECORD_HEADER;
+    let data: &[u8] = loop {
+        match rec.get(o) {
+            Some(253) => o += 3,
+            Some(252) => o += 5,
+            Some(255) => break rec.get(o + 2..).unwrap_or_default(),
+            Some(254) => break rec.get(o + 5..).unwrap_or_default(),
+            Some(_) => return None,
+            None => break &[],
+        }
+    };
+    let oid = if data.len() >= 4 { u32le(data, 0) } else { 0 };
+    match info {
+        XLOG_TBLSPC_CREATE => Some(RecordKind::TablespaceCreate {
+            oid,
+            path: data.get(4..).map(cstr).unwrap_or_default(),
+        }),
+        XLOG_TBLSPC_DROP => Some(RecordKind::TablespaceDrop { oid }),
+        _ => None,
+    }
+}
+
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -392,6 +426,19 @@ impl RecordReader {
         Ok(Fed::More)
     }
 
+    /// The record the last [`RecordReader::feed`] started but did not finish
+    /// (it runs on into the next segment): where it starts and its bytes so
+    /// far. `None` when the last record ended in the segment, or when the
+    /// bytes so far hold its back-link (`xl_prev`) and it does not point at
+    /// the record read before it.
+    pub fn unfinished(&self) -> Option<(Lsn, &[u8])> {
+        let (start, bytes, _) = self.partial.as_ref()?;
+        if bytes.len() >= 16 && self.last.is_some_and(|l| Lsn(u64le(bytes, 8)) != l) {
+            return None;
+        }
+        Some((*start, bytes))
+    }
+
     /// Checks a complete record (its length, CRC and back-link) and decodes
     /// it; `None` where recovery would see the end of WAL.
     fn finish(&mut self, lsn: Lsn, rec: &[u8]) -> Option<WalRecord> {
@@ -433,7 +480,8 @@ pub(crate) mod tests {
 
     /// A segment of 1 MiB with 8 KiB pages holding `records` (rmid, info,
     /// main data), laid out as PostgreSQL does: 8-byte aligned, continued
-    /// across pages with `XLP_FIRST_IS_CONTRECORD`.
+    /// across pages with `XLP_FIRST_IS_CONTRECORD`. A record that does not
+    /// fit runs off the segment's end (its first bytes only are written).
     pub(crate) fn segment(
         segno: u64,
         start_prev: u64,
@@ -491,13 +539,13 @@ pub(crate) mod tests {
             starts.push(start);
             prev = start;
             let mut left = &rec[..];
-            while !left.is_empty() {
+            while !left.is_empty() && pos < SEG {
                 let room = BLOCK - pos % BLOCK;
                 let n = room.min(left.len());
                 seg[pos..pos + n].copy_from_slice(&left[..n]);
                 left = &left[n..];
                 pos += n;
-                if !left.is_empty() {
+                if !left.is_empty() && pos < SEG {
                     // Next page: a continuation header.
                     page_header(&mut seg, pos / BLOCK, left.len());
                     pos += SHORT_PAGE_HEADER;

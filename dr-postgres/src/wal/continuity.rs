@@ -380,6 +380,17 @@ pub(crate) async fn read_histories(
     Ok(histories)
 }
 
+/// The tablespace creations and drops after the newest base backup:
+/// what [`tablespace_changes`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TablespaceChanges {
+    /// One warning per change, and one per events object that cannot be
+    /// read.
+    pub warnings: Vec<String>,
+    /// Where the newest change's record starts (`None`: no change).
+    pub newest: Option<Lsn>,
+}
+
 /// The warnings for the tablespace creations and drops recorded in
 /// `archive` for cluster `system_id` at or after the start of the newest
 /// (by start time) of `bases`, its kept physical base backups, oldest first;
@@ -389,17 +400,18 @@ pub(crate) async fn read_histories(
 ///
 /// # Errors
 /// Store errors of the listing.
-pub async fn tablespace_warnings(
+pub async fn tablespace_changes(
     archive: &WalArchive,
     system_id: u64,
     bases: &[BaseStart],
     segment_size: u32,
-) -> dr_core::Result<Vec<String>> {
+) -> dr_core::Result<TablespaceChanges> {
     let Some(newest) = bases.iter().max_by_key(|b| (b.started_at, b.start_lsn)) else {
-        return Ok(Vec::new());
+        return Ok(TablespaceChanges::default());
     };
     let first = newest.start_lsn.segment_no(segment_size);
     let mut out = Vec::new();
+    let mut newest_change: Option<Lsn> = None;
     for seg in archive.list_events(system_id).await? {
         let Ok(name) = WalFileName::parse(&seg) else {
             continue;
@@ -427,8 +439,16 @@ pub async fn tablespace_warnings(
             if lsn < newest.start_lsn {
                 continue;
             }
+            newest_change = newest_change.max(Some(lsn));
             let id = &newest.backup_id;
             out.push(match e {
+                dr_storage::WalEvent::TablespaceCreate {
+                    continued: true, ..
+                } => format!(
+                    "a tablespace was created (LSN {lsn}, WAL segment {seg}, its record continuing into the next \
+                     segment) after the start of the newest base backup {id}: take a new base backup; a restore \
+                     of {id} beside this cluster would refuse to replay it"
+                ),
                 dr_storage::WalEvent::TablespaceCreate { oid, path, .. } => format!(
                     "tablespace OID {oid} was created at {path} (LSN {lsn}, WAL segment {seg}) after the start of \
                      the newest base backup {id}: take a new base backup; a restore of {id} beside this cluster \
@@ -441,7 +461,10 @@ pub async fn tablespace_warnings(
             });
         }
     }
-    Ok(out)
+    Ok(TablespaceChanges {
+        warnings: out,
+        newest: newest_change,
+    })
 }
 
 /// When the newest file of a cluster's archive (by WAL order: the
@@ -525,9 +548,12 @@ pub async fn wal_status(
             status.history_read &= check.history_read;
             status.gaps.extend(check.gaps);
             status.problems.extend(check.problems);
-            status.warnings.extend(
-                tablespace_warnings(&archive, *sysid, &chain.bases, chain.segment_size).await?,
-            );
+            let changes =
+                tablespace_changes(&archive, *sysid, &chain.bases, chain.segment_size).await?;
+            status.warnings.extend(changes.warnings);
+            if current == Some(*sysid) || chains.len() == 1 {
+                status.base_backup_advised = changes.newest.map(|l| l.to_string());
+            }
         }
         // A name stored with two contents (pushes that raced before
         // names were claimed): recovery would refuse it.
@@ -561,6 +587,7 @@ mod tests {
             oid,
             path: format!("/srv/ts{oid}"),
             lsn: lsn.into(),
+            continued: false,
         };
         // Segment 2 (16 MiB): before either backup. Segment 3: one creation
         // before the newest backup's start (0/3000100), one at it, a drop
@@ -577,6 +604,7 @@ mod tests {
                 WalEvent::TablespaceDrop {
                     oid: 1,
                     lsn: "0/3000200".into(),
+                    continued: false,
                 },
             ],
         )
@@ -591,7 +619,9 @@ mod tests {
             started_at: DateTime::from_timestamp(at, 0).unwrap(),
         };
         let bases = [base("old", 0x100_0028, 1), base("new", 0x300_0100, 2)];
-        let w = tablespace_warnings(&a, 7, &bases, 16 * MIB).await.unwrap();
+        let changes = tablespace_changes(&a, 7, &bases, 16 * MIB).await.unwrap();
+        assert_eq!(changes.newest, Some(Lsn(0x300_0200)));
+        let w = changes.warnings;
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
             w[0].starts_with("tablespace OID 3 was created at /srv/ts3 (LSN 0/3000100, WAL segment 000000010000000000000003) after the start of the newest base backup new"),
@@ -603,17 +633,18 @@ mod tests {
         );
         // From the older backup alone, every change is after it.
         assert_eq!(
-            tablespace_warnings(&a, 7, &bases[..1], 16 * MIB)
+            tablespace_changes(&a, 7, &bases[..1], 16 * MIB)
                 .await
                 .unwrap()
+                .warnings
                 .len(),
             4
         );
         // No base backup: nothing to warn about.
-        assert!(tablespace_warnings(&a, 7, &[], 16 * MIB)
-            .await
-            .unwrap()
-            .is_empty());
+        assert_eq!(
+            tablespace_changes(&a, 7, &[], 16 * MIB).await.unwrap(),
+            TablespaceChanges::default()
+        );
     }
 
     /// "Last archived" is when dr pushed the newest file (its claim), not
