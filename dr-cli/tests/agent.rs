@@ -75,11 +75,32 @@ async fn count(repo: &Repository, source: &str) -> usize {
     repo.list_backups(Some(source)).await.unwrap().len()
 }
 
-/// A source that writes one artifact, then waits for a permit (never, if
-/// none is given).
+/// A source that writes one artifact, counts the run as started, then
+/// waits for a permit (never, if none is given).
 #[derive(Debug)]
 struct GatedSource {
     gate: Arc<Semaphore>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GatedSource {
+    fn new(gate: &Arc<Semaphore>) -> (Arc<Self>, Arc<std::sync::atomic::AtomicUsize>) {
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let source = GatedSource {
+            gate: gate.clone(),
+            started: started.clone(),
+        };
+        (Arc::new(source), started)
+    }
+}
+
+/// Waits until `started` counts `n` runs.
+async fn runs_started(started: &std::sync::atomic::AtomicUsize, n: usize) {
+    wait_for(&format!("{n} run(s) to start"), || {
+        let k = started.load(std::sync::atomic::Ordering::SeqCst);
+        async move { k >= n }
+    })
+    .await;
 }
 
 impl std::fmt::Display for GatedSource {
@@ -97,6 +118,8 @@ impl BackupSource for GatedSource {
         backup
             .write_artifact("part-1", &mut &b"first half"[..])
             .await?;
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.gate.acquire().await.expect("gate").forget();
         backup
             .write_artifact("part-2", &mut &b"second half"[..])
@@ -197,17 +220,14 @@ async fn scheduled_backups_follow_a_controlled_clock() {
 async fn overlapping_run_is_skipped_and_counted() {
     let repo = memory_repo().await;
     let gate = Arc::new(Semaphore::new(0));
+    let (gated, started) = GatedSource::new(&gate);
     let clock = Arc::new(ManualClock::new(t(7, 0)));
     let metrics = Arc::new(AgentMetrics::new());
     let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
-        .with_backup(
-            "slow",
-            Arc::new(GatedSource { gate: gate.clone() }),
-            six_hourly(),
-        )
+        .with_backup("slow", gated, six_hourly())
         .with_clock(clock.clone(), Duration::from_millis(10));
     let (stop, h) = spawn(agent);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    runs_started(&started, 1).await;
     // The 07:00 catch-up is still running at 12:00: skipped and counted.
     clock.set(t(12, 0));
     wait_for("the skip to be counted", || {
@@ -242,20 +262,17 @@ async fn overlapping_run_is_skipped_and_counted() {
 async fn shutdown_waits_then_aborts_and_lists_nothing() {
     let repo = memory_repo().await;
     let gate = Arc::new(Semaphore::new(0));
+    let (gated, started) = GatedSource::new(&gate);
     let metrics = Arc::new(AgentMetrics::new());
     let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
-        .with_backup(
-            "stuck",
-            Arc::new(GatedSource { gate: gate.clone() }),
-            six_hourly(),
-        )
+        .with_backup("stuck", gated, six_hourly())
         .with_clock(
             Arc::new(ManualClock::new(t(7, 0))),
             Duration::from_millis(10),
         )
         .with_grace(Duration::from_millis(300));
     let (stop, h) = spawn(agent);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    runs_started(&started, 1).await;
     let asked = Instant::now();
     stop.send(()).unwrap();
     let summary = h.await.unwrap();
@@ -273,21 +290,24 @@ async fn shutdown_waits_then_aborts_and_lists_nothing() {
 
     // A run that finishes within the grace period is committed.
     let gate = Arc::new(Semaphore::new(0));
+    let (gated, started) = GatedSource::new(&gate);
     let agent = Agent::new(repo.clone(), Arc::new(DrConfig::default()), metrics.clone())
-        .with_backup(
-            "stuck",
-            Arc::new(GatedSource { gate: gate.clone() }),
-            six_hourly(),
-        )
+        .with_backup("stuck", gated, six_hourly())
         .with_clock(
             Arc::new(ManualClock::new(t(7, 0))),
             Duration::from_millis(10),
         )
         .with_grace(Duration::from_secs(10));
+    let ready = agent.ready_flag();
     let (stop, h) = spawn(agent);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    runs_started(&started, 1).await;
     stop.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shutting down (no longer ready) before the run is let finish.
+    wait_for("the agent to start shutting down", || {
+        let r = ready.load(std::sync::atomic::Ordering::SeqCst);
+        async move { !r }
+    })
+    .await;
     gate.add_permits(1);
     let summary = h.await.unwrap();
     assert!(summary.aborted.is_empty());

@@ -387,13 +387,28 @@ fn a_backup_killed_mid_upload_leaves_nothing_listed() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until data is being written, then kill without warning.
+    // Wait until 1 MiB of data has been written (mid upload), then kill
+    // without warning.
+    let written = |repo: &Path| -> u64 {
+        objects(repo)
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while objects(&env.path("repo")).is_empty() {
+    while written(&env.path("repo")) < 1 << 20 {
         assert!(std::time::Instant::now() < deadline, "no upload started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before 1 MiB was written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup ended before it was killed"
+    );
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(

@@ -26,8 +26,28 @@ fn require_passwords(c: &TestCluster) {
          host replication md5_user 127.0.0.1/32 md5\n{text}"
     );
     std::fs::write(&hba, text).unwrap();
+    let before = c.psql("postgres", "SELECT pg_conf_load_time()");
     c.psql("postgres", "SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(300));
+    // The postmaster reloads on SIGHUP, asynchronously: a new backend shows
+    // the new load time once it has (and then uses the new pg_hba.conf).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT pg_conf_load_time() > '{}'::timestamptz",
+                before.trim()
+            ),
+        )
+        .trim()
+        != "t"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_hba.conf not reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn settings(c: &TestCluster, user: &str, password: Option<&str>) -> ConnectionSettings {

@@ -217,9 +217,9 @@ async fn nothing_is_listed_before_commit_and_aborts_leave_nothing() {
             .await
             .unwrap()
             .is_empty());
+        // The abort waits for the dropped artifact's uploader to abort its
+        // multipart upload (or remove its staging file).
         backup.abort().await;
-        // Give the uploader task time to abort its multipart upload.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let left: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
             f.repo.store().list(Some(&Path::from("backups/partial"))),
         )

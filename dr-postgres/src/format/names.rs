@@ -233,4 +233,91 @@ mod tests {
             assert!(WalFileName::parse(bad).is_err(), "{bad}");
         }
     }
+
+    /// Names that are one character off what PostgreSQL writes: a ninth
+    /// digit, a sign `from_str_radix` would take.
+    #[test]
+    fn near_misses_are_refused() {
+        for bad in [
+            "000000001.history",
+            "+0000001.history",
+            "000000010000000000000002.000000028.backup",
+            "000000010000000000000002.+0000028.backup",
+            "000000010000000000000002.0000028.backup",
+        ] {
+            assert!(WalFileName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The WAL segment sizes `initdb --wal-segsize` allows: powers of two
+    /// from 1 MiB to 1 GiB.
+    fn seg_sizes() -> impl proptest::strategy::Strategy<Value = u32> {
+        (20u32..=30).prop_map(|p| 1 << p)
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An LSN prints as PostgreSQL prints it and parses back.
+        #[test]
+        fn lsns_print_and_parse_back(v in any::<u64>()) {
+            let l = Lsn(v);
+            let text = l.to_string();
+            prop_assert_eq!(text.parse::<Lsn>().unwrap(), l);
+            prop_assert_eq!(text, format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF));
+        }
+
+        /// A location is its segment's start plus its offset in it, and the
+        /// offset lies inside the segment.
+        #[test]
+        fn a_location_is_its_segment_and_offset(v in any::<u64>(), size in seg_sizes()) {
+            let l = Lsn(v);
+            let off = l.segment_offset(size);
+            prop_assert!(off < size);
+            prop_assert_eq!(l.segment_no(size) * u64::from(size) + u64::from(off), v);
+        }
+
+        /// Segment names parse back to their timeline and number, and on
+        /// one timeline order as the segments do (as PostgreSQL's archiver
+        /// and `pg_archivecleanup` compare them).
+        #[test]
+        fn segment_names_parse_back_and_order_as_segments(
+            tli in 1u32..=u32::MAX,
+            a in 0u64..(1 << 40),
+            b in 0u64..(1 << 40),
+            size in seg_sizes(),
+        ) {
+            let per = 0x1_0000_0000u64 / u64::from(size);
+            let max = u64::from(u32::MAX) * per;
+            let (a, b) = (a % max, b % max);
+            let na = segment_file_name(tli, a, size);
+            let nb = segment_file_name(tli, b, size);
+            let pa = WalFileName::parse(&na).unwrap();
+            prop_assert_eq!(pa.kind, WalFileKind::Segment);
+            prop_assert_eq!(pa.timeline, tli);
+            prop_assert_eq!(pa.segment_no(size), a);
+            prop_assert_eq!(&pa.name, &na);
+            prop_assert_eq!(na.cmp(&nb), a.cmp(&b));
+            let partial = WalFileName::parse(&format!("{na}.partial")).unwrap();
+            prop_assert_eq!((partial.kind, partial.segment_no(size)), (WalFileKind::Partial, a));
+            let history = WalFileName::parse(&format!("{tli:08X}.history")).unwrap();
+            prop_assert_eq!((history.kind, history.timeline), (WalFileKind::History, tli));
+        }
+
+        /// Anything that is not one of the four forms is refused, never a
+        /// panic.
+        #[test]
+        fn arbitrary_names_never_panic(name in "[0-9A-Fa-f.+/a-z]{0,40}") {
+            if let Ok(n) = WalFileName::parse(&name) {
+                let base_ok = match n.kind {
+                    WalFileKind::History => name.len() == 16,
+                    WalFileKind::Segment => name.len() == 24,
+                    WalFileKind::Partial => name.len() == 32,
+                    WalFileKind::Backup => name.len() == 40,
+                };
+                prop_assert!(base_ok, "{} parsed as {:?}", name, n);
+                prop_assert!(name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b.is_ascii_lowercase()));
+            }
+        }
+    }
 }
