@@ -64,12 +64,17 @@ pub async fn backup_is_listed_and_readable(
 }
 
 /// A restore with a wrong identity fails with a decryption error and leaves
-/// the target as it was (a later restore into it succeeds).
+/// the target as it was: the restorer's own comparison of the target with
+/// the backup ([`Restorer::check`]) reads exactly the same before and after
+/// (every value found, or the same error for a target that does not exist),
+/// so a restore that created, emptied or half-wrote anything is caught. A
+/// later restore into it succeeds ([`restore_then_check_matches`]).
 pub async fn wrong_key_fails_before_the_target_is_touched(
     repository: &Repository,
     manifest: &dr_storage::Manifest,
     target: &dyn Restorer,
 ) {
+    let before = format!("{:?}", target.check(manifest).await);
     let wrong = Identities::generate();
     let err = job::restore(repository, manifest, &wrong, target)
         .await
@@ -77,6 +82,11 @@ pub async fn wrong_key_fails_before_the_target_is_touched(
     assert!(
         matches!(err, Error::Storage(dr_storage::Error::Decrypt { .. })),
         "wrong identity gives a decryption error, got {err:?}"
+    );
+    let after = format!("{:?}", target.check(manifest).await);
+    assert_eq!(
+        before, after,
+        "a restore with a wrong identity changed the target"
     );
 }
 
