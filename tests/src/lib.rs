@@ -125,6 +125,36 @@ impl Fixture {
     /// # Panics
     /// When anything fails (this is test support).
     pub async fn new() -> Fixture {
+        Self::make(None).await
+    }
+
+    /// As [`Fixture::new`], with the repository under a fresh prefix of the
+    /// S3 emulator's bucket (`DR_TEST_S3_URL`; the helper script carries the
+    /// emulator's endpoint and credentials, since PostgreSQL runs it with
+    /// its own environment). `None` without an emulator, unless
+    /// `DR_REQUIRE_SERVERS` is set.
+    ///
+    /// # Panics
+    /// When anything fails (this is test support), or without an emulator
+    /// when `DR_REQUIRE_SERVERS` is set.
+    pub async fn on_s3() -> Option<Fixture> {
+        let Ok(bucket) = std::env::var("DR_TEST_S3_URL") else {
+            assert!(
+                std::env::var_os("DR_REQUIRE_SERVERS").is_none(),
+                "DR_REQUIRE_SERVERS is set but DR_TEST_S3_URL is not"
+            );
+            println!("skipping the S3 variant: no S3 emulator (DR_TEST_S3_URL)");
+            return None;
+        };
+        let url = format!(
+            "{}/e2e-{}",
+            bucket.trim_end_matches('/'),
+            rand::random::<u64>()
+        );
+        Some(Self::make(Some(url)).await)
+    }
+
+    async fn make(s3: Option<String>) -> Fixture {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("dre")
@@ -134,7 +164,7 @@ impl Fixture {
             .expect("chmod");
         let repo_dir = dir.path().join("repo");
         std::fs::create_dir(&repo_dir).expect("repo dir");
-        let url = repo_dir.display().to_string();
+        let url = s3.clone().unwrap_or_else(|| repo_dir.display().to_string());
         let key = Identities::generate();
         let key_file = dir.path().join("key.txt");
         std::fs::write(
@@ -157,7 +187,8 @@ impl Fixture {
         std::fs::write(
             &helper,
             format!(
-                "#!/bin/sh\nDR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --nocapture --test-threads=1 -q\n",
+                "#!/bin/sh\n{}DR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --nocapture --test-threads=1 -q\n",
+                s3_env(s3.is_some()),
                 exe.display()
             ),
         )
@@ -205,6 +236,24 @@ impl Fixture {
         ];
         TestCluster::start_with(o)
     }
+}
+
+/// The `export` line giving the S3 emulator's endpoint and credentials to
+/// a script PostgreSQL runs (empty for a local repository).
+fn s3_env(s3: bool) -> String {
+    if !s3 {
+        return String::new();
+    }
+    let vars: Vec<String> = [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+    ]
+    .iter()
+    .filter_map(|v| Some(format!("{v}='{}'", std::env::var(v).ok()?)))
+    .collect();
+    format!("export {}\n", vars.join(" "))
 }
 
 /// A free loopback TCP port.

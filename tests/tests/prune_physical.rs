@@ -1,7 +1,7 @@
 //! Retention on a real WAL archive: physical base backups and WAL pushed by a
 //! real cluster's `archive_command`, pruned by the policy, and the kept
 //! backup still restores (a scratch PITR to its consistency point) from the
-//! WAL that is left.
+//! WAL that is left. On a local repository and on the S3 emulator.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,7 +27,23 @@ async fn prune_keeps_the_pitr_window_and_the_kept_backup_restores() {
     if !testing::should_run() {
         return;
     }
-    let f = Fixture::new().await;
+    prune_then_restore(Fixture::new().await).await;
+}
+
+/// The same against the S3 emulator: WAL pushed by `archive_command` and
+/// fetched by `restore_command` through S3, base backups, prune.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_s3_prune_keeps_the_pitr_window_and_the_kept_backup_restores() {
+    if !testing::should_run() {
+        return;
+    }
+    if let Some(f) = Fixture::on_s3().await {
+        assert!(f.url.starts_with("s3://"), "{}", f.url);
+        prune_then_restore(f).await;
+    }
+}
+
+async fn prune_then_restore(f: Fixture) {
     let c = f.archiving_cluster(&f.helper, "db");
     c.psql("postgres", "CREATE TABLE t (id int)");
     let mut manifests = Vec::new();
