@@ -217,6 +217,21 @@ async fn pitr_action_reruns_and_rolls_back_and_scratch_verify() {
         .await
         .unwrap();
     assert!(restore.bytes_read > 0);
+    // The scratch server listens on its own socket only, never on TCP.
+    let pgdata = restore.details["pgdata"].as_str().unwrap();
+    let listen = std::process::Command::new(bin.join("psql"))
+        .args([
+            "-X", "-A", "-t", "-h", pgdata, "-p", "5432", "-U", "postgres", "-d", "postgres",
+        ])
+        .args(["-c", "SHOW listen_addresses"])
+        .output()
+        .unwrap();
+    assert!(
+        listen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listen.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&listen.stdout).trim(), "");
     let mut tampered = manifest.clone();
     tampered.metadata["databases"] = serde_json::json!(["postgres", "missing_db"]);
     tampered.metadata["system_identifier"] = serde_json::json!("1");

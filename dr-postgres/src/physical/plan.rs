@@ -50,6 +50,11 @@ pub struct PitrOptions {
     /// Write this `unix_socket_directories` (default: the data directory
     /// when started).
     pub socket_dir: Option<PathBuf>,
+    /// Listen on the Unix socket only (`listen_addresses = ''`): the port
+    /// then only names the socket file in the socket directory, so no other
+    /// process on the host can take it between choosing and starting.
+    /// For servers only `dr` connects to (scratch verification).
+    pub socket_only: bool,
     /// `(uid, gid)` owning the data directory and running the server.
     /// Default when running as root: the `postgres` user.
     pub owner: Option<(u32, u32)>,
@@ -103,6 +108,7 @@ impl PitrOptions {
             archive_mode_off: false,
             port: None,
             socket_dir: None,
+            socket_only: false,
             owner: None,
             user: "postgres".into(),
             wait_timeout: Duration::from_secs(900),
@@ -895,6 +901,9 @@ fn recovery_settings(
     }
     if let Some(d) = socket_dir(opts) {
         s.push(("unix_socket_directories".into(), d.display().to_string()));
+    }
+    if opts.socket_only {
+        s.push(("listen_addresses".into(), String::new()));
     }
     s
 }

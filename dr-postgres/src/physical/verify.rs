@@ -6,8 +6,8 @@
 //! is consistent, PostgreSQL 15 docs §20.5.5 `recovery_target = 'immediate'`),
 //! every tablespace under the scratch directory (never the production
 //! tablespaces' paths), `archive_mode = off` (the scratch cluster never
-//! pushes WAL), on a free
-//! port with its socket in the data directory, starts it and waits until it
+//! pushes WAL), listening on its socket in the data directory only (no
+//! TCP, so no port to race for), starts it and waits until it
 //! is promoted: a [`PostgresPitrRestorer`] with these options. Its
 //! [`check`](Restorer::check) is that restorer's (recovery ended, the system
 //! identifier, WAL replayed to the backup's end, the list of databases)
@@ -29,7 +29,6 @@ use super::error::PitrError;
 use super::plan::PitrOptions;
 use super::restorer::PostgresPitrRestorer;
 use super::target::RecoveryTarget;
-use crate::host::free_port;
 use crate::metadata::{PhysicalMetadata, KIND_PHYSICAL};
 
 /// A scratch restore of a physical backup for `dr verify --restore`.
@@ -129,6 +128,7 @@ impl PhysicalScratchRestorer {
         opts.start = true;
         opts.archive_mode_off = true;
         opts.port = Some(port);
+        opts.socket_only = true;
         opts.owner = self.owner;
         opts.bin_dir = self.bin_dir.clone();
         opts.wait_timeout = self.wait_timeout;
@@ -138,6 +138,10 @@ impl PhysicalScratchRestorer {
         opts
     }
 }
+
+/// The port of every scratch cluster: it names the socket file in the
+/// scratch directory (`.s.PGSQL.5432`); the server does not listen on TCP.
+const SCRATCH_PORT: u16 = 5432;
 
 #[async_trait]
 impl Restorer for PhysicalScratchRestorer {
@@ -164,7 +168,9 @@ impl Restorer for PhysicalScratchRestorer {
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
                 .map_err(PitrError::io(&root))?;
         }
-        let port = free_port().map_err(PitrError::io(&root))?;
+        // The scratch server listens on its socket in its own directory
+        // only (no TCP): any port number names it without a clash.
+        let port = SCRATCH_PORT;
         let restorer =
             PostgresPitrRestorer::new(self.options(&root, port), self.identities.clone());
         // Recorded before anything can fail, so that discard() cleans up.
