@@ -165,7 +165,6 @@ mod http {
             .respond_with(ResponseTemplate::new(200).set_body_string("status: ok"))
             .mount(&server)
             .await;
-        std::env::set_var("DR_TEST_HEALTH_TOKEN", "Bearer t0ken");
         let a = registry()
             .build(
                 "http.check",
@@ -179,7 +178,11 @@ mod http {
             )
             .unwrap();
         assert!(!a.describe().contains("secret"), "{}", a.describe());
-        let out = a.run(&ctx()).await.unwrap();
+        // The header's value from the run's environment, not the process's.
+        let mut c = ctx();
+        c.env
+            .insert("DR_TEST_HEALTH_TOKEN".into(), "Bearer t0ken".into());
+        let out = a.run(&c).await.unwrap();
         assert_eq!(out.state["tries"], json!(3));
         assert_eq!(out.state["status"], json!(200));
     }
@@ -253,10 +256,6 @@ mod http {
             .expect(1)
             .mount(&server)
             .await;
-        std::env::set_var(
-            "DR_TEST_WEBHOOK",
-            format!("{}/services/T000/B000/XXXX", server.uri()),
-        );
         let a = registry()
             .build(
                 "notify.webhook",
@@ -264,7 +263,12 @@ mod http {
             )
             .unwrap();
         assert!(!a.describe().contains("XXXX"));
-        let out = a.run(&ctx()).await.unwrap();
+        let mut c = ctx();
+        c.env.insert(
+            "DR_TEST_WEBHOOK".into(),
+            format!("{}/services/T000/B000/XXXX", server.uri()),
+        );
+        let out = a.run(&c).await.unwrap();
         assert!(!out.summary.contains("XXXX"), "{}", out.summary);
         server.verify().await;
     }
@@ -293,7 +297,6 @@ mod http {
         assert!(run("/busy").await.is_retryable());
         let gone = run("/gone").await;
         assert!(!gone.is_retryable() && dr_core::plan::error_chain(&gone).contains("no_service"));
-        std::env::remove_var("DR_TEST_UNSET_WEBHOOK");
         let a = r
             .build(
                 "notify.webhook",

@@ -226,8 +226,6 @@ async fn data_corruption_plan_restores_before_the_bad_update() {
     let plan_path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/plans/data-corruption.toml");
     let plan = check_file(&plan_path, &registry, &options).unwrap_or_else(|e| panic!("{e}"));
-    // notify.webhook reads the URL from the process environment at run time.
-    std::env::set_var("DR_SLACK_WEBHOOK_URL", &hook_url);
 
     let probe = Arc::new(WriteProbe {
         bin: bin.clone(),
@@ -235,7 +233,12 @@ async fn data_corruption_plan_restores_before_the_bad_update() {
         seen: Mutex::new(Vec::new()),
     });
     let journal = f.dir().join("journal");
+    // notify.webhook reads the URL from the run's environment at run time.
     let report = Executor::new(JournalStore::local(&journal))
+        .with_env(BTreeMap::from([(
+            "DR_SLACK_WEBHOOK_URL".to_string(),
+            hook_url.clone(),
+        )]))
         .with_observer(probe.clone())
         .run(&plan)
         .await

@@ -84,6 +84,11 @@ pub struct ActionContext {
     /// Who answers `approve` steps; `None` when nobody can (no terminal, no
     /// approval file).
     pub approver: Option<Arc<dyn super::Approver>>,
+    /// Environment variables given to the run ([`super::Executor::with_env`]),
+    /// read before the process environment by the actions that take a
+    /// variable's name (`notify.webhook`'s `url_env`, `http.check`'s
+    /// `headers_env`): see [`ActionContext::env_var`].
+    pub env: BTreeMap<String, String>,
 }
 
 impl ActionContext {
@@ -94,6 +99,15 @@ impl ActionContext {
             step: step.into(),
             ..Default::default()
         }
+    }
+
+    /// The value of environment variable `name`: the run's own
+    /// ([`ActionContext::env`]) first, then the process's.
+    pub fn env_var(&self, name: &str) -> Option<String> {
+        self.env
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
     }
 
     /// The time left before [`deadline`](ActionContext::deadline), if any.

@@ -81,6 +81,7 @@ pub struct Executor {
     observer: Arc<dyn PlanObserver>,
     approver: Option<Arc<dyn Approver>>,
     options: RunOptions,
+    env: BTreeMap<String, String>,
 }
 
 type Shared = Arc<Mutex<RunJournal>>;
@@ -94,7 +95,17 @@ impl Executor {
             observer: Arc::new(NoObserver),
             approver: None,
             options: RunOptions::default(),
+            env: BTreeMap::new(),
         }
+    }
+
+    /// Environment variables for the run's actions, read before the process
+    /// environment ([`ActionContext::env_var`]): a library caller's own
+    /// values (those it gave [`super::CheckOptions::env`]), or a test's,
+    /// without changing the process's.
+    pub fn with_env(mut self, env: BTreeMap<String, String>) -> Self {
+        self.env = env;
+        self
     }
 
     /// Reports progress to `observer`.
@@ -407,6 +418,7 @@ impl Executor {
         ctx.approver = self.approver.clone();
         ctx.deadline = Some(tokio::time::Instant::now() + step.timeout);
         ctx.checkpoint = checkpoint;
+        ctx.env = self.env.clone();
         ctx
     }
 

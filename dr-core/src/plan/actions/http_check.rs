@@ -148,13 +148,13 @@ impl HttpCheck {
 
     /// One request: `Ok(status)` when it is as expected, else why not and
     /// whether the server could not be reached.
-    async fn once(&self) -> std::result::Result<u16, (String, bool)> {
+    async fn once(&self, ctx: &ActionContext) -> std::result::Result<u16, (String, bool)> {
         let mut req = self.client.request(self.method.clone(), self.url.clone());
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
         for (k, var) in &self.headers_env {
-            let v = std::env::var(var).map_err(|_| {
+            let v = ctx.env_var(var).ok_or_else(|| {
                 (
                     format!("environment variable {var} (header {k}) is not set"),
                     false,
@@ -243,7 +243,7 @@ impl Action for HttpCheck {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            match self.once().await {
+            match self.once(ctx).await {
                 Ok(status) => {
                     return Ok(ActionOutput {
                         summary: format!(

@@ -108,11 +108,11 @@ impl Webhook {
         })
     }
 
-    fn url(&self) -> Result<reqwest::Url> {
+    fn url(&self, ctx: &ActionContext) -> Result<reqwest::Url> {
         match &self.target {
             Target::Url(u) => Ok(u.clone()),
             Target::Env(var) => {
-                let text = std::env::var(var).map_err(|_| Error::InvalidConfig {
+                let text = ctx.env_var(var).ok_or_else(|| Error::InvalidConfig {
                     key: var.clone(),
                     reason: "the webhook URL's environment variable is not set".into(),
                 })?;
@@ -145,8 +145,8 @@ impl Action for Webhook {
         )
     }
 
-    async fn run(&self, _ctx: &ActionContext) -> Result<ActionOutput> {
-        let url = self.url()?;
+    async fn run(&self, ctx: &ActionContext) -> Result<ActionOutput> {
+        let url = self.url(ctx)?;
         let host = url.host_str().unwrap_or("?").to_string();
         let what = format!("webhook at {host}");
         let resp = self
