@@ -439,6 +439,86 @@ mod tests {
         }
     }
 
+    /// The backups `p` keeps, read from the rules' documentation and
+    /// computed another way than [`plan_retention`]: per chain (system
+    /// identifier), each rule's set of kept backups on its own, then their
+    /// union. Bucket rules pick, for every bucket holding good backups, the
+    /// newest of them, and keep those of the N newest buckets.
+    fn oracle(
+        p: &RetentionPolicy,
+        backups: &[BackupFacts],
+        now: DateTime<Utc>,
+    ) -> BTreeSet<String> {
+        let order = |b: &&BackupFacts| (b.started_at, b.wal_range.map(|r| r.0), b.id.clone());
+        if p.is_empty() {
+            return backups.iter().map(|b| b.id.clone()).collect();
+        }
+        let mut keep = BTreeSet::new();
+        if let Some(newest) = backups.iter().filter(|b| b.good).max_by_key(order) {
+            keep.insert(newest.id.clone());
+        }
+        let chains: BTreeSet<Option<String>> =
+            backups.iter().map(|b| b.system_id.clone()).collect();
+        for chain in chains {
+            let mut good: Vec<&BackupFacts> = backups
+                .iter()
+                .filter(|b| b.good && b.system_id == chain)
+                .collect();
+            good.sort_by_key(order);
+            good.reverse(); // newest first
+            if let Some(n) = p.keep_last {
+                keep.extend(good.iter().take(n as usize).map(|b| b.id.clone()));
+            }
+            let key = |t: DateTime<Utc>, rule: &str| match rule {
+                "daily" => format!("{}", t.date_naive()),
+                _ => format!("{:?}", t.iso_week()),
+            };
+            for (rule, n) in [("daily", p.keep_daily), ("weekly", p.keep_weekly)] {
+                let Some(n) = n else { continue };
+                // bucket -> its newest good backup (the first seen, newest first)
+                let mut newest_of: Vec<(String, &BackupFacts)> = Vec::new();
+                for b in &good {
+                    let k = key(b.started_at, rule);
+                    if !newest_of.iter().any(|(seen, _)| *seen == k) {
+                        newest_of.push((k, b));
+                    }
+                }
+                keep.extend(newest_of.iter().take(n as usize).map(|(_, b)| b.id.clone()));
+            }
+            if let Some(w) = p.keep_within {
+                let since = now - chrono::Duration::from_std(w).unwrap();
+                keep.extend(
+                    good.iter()
+                        .filter(|b| b.started_at >= since)
+                        .map(|b| b.id.clone()),
+                );
+            }
+            if let (Some(w), Some(_)) = (p.pitr_window, &chain) {
+                let start = now - chrono::Duration::from_std(w).unwrap();
+                let physical: Vec<&BackupFacts> = good
+                    .iter()
+                    .copied()
+                    .filter(|b| b.wal_range.is_some())
+                    .collect();
+                // newest first: the newest started at or before the window,
+                // else the oldest
+                let anchor = physical
+                    .iter()
+                    .find(|b| b.started_at <= start)
+                    .or(physical.last());
+                if let Some(a) = anchor {
+                    keep.extend(
+                        physical
+                            .iter()
+                            .filter(|b| b.started_at >= a.started_at)
+                            .map(|b| b.id.clone()),
+                    );
+                }
+            }
+        }
+        keep
+    }
+
     fn policy() -> impl Strategy<Value = RetentionPolicy> {
         (
             proptest::option::of(0u32..5),
@@ -544,6 +624,11 @@ mod tests {
                     }
                 }
             }
+            // No less and no more than an independent reading of the rules
+            // keeps.
+            let expected = oracle(&p, &backups, now);
+            let got: BTreeSet<String> = kept.iter().map(|b| b.id.clone()).collect();
+            prop_assert_eq!(got, expected);
             // Prune is idempotent: planning again over what is kept deletes nothing.
             let remaining: Vec<BackupFacts> = kept.iter().map(|b| (*b).clone()).collect();
             let remaining_wal: Vec<WalFacts> = wal.iter().filter(|w| kept_wal.contains(w.object.as_str())).cloned().collect();
