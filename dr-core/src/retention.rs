@@ -450,7 +450,15 @@ mod tests {
         now: DateTime<Utc>,
     ) -> BTreeSet<String> {
         let order = |b: &&BackupFacts| (b.started_at, b.wal_range.map(|r| r.0), b.id.clone());
-        if p.is_empty() {
+        let no_rule = p.keep_last.is_none()
+            && p.keep_hourly.is_none()
+            && p.keep_daily.is_none()
+            && p.keep_weekly.is_none()
+            && p.keep_monthly.is_none()
+            && p.keep_yearly.is_none()
+            && p.keep_within.is_none()
+            && p.pitr_window.is_none();
+        if no_rule {
             return backups.iter().map(|b| b.id.clone()).collect();
         }
         let mut keep = BTreeSet::new();
@@ -470,10 +478,17 @@ mod tests {
                 keep.extend(good.iter().take(n as usize).map(|b| b.id.clone()));
             }
             let key = |t: DateTime<Utc>, rule: &str| match rule {
+                "hourly" => t.format("%Y-%m-%d %H").to_string(),
                 "daily" => format!("{}", t.date_naive()),
+                "monthly" => t.format("%Y-%m").to_string(),
                 _ => format!("{:?}", t.iso_week()),
             };
-            for (rule, n) in [("daily", p.keep_daily), ("weekly", p.keep_weekly)] {
+            for (rule, n) in [
+                ("hourly", p.keep_hourly),
+                ("daily", p.keep_daily),
+                ("weekly", p.keep_weekly),
+                ("monthly", p.keep_monthly),
+            ] {
                 let Some(n) = n else { continue };
                 // bucket -> its newest good backup (the first seen, newest first)
                 let mut newest_of: Vec<(String, &BackupFacts)> = Vec::new();
@@ -526,14 +541,20 @@ mod tests {
             proptest::option::of(0u32..5),
             proptest::option::of(1u64..200),
             proptest::option::of(1u64..300),
+            proptest::option::of(0u32..5),
+            proptest::option::of(0u32..4),
         )
-            .prop_map(|(last, daily, weekly, within_h, pitr_h)| RetentionPolicy {
-                keep_last: last,
-                keep_daily: daily,
-                keep_weekly: weekly,
-                keep_within: within_h.map(|h| Duration::from_secs(h * 3600)),
-                pitr_window: pitr_h.map(|h| Duration::from_secs(h * 3600)),
-                ..Default::default()
+            .prop_map(|(last, daily, weekly, within_h, pitr_h, hourly, monthly)| {
+                RetentionPolicy {
+                    keep_last: last,
+                    keep_hourly: hourly,
+                    keep_daily: daily,
+                    keep_weekly: weekly,
+                    keep_monthly: monthly,
+                    keep_within: within_h.map(|h| Duration::from_secs(h * 3600)),
+                    pitr_window: pitr_h.map(|h| Duration::from_secs(h * 3600)),
+                    ..Default::default()
+                }
             })
     }
 
@@ -554,7 +575,7 @@ mod tests {
                     object: format!("{sys}/{i}"),
                     start_lsn: Some(i * 250),
                     end_lsn: Some(i * 250 + 250),
-                    stored_bytes: 1,
+                    stored_bytes: i % 7 + 1,
                 });
             }
             out.push(WalFacts {
@@ -628,7 +649,37 @@ mod tests {
             // keeps.
             let expected = oracle(&p, &backups, now);
             let got: BTreeSet<String> = kept.iter().map(|b| b.id.clone()).collect();
-            prop_assert_eq!(got, expected);
+            prop_assert_eq!(&got, &expected);
+            // WAL: without a PITR window every object stays; with one, an
+            // object goes exactly when it ends at or before the anchor's
+            // start and overlaps no kept backup's range (a chain with
+            // neither keeps all).
+            let deleted_wal: BTreeSet<&str> = plan.wal.iter().flat_map(|w| w.deleted.iter().map(String::as_str)).collect();
+            for w in &wal {
+                let goes = match (p.pitr_window, w.start_lsn, w.end_lsn) {
+                    (Some(win), Some(s), Some(e)) => {
+                        let start = now - chrono::Duration::from_std(win).unwrap();
+                        let mut phys: Vec<&BackupFacts> = backups.iter()
+                            .filter(|b| b.good && b.wal_range.is_some() && b.system_id.as_deref() == Some(w.system_id.as_str()))
+                            .collect();
+                        phys.sort_by_key(|b| (b.started_at, b.wal_range.map(|r| r.0), b.id.clone()));
+                        let anchor = phys.iter().rev().find(|b| b.started_at <= start).or(phys.first());
+                        let ranges: Vec<(u64, u64)> = backups.iter()
+                            .filter(|b| expected.contains(&b.id) && b.system_id.as_deref() == Some(w.system_id.as_str()))
+                            .filter_map(|b| b.wal_range)
+                            .collect();
+                        let after_anchor = anchor.is_some_and(|a| e > a.wal_range.unwrap().0);
+                        let overlaps = ranges.iter().any(|&(rs, re)| s <= re && e > rs);
+                        !(after_anchor || overlaps || (anchor.is_none() && ranges.is_empty()))
+                    }
+                    _ => false,
+                };
+                prop_assert_eq!(deleted_wal.contains(w.object.as_str()), goes, "WAL {}", w.object);
+            }
+            // Bytes freed: the deleted backups' and WAL objects' stored bytes.
+            let freed: u64 = backups.iter().filter(|b| !expected.contains(&b.id)).map(|b| b.stored_bytes).sum::<u64>()
+                + wal.iter().filter(|w| deleted_wal.contains(w.object.as_str())).map(|w| w.stored_bytes).sum::<u64>();
+            prop_assert_eq!(plan.bytes_freed(), freed);
             // Prune is idempotent: planning again over what is kept deletes nothing.
             let remaining: Vec<BackupFacts> = kept.iter().map(|b| (*b).clone()).collect();
             let remaining_wal: Vec<WalFacts> = wal.iter().filter(|w| kept_wal.contains(w.object.as_str())).cloned().collect();
