@@ -85,6 +85,11 @@ pub struct PitrOptions {
     /// [`dr_storage::Error::Aborted`]. Once the files are in place (the
     /// server starting or recovering) it no longer stops the restore.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// The extraction threads hold a token of this tracker while they run:
+    /// a restore future that is dropped does not stop them, so whoever
+    /// removes the directory afterwards cancels `cancel`, then closes and
+    /// waits on the tracker (`close()`, `wait()`) until nothing writes.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 impl PitrOptions {
@@ -118,6 +123,7 @@ impl PitrOptions {
             tablespace_mapping: Vec::new(),
             tablespace_root: None,
             cancel: tokio_util::sync::CancellationToken::new(),
+            tracker: tokio_util::task::TaskTracker::new(),
         }
     }
 }

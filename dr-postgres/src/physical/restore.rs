@@ -170,6 +170,7 @@ pub(super) async fn restore_from(
                         || path.parent() == Some(Path::new("pg_tblspc")))
             },
             opts.cancel.clone(),
+            &opts.tracker,
         )
         .await?;
         if plan
@@ -216,7 +217,14 @@ pub(super) async fn restore_from(
             let link = pgdata.join("pg_tblspc").join(t.oid.to_string());
             std::fs::create_dir_all(pgdata.join("pg_tblspc")).map_err(PitrError::io(pgdata))?;
             std::os::unix::fs::symlink(&t.dir, &link).map_err(PitrError::io(&link))?;
-            bytes += unpack(reader, t.dir.clone(), |_| false, opts.cancel.clone()).await?;
+            bytes += unpack(
+                reader,
+                t.dir.clone(),
+                |_| false,
+                opts.cancel.clone(),
+                &opts.tracker,
+            )
+            .await?;
             if let Some(o) = owner {
                 chown_tree(&t.dir, o).map_err(PitrError::io(&t.dir))?;
             }
@@ -356,9 +364,13 @@ async fn unpack(
     dest: PathBuf,
     skip: impl Fn(&Path) -> bool + Send + 'static,
     cancel: tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
 ) -> Result<u64, PitrError> {
     let at = dest.clone();
+    // Held by the thread until it ends, even when this future is dropped.
+    let working = tracker.token();
     tokio::task::spawn_blocking(move || -> Result<u64, PitrError> {
+        let _working = working;
         // tar reads in small pieces (512-byte headers, 8 KiB copies); each
         // read of the bridge is a trip through the runtime, so buffer it.
         let mut bridge =

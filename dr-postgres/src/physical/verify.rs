@@ -50,6 +50,10 @@ struct Scratch {
     root: PathBuf,
     restorer: PostgresPitrRestorer,
     port: u16,
+    /// Stops the extraction of an interrupted restore.
+    cancel: tokio_util::sync::CancellationToken,
+    /// The extraction threads still running.
+    tracker: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Display for PhysicalScratchRestorer {
@@ -171,13 +175,16 @@ impl Restorer for PhysicalScratchRestorer {
         // The scratch server listens on its socket in its own directory
         // only (no TCP): any port number names it without a clash.
         let port = SCRATCH_PORT;
-        let restorer =
-            PostgresPitrRestorer::new(self.options(&root, port), self.identities.clone());
+        let opts = self.options(&root, port);
+        let (cancel, tracker) = (opts.cancel.clone(), opts.tracker.clone());
+        let restorer = PostgresPitrRestorer::new(opts, self.identities.clone());
         // Recorded before anything can fail, so that discard() cleans up.
         let scratch = slot.insert(Scratch {
             root,
             restorer,
             port,
+            cancel,
+            tracker,
         });
         let inner = scratch.restorer.restore(backup).await?;
         let pgdata = &scratch.restorer.options().pgdata;
@@ -229,6 +236,16 @@ impl Restorer for PhysicalScratchRestorer {
         let Some(scratch) = slot.as_ref() else {
             return Ok(());
         };
+        // An interrupted restore's extraction threads outlive its future:
+        // stop them and wait until they no longer write into the directory.
+        scratch.cancel.cancel();
+        scratch.tracker.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(120), scratch.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(root = %scratch.root.display(), "the scratch restore's extraction did not stop within 120 s");
+        }
         scratch.restorer.discard().await?;
         match std::fs::remove_dir_all(&scratch.root) {
             Ok(()) => {}
