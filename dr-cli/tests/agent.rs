@@ -359,18 +359,7 @@ listen = "127.0.0.1:{port}"
     }
 
     fn start(&self) -> Child {
-        Command::new(assert_cmd::cargo::cargo_bin("dr-agent"))
-            .arg("--config")
-            .arg(self.dir.path().join("dr.toml"))
-            .env_remove("DR_CONFIG")
-            .env_remove("DR_AGENT_LISTEN")
-            .env_remove("DR_REPO")
-            .env_remove("DR_IDENTITY_FILE")
-            .env("DR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.log()).unwrap())
-            .spawn()
-            .unwrap()
+        start_agent(&self.dir.path().join("dr.toml"), &self.log())
     }
 
     fn log(&self) -> PathBuf {
@@ -380,6 +369,23 @@ listen = "127.0.0.1:{port}"
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+}
+
+/// Starts the built `dr-agent` on `config` with none of dr's variables
+/// inherited, logging at info into `log`.
+fn start_agent(config: &Path, log: &Path) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("dr-agent"))
+        .arg("--config")
+        .arg(config)
+        .env_remove("DR_CONFIG")
+        .env_remove("DR_AGENT_LISTEN")
+        .env_remove("DR_REPO")
+        .env_remove("DR_IDENTITY_FILE")
+        .env("DR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
 }
 
 fn sigterm(child: &Child) {
@@ -996,18 +1002,7 @@ async fn a_tablespace_created_after_the_base_backup_brings_the_next_one_forward(
     .unwrap();
     common::chmod_tree(dir.path());
     let log = dir.path().join("agent.log");
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("dr-agent"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("DR_CONFIG")
-        .env_remove("DR_AGENT_LISTEN")
-        .env_remove("DR_REPO")
-        .env_remove("DR_IDENTITY_FILE")
-        .env("DR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_agent(&config, &log);
     let repo = Repository::open(
         &Location::parse(repo_dir.to_str().unwrap()).unwrap(),
         &StoreOptions::default(),

@@ -14,15 +14,25 @@ fn dr(dir: &Path) -> Command {
     c
 }
 
-#[test]
-fn every_example_plan_checks() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dr(dir.path())
+/// `dr key generate --output key.txt` in `dir`; returns the recipient.
+fn generate_key(dir: &std::path::Path) -> String {
+    let out = dr(dir)
         .env_remove("DR_CONFIG")
         .args(["key", "generate", "--output", "key.txt"])
         .output()
         .unwrap();
-    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn every_example_plan_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipient = generate_key(dir.path());
     std::fs::write(
         dir.path().join("tsig.secret"),
         "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n",
@@ -206,12 +216,7 @@ fn preflight_touches_each_steps_target_and_fails_on_the_unreachable() {
     let pg = dr_postgres::testing::TestCluster::start();
     let closed = dr_postgres::testing::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let out = dr(dir.path())
-        .env_remove("DR_CONFIG")
-        .args(["key", "generate", "--output", "key.txt"])
-        .output()
-        .unwrap();
-    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let recipient = generate_key(dir.path());
     std::fs::write(
         dir.path().join("dr.toml"),
         format!(
