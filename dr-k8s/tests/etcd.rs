@@ -41,13 +41,7 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use dr_core::conformance::ports::free_port;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_conforms_and_restores_with_etcdctl() {

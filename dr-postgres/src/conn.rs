@@ -173,6 +173,14 @@ impl ConnectionSettings {
         Ok(self)
     }
 
+    /// The same server and user with no password, whatever the DSN,
+    /// `PGPASSWORD` or the password file gave: a connection that a server
+    /// requiring one refuses.
+    pub fn without_password(mut self) -> Self {
+        self.password = None;
+        self
+    }
+
     /// The same server and credentials, another database.
     pub fn with_database(&self, dbname: &str) -> Self {
         let mut s = self.clone();
@@ -436,6 +444,15 @@ mod tests {
         assert!(pgpass_lookup(&f, "127.0.0.1", 5433, "x", "app").is_none());
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(pgpass_lookup(&f, "127.0.0.1", 5432, "x", "app").is_none());
+    }
+
+    #[test]
+    fn without_password_drops_the_dsns_password() {
+        let s = ConnectionSettings::from_dsn("host=h user=u password=pw dbname=d").unwrap();
+        assert!(s.password().is_some());
+        let s = s.without_password();
+        assert!(s.password().is_none());
+        assert_eq!((s.user(), s.dbname()), ("u", "d"));
     }
 
     #[test]

@@ -107,12 +107,14 @@ pub fn should_run() -> bool {
     false
 }
 
-/// A loopback TCP port that was free a moment ago.
+/// A loopback TCP port for a test server: free now, never handed out before
+/// by this process, outside the kernel's ephemeral range
+/// ([`dr_core::conformance::ports::free_port`]).
 ///
 /// # Panics
-/// When no socket can be bound (this is test support).
+/// When no port can be bound (this is test support).
 pub fn free_port() -> u16 {
-    crate::host::free_port().expect("a free port")
+    dr_core::conformance::ports::free_port()
 }
 
 impl TestCluster {
@@ -153,7 +155,7 @@ impl TestCluster {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
         }
-        let cluster = TestCluster {
+        let mut cluster = TestCluster {
             dir,
             port: free_port(),
             bin,
@@ -195,26 +197,55 @@ impl TestCluster {
             text.push('\n');
         }
         std::fs::write(data.join("postgresql.conf"), text).expect("write postgresql.conf");
-        cluster.start_server();
+        cluster.start_on_a_free_port();
         cluster
+    }
+
+    /// Starts the server; when its port was taken between choosing and
+    /// binding it (another program chose the same number), moves it to the
+    /// next free port and starts again, up to five times.
+    fn start_on_a_free_port(&mut self) {
+        let log = self.dir.path().join("server.log");
+        for attempt in 1.. {
+            let logged = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            let Err(failure) = self.try_run("pg_ctl", &self.start_args()) else {
+                return;
+            };
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(&text[(logged as usize).min(text.len())..]);
+            let clash = new.contains("could not bind") || new.contains("Address already in use");
+            if !clash || attempt == 5 {
+                panic!("{failure}");
+            }
+            self.port = free_port();
+            let conf = self.data_dir().join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+            text.push_str(&format!("port = {}\n", self.port));
+            std::fs::write(&conf, text).expect("write postgresql.conf");
+        }
+    }
+
+    fn start_args(&self) -> Vec<String> {
+        let log = self.dir.path().join("server.log");
+        [
+            "-D",
+            self.data_dir().to_str().expect("utf-8"),
+            "-l",
+            log.to_str().expect("utf-8"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// Starts the server (after [`TestCluster::stop`]).
     pub fn start_server(&self) {
-        let log = self.dir.path().join("server.log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data_dir().to_str().expect("utf-8"),
-                "-l",
-                log.to_str().expect("utf-8"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
+        let args = self.start_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run("pg_ctl", &args);
     }
 
     /// Stops the server (fast shutdown).
@@ -235,6 +266,18 @@ impl TestCluster {
     /// Runs a server program as the cluster's owner; panics with its output
     /// on failure.
     pub fn run(&self, program: &str, args: &[&str]) {
+        if let Err(failure) = self.try_run(program, args) {
+            panic!("{failure}");
+        }
+    }
+
+    /// Runs a server program as the cluster's owner; its output and the
+    /// server log on failure.
+    fn try_run<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+        &self,
+        program: &str,
+        args: &[S],
+    ) -> Result<(), String> {
         let mut cmd = Command::new(self.bin.join(program));
         cmd.args(args)
             .current_dir(self.dir.path())
@@ -243,16 +286,17 @@ impl TestCluster {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);
         }
-        let out = cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        let out = cmd.output().map_err(|e| format!("{program}: {e}"))?;
         if !out.status.success() {
             let log =
                 std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-            panic!(
+            return Err(format!(
                 "{program} {args:?} failed: {}\n{}\nserver log:\n{log}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            );
+            ));
         }
+        Ok(())
     }
 
     /// The data directory.

@@ -469,4 +469,46 @@ async fn a_started_restore_listens_where_its_configuration_says() {
     assert_eq!(row.get::<_, i32>(0), 1);
     drop(client);
     physical::stop_server(&opts, 15).await.unwrap();
+
+    // A port dr chose (`port_chosen`, the plan action's default) that another
+    // program takes before the server binds it: the start moves to another
+    // free port, writes it, and reports where the server listens. An
+    // operator's port is never moved (the "busy" case above).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let mut opts = restore("moved");
+    opts.port = Some(taken);
+    opts.port_chosen = true;
+    let plan = physical::plan_pitr(&f.repo, &f.key, "cfgport", &opts)
+        .await
+        .unwrap();
+    let report = physical::pitr_restore(&f.repo, &f.key, &plan, &opts)
+        .await
+        .unwrap();
+    let moved = report.port.unwrap();
+    assert_ne!(moved, taken);
+    let auto = std::fs::read_to_string(opts.pgdata.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains(&format!("port = '{moved}'")), "{auto}");
+    assert!(!auto.contains(&format!("port = '{taken}'")), "{auto}");
+    let log = std::fs::read_to_string(opts.pgdata.join("dr-restore.log")).unwrap_or_default();
+    let conn = dr_postgres::ConnectionSettings::from_dsn(&format!(
+        "host={} port={moved} user=postgres dbname=postgres",
+        report.socket_dir.as_ref().unwrap().display(),
+    ))
+    .unwrap();
+    let client = conn
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    drop(client);
+    drop(held);
+    physical::stop_server(&opts, 15).await.unwrap();
 }

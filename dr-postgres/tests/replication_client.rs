@@ -70,9 +70,6 @@ async fn logins_scram_md5_socket_and_refusals() {
     if !testing::should_run() {
         return;
     }
-    // No PGPASSWORD or .pgpass from the environment in this test.
-    std::env::remove_var("PGPASSWORD");
-    std::env::set_var("PGPASSFILE", "/nonexistent");
     let c = TestCluster::start();
     require_passwords(&c);
 
@@ -112,7 +109,9 @@ async fn logins_scram_md5_socket_and_refusals() {
             "password in the error: {text}"
         );
     }
-    let err = ReplicationConnection::connect(&settings(&c, "scram_user", None), "dr_test")
+    // No password at all (none from PGPASSWORD or a password file either).
+    let none = settings(&c, "scram_user", None).without_password();
+    let err = ReplicationConnection::connect(&none, "dr_test")
         .await
         .unwrap_err();
     assert!(

@@ -4,8 +4,9 @@
 //! `restore_command`.
 //!
 //! The helper is the test binary itself, run through a small shell script
-//! with `DR_HELPER_ARGS` set: each test file has a `helper_entry` test that
-//! calls [`helper_entry`], which runs exactly the library calls `dr wal-push`
+//! with `DR_HELPER_ARGS` set: each test file has a `helper_entry` test,
+//! ignored so that it is never counted as a test (the script runs it with
+//! `--ignored`), that calls [`helper_entry`], which runs exactly the library calls `dr wal-push`
 //! and `dr wal-fetch` make ([`dr_postgres::wal_push`],
 //! [`dr_postgres::wal_fetch`]) and exits with their exit codes.
 
@@ -187,7 +188,7 @@ impl Fixture {
         std::fs::write(
             &helper,
             format!(
-                "#!/bin/sh\n{}DR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --nocapture --test-threads=1 -q\n",
+                "#!/bin/sh\n{}DR_HELPER_ARGS=\"$*\" exec '{}' helper_entry --exact --ignored --nocapture --test-threads=1 -q\n",
                 s3_env(s3.is_some()),
                 exe.display()
             ),
@@ -256,13 +257,12 @@ fn s3_env(s3: bool) -> String {
     format!("export {}\n", vars.join(" "))
 }
 
-/// A free loopback TCP port.
+/// A loopback TCP port for a test server
+/// ([`dr_postgres::testing::free_port`]: never handed out twice by one
+/// process, outside the ephemeral range).
 ///
 /// # Panics
 /// When none can be bound.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    dr_postgres::testing::free_port()
 }

@@ -9,9 +9,12 @@
 //! - [`dns`]: [`DnsProvider`](crate::dns::DnsProvider), picking checks by
 //!   [`DnsCapabilities`](crate::dns::DnsCapabilities).
 //!
+//! - [`ports`]: loopback ports for the servers tests start.
+//!
 //! Enabled by the `conformance` feature.
 
 pub mod dns;
+pub mod ports;
 pub mod source;
 
 pub use source::{

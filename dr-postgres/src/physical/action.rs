@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 use super::error::PitrError;
 use super::plan::{plan_pitr, PitrOptions};
 use super::restore::pitr_restore;
-use super::server::{log_path, pg_ctl, server_bin, stop_server, RecoveryPoint, RESTORE_MARKER};
+use super::server::{
+    listening_address, log_path, pg_ctl, server_bin, stop_server, RecoveryPoint, RESTORE_MARKER,
+};
 use super::target::{format_time, parse_target_time, RecoveryTarget};
 use crate::conn::ConnectionSettings;
 use crate::host::{default_owner, free_port};
@@ -489,7 +491,10 @@ impl PitrRestore {
                     .into());
                 }
             }
-            let dsn = self.probe(started.port).await?;
+            // The port the server listens on: the recorded one may have
+            // moved when it was found taken at the first start.
+            let port = listening_address(&self.data_dir).map_or(started.port, |(p, _)| p);
+            let dsn = self.probe(port).await?;
             let backup_id = marker(&self.data_dir)
                 .and_then(|m| {
                     m.strip_prefix(RESTORE_MARKER)
@@ -498,9 +503,9 @@ impl PitrRestore {
                 .unwrap_or_default();
             let state = PitrRestoreState {
                 dsn,
-                app_dsn: self.app_dsn(started.port),
+                app_dsn: self.app_dsn(port),
                 data_dir: self.data_dir.clone(),
-                port: started.port,
+                port,
                 backup_id,
                 target_time: self.target_text.clone(),
                 server_major: major,
@@ -629,7 +634,9 @@ impl Action for PitrRestore {
                 source: Box::new(e),
             })?,
         };
-        let opts = self.options(port, wait);
+        let mut opts = self.options(port, wait);
+        // A port dr chose moves when it is found taken at start.
+        opts.port_chosen = self.port.is_none();
         let plan = plan_pitr(
             &self.env.repository,
             &self.env.identities,
@@ -663,6 +670,8 @@ impl Action for PitrRestore {
                 return Err(e.into());
             }
         };
+        // Where the server listens (moved when the chosen port was taken).
+        let port = report.port.unwrap_or(port);
         let dsn = self.probe(port).await?;
         let state = PitrRestoreState {
             dsn,

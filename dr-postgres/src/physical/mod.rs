@@ -55,7 +55,7 @@ pub use plan::{plan_pitr, PitrOptions, PitrPlan, TablespaceMapping, TablespacePl
 pub use replay::WalTablespace;
 pub use restore::{pitr_restore, PitrReport};
 pub use restorer::PostgresPitrRestorer;
-pub use server::{stop_server, RecoveryPoint};
+pub use server::{stop_server, RecoveryPoint, PORT_ATTEMPTS};
 pub use source::{PhysicalOptions, PostgresPhysical};
 pub use target::{format_time, parse_target_time, RecoveryTarget, TargetAction};
 pub use verify::PhysicalScratchRestorer;

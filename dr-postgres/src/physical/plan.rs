@@ -47,6 +47,12 @@ pub struct PitrOptions {
     pub archive_mode_off: bool,
     /// Write this `port`.
     pub port: Option<u16>,
+    /// `port` was chosen by dr as a free port, not given by the operator:
+    /// when the server cannot bind it (taken between choosing and starting),
+    /// the start moves to another free port, up to
+    /// [`PORT_ATTEMPTS`](crate::physical::PORT_ATTEMPTS) starts in all. An
+    /// operator's port is never changed.
+    pub port_chosen: bool,
     /// Write this `unix_socket_directories` (default: the data directory
     /// when started).
     pub socket_dir: Option<PathBuf>,
@@ -112,6 +118,7 @@ impl PitrOptions {
             start: false,
             archive_mode_off: false,
             port: None,
+            port_chosen: false,
             socket_dir: None,
             socket_only: false,
             owner: None,

@@ -143,6 +143,36 @@ fn start_failure_hint(log: &str) -> &'static str {
     }
 }
 
+/// How many times a start on a port dr chose ([`PitrOptions::port_chosen`])
+/// is tried, each on a new free port, when the port is found taken.
+pub const PORT_ATTEMPTS: u32 = 3;
+
+/// Whether what the server logged after byte `from` of `log` says it could
+/// not bind its port.
+fn port_clash(log: &str, from: u64) -> bool {
+    let text = std::fs::read(log).unwrap_or_default();
+    let new = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]);
+    new.contains("could not bind") || new.contains("Address already in use")
+}
+
+/// Replaces the `port` written after the [`RESTORE_MARKER`] in
+/// `postgresql.auto.conf` (the last setting of a name wins, PostgreSQL 15
+/// docs §20.1.2).
+fn set_port(pgdata: &Path, port: u16) -> Result<(), PitrError> {
+    let auto = pgdata.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).map_err(PitrError::io(&auto))?;
+    let marker = text.rfind(RESTORE_MARKER).unwrap_or(text.len());
+    let (before, ours) = text.split_at(marker);
+    let mut lines: Vec<String> = ours
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("port ="))
+        .map(String::from)
+        .collect();
+    lines.push(format!("port = {}", conf_quote(&port.to_string())));
+    let text = format!("{before}{}\n", lines.join("\n"));
+    std::fs::write(&auto, text).map_err(PitrError::io(&auto))
+}
+
 /// Starts the restored server as `owner` (socket in `sock`, on `port` when
 /// the restore wrote one, else where its configuration says) and waits,
 /// bounded by `opts.wait_timeout`, until recovery ends the way `opts.action`
@@ -201,12 +231,31 @@ async fn start_and_wait_inner(
         dir: opts.pgdata.clone(),
         reason,
     };
-    let (ok, out) = pg_ctl(
-        &bin,
-        owner,
-        &["-D", &pgdata, "-l", &log, "-w", "-t", &timeout, "start"],
-    )
-    .await?;
+    let mut port = port;
+    let mut attempt = 1;
+    let (ok, out) = loop {
+        let logged = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let (ok, out) = pg_ctl(
+            &bin,
+            owner,
+            &["-D", &pgdata, "-l", &log, "-w", "-t", &timeout, "start"],
+        )
+        .await?;
+        if ok || !opts.port_chosen || attempt == PORT_ATTEMPTS || !port_clash(&log, logged) {
+            break (ok, out);
+        }
+        // The port dr chose was taken before the server bound it: nothing
+        // was replayed yet (the postmaster binds before it starts recovery).
+        let next = crate::host::free_port().map_err(PitrError::io(&opts.pgdata))?;
+        tracing::info!(
+            taken = port,
+            next,
+            "the chosen port was taken; starting on another"
+        );
+        set_port(&opts.pgdata, next)?;
+        port = next;
+        attempt += 1;
+    };
     if opts.action == TargetAction::Shutdown {
         // The server shuts down at the target; pg_ctl may or may not have
         // seen it accept connections first.
