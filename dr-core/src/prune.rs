@@ -525,6 +525,131 @@ mod tests {
         m
     }
 
+    #[test]
+    fn lsns_are_read_as_text_halves_or_numbers() {
+        use serde_json::json;
+        assert_eq!(parse_lsn(&json!("1/2")), Some((1 << 32) | 2));
+        assert_eq!(
+            parse_lsn(&json!("A/FF000028")),
+            Some((0xA << 32) | 0xFF00_0028)
+        );
+        assert_eq!(parse_lsn(&json!(0x1_0000_0002_u64)), Some(0x1_0000_0002));
+        for bad in [
+            json!("12"),
+            json!("x/1"),
+            json!("1/y"),
+            json!(null),
+            json!(-1),
+        ] {
+            assert_eq!(parse_lsn(&bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn facts_come_from_the_manifests_metadata() {
+        let r = repo("facts").await;
+        let physical = backup(
+            &r,
+            serde_json::json!({"system_identifier": 7_301_234_567_890_u64,
+                "start_lsn": "0/2000028", "stop_lsn": 50_331_648_u64}),
+        )
+        .await;
+        let f = facts(&physical);
+        assert_eq!(f.system_id.as_deref(), Some("7301234567890"));
+        assert_eq!(f.wal_range, Some((0x0200_0028, 50_331_648)));
+        assert!(f.good);
+        assert_eq!(
+            (f.source.as_str(), f.id.as_str()),
+            ("db", physical.backup_id.as_str())
+        );
+        assert_eq!(f.stored_bytes, physical.stored_size());
+        assert!(f.stored_bytes > 0);
+
+        let text_id = backup(
+            &r,
+            serde_json::json!({"system_identifier": "42", "status": "ok"}),
+        )
+        .await;
+        let f = facts(&text_id);
+        assert_eq!(f.system_id.as_deref(), Some("42"));
+        assert_eq!(f.wal_range, None, "no LSNs, no range");
+        assert!(f.good, "only \"failed\" is not good");
+
+        let failed = backup(
+            &r,
+            serde_json::json!({"status": "failed", "start_lsn": "0/1"}),
+        )
+        .await;
+        let f = facts(&failed);
+        assert!(!f.good);
+        assert_eq!(
+            (f.system_id, f.wal_range),
+            (None, None),
+            "half a range is none"
+        );
+    }
+
+    #[test]
+    fn bytes_freed_adds_deleted_backups_wal_orphans_and_staging() {
+        let now = Utc::now();
+        let facts = |id: &str, bytes| BackupFacts {
+            source: "db".into(),
+            id: id.into(),
+            started_at: now,
+            good: true,
+            system_id: None,
+            wal_range: None,
+            stored_bytes: bytes,
+        };
+        let plan = PrunePlan {
+            retention: RetentionPlan {
+                now,
+                backups: vec![
+                    crate::retention::BackupDecision {
+                        backup: facts("old", 1000),
+                        kept_by: vec![],
+                    },
+                    crate::retention::BackupDecision {
+                        backup: facts("new", 50_000),
+                        kept_by: vec!["keep_last".into()],
+                    },
+                ],
+                wal: vec![crate::retention::WalDecision {
+                    source: "db".into(),
+                    system_id: "1".into(),
+                    keep_from_lsn: None,
+                    keep_ranges: vec![],
+                    kept: vec![],
+                    deleted: vec!["w".into()],
+                    bytes_freed: 200,
+                }],
+            },
+            orphans: vec![
+                Orphan {
+                    object: "a".into(),
+                    size: 30,
+                    last_modified: now,
+                },
+                Orphan {
+                    object: "b".into(),
+                    size: 4,
+                    last_modified: now,
+                },
+            ],
+            orphans_in_grace: 3,
+            verifications: vec![],
+            damaged: vec![],
+            staging: vec![dr_storage::StagingFile {
+                path: "s#1".into(),
+                size: 5,
+                last_modified: now,
+            }],
+            in_progress: vec![],
+            stale_marks: vec![],
+        };
+        assert_eq!(plan.bytes_freed(), 1000 + 200 + 30 + 4 + 5);
+    }
+
     async fn objects_of(repo: &Repository, m: &Manifest) -> Vec<String> {
         let prefix = Path::from(format!("backups/{}/{}", m.source.name, m.backup_id));
         let listed: Vec<_> = repo
@@ -559,6 +684,157 @@ mod tests {
             .put(&path, PutPayload::from(body))
             .await
             .unwrap();
+    }
+
+    /// An object under no manifest and a killed write's staging file: each
+    /// is in grace until exactly `grace` after it was last written, then
+    /// removed (orphan, staging leftover). Counted, never removed, before.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn orphans_and_staging_files_leave_grace_exactly_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Identities::generate();
+        let repo = Repository::init(
+            &Location::parse(dir.path().to_str().unwrap()).unwrap(),
+            &StoreOptions::default(),
+            InitOptions::with_recipients(key.recipients().to_strings()),
+        )
+        .await
+        .unwrap();
+        let orphan = Path::from("backups/db/20261201T000000Z-dead/base.tar.zst.age");
+        repo.store()
+            .put(&orphan, PutPayload::from_static(b"12345"))
+            .await
+            .unwrap();
+        let written = repo.store().head(&orphan).await.unwrap().last_modified;
+        let staging = dir
+            .path()
+            .join("backups/db/20261201T000000Z-dead/pg_wal.tar.zst.age#7");
+        std::fs::write(&staging, b"1234567").unwrap();
+        let staged = repo.staging_leftovers().unwrap()[0].last_modified;
+
+        let grace = Duration::from_secs(3600);
+        let options = PruneOptions {
+            orphan_grace: grace,
+            ..Default::default()
+        };
+        let plan_at = |now| {
+            let (repo, options) = (&repo, &options);
+            async move {
+                plan_prune(repo, &BTreeMap::new(), &[], options, now)
+                    .await
+                    .unwrap()
+            }
+        };
+        let end = |t: DateTime<Utc>| t + chrono::Duration::from_std(grace).unwrap();
+        // Both in grace a second before its end.
+        let plan = plan_at(end(written.min(staged)) - chrono::Duration::seconds(1)).await;
+        assert_eq!(
+            (
+                plan.orphans.len(),
+                plan.staging.len(),
+                plan.orphans_in_grace
+            ),
+            (0, 0, 2),
+            "{plan:?}"
+        );
+        assert_eq!(plan.bytes_freed(), 0);
+        // The orphan at exactly its grace's end; the staging file then too.
+        let plan = plan_at(end(written)).await;
+        assert_eq!(plan.orphans.len(), 1, "{plan:?}");
+        assert_eq!(plan.orphans[0].object, orphan.to_string());
+        assert_eq!(plan.orphans[0].size, 5);
+        let plan = plan_at(end(written.max(staged))).await;
+        assert_eq!(
+            (
+                plan.orphans.len(),
+                plan.staging.len(),
+                plan.orphans_in_grace
+            ),
+            (1, 1, 0),
+            "{plan:?}"
+        );
+        assert_eq!(plan.staging[0].size, 7);
+        assert_eq!(plan.bytes_freed(), 5 + 7);
+
+        let report = prune(&repo, &plan, &options).await.unwrap();
+        assert_eq!(
+            (report.orphans_deleted, report.bytes_freed),
+            (2, 12),
+            "{report:?}"
+        );
+        assert!(report.ok());
+        assert_eq!(
+            report.summary(),
+            "0 backup(s), 0 WAL object(s), 2 orphan(s), 0 verification record(s) deleted; 12 bytes freed"
+        );
+        assert!(matches!(
+            repo.store().head(&orphan).await,
+            Err(dr_storage::object_store::Error::NotFound { .. })
+        ));
+        assert!(!staging.exists());
+        assert!(repo.staging_leftovers().unwrap().is_empty());
+    }
+
+    /// The backups deleted are exactly the plan's, of the plan's source,
+    /// and every object of each goes; the kept ones keep every object.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn prune_deletes_exactly_the_planned_backups() {
+        let repo = repo("exact").await;
+        let other = {
+            let b = repo.begin_backup("test", "app").unwrap();
+            b.write_artifact("data", &mut &b"rows"[..]).await.unwrap();
+            b.commit(serde_json::json!({})).await.unwrap()
+        };
+        let b1 = backup(&repo, serde_json::json!({})).await;
+        let b2 = backup(&repo, serde_json::json!({})).await;
+        let b3 = backup(&repo, serde_json::json!({})).await;
+        let (kept_objects, other_objects) = (
+            objects_of(&repo, &b3).await,
+            objects_of(&repo, &other).await,
+        );
+        for b in [&b1, &b3] {
+            let record = crate::verification::VerificationRecord {
+                source: "db".into(),
+                backup_id: b.backup_id.clone(),
+                verified_at: Utc::now(),
+                level: crate::verification::VerifyLevel::Stored,
+                ok: true,
+                unproven: false,
+                problems: vec![],
+            };
+            crate::verification::record_verification(&repo, &record)
+                .await
+                .unwrap();
+        }
+        let options = PruneOptions::default();
+        let plan = plan_prune(&repo, &keep_last(1), &[], &options, Utc::now())
+            .await
+            .unwrap();
+        let planned: Vec<&str> = plan.retention.deletions().map(|b| b.id.as_str()).collect();
+        assert_eq!(planned, vec![b1.backup_id.as_str(), b2.backup_id.as_str()]);
+        let report = prune(&repo, &plan, &options).await.unwrap();
+        assert_eq!(
+            report.backups_deleted,
+            vec![b1.backup_id.clone(), b2.backup_id.clone()]
+        );
+        assert_eq!(report.bytes_freed, b1.stored_size() + b2.stored_size());
+        assert_eq!(report.verifications_deleted, 1, "{report:?}");
+        let records = crate::verification::list_records(&repo).await.unwrap();
+        let verified: Vec<&str> = records.iter().map(|r| r.backup_id.as_str()).collect();
+        assert_eq!(verified, vec![b3.backup_id.as_str()]);
+        let listed: Vec<String> = repo
+            .list_backups(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.backup_id)
+            .collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed.contains(&b3.backup_id) && listed.contains(&other.backup_id));
+        assert!(objects_of(&repo, &b1).await.is_empty());
+        assert!(objects_of(&repo, &b2).await.is_empty());
+        assert_eq!(objects_of(&repo, &b3).await, kept_objects);
+        assert_eq!(objects_of(&repo, &other).await, other_objects);
     }
 
     fn keep_last(n: u32) -> BTreeMap<String, RetentionPolicy> {
@@ -737,6 +1013,9 @@ mod tests {
         assert_eq!(deleted.len(), 2, "{plan:?}");
         let report = prune(&repo, &plan, &options).await.unwrap();
         assert_eq!(report.wal_deleted, 2);
+        let wal_bytes: u64 = plan.retention.wal.iter().map(|w| w.bytes_freed).sum();
+        assert!(wal_bytes > 0);
+        assert_eq!(report.bytes_freed, wal_bytes);
         let left: Vec<String> = repo
             .store()
             .list(Some(&Path::from("wal/db/7")))

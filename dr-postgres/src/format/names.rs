@@ -188,6 +188,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_segment_is_initdbs_16_mib() {
+        assert_eq!(DEFAULT_SEGMENT_SIZE, 16_777_216);
+        // 0/1000000 is the first byte of segment 1 at that size.
+        assert_eq!(Lsn(0x0100_0000).segment_no(DEFAULT_SEGMENT_SIZE), 1);
+    }
+
+    #[test]
     fn lsn_round_trip_and_segments() {
         let l: Lsn = "16/B374D848".parse().unwrap();
         assert_eq!(l.0, 0x16_B374_D848);
