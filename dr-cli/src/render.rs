@@ -296,6 +296,44 @@ pub fn prune_plan(p: &dr_core::prune::PrunePlan) -> String {
     out
 }
 
+/// `dr check`: one line per finding (status, subject, check, what was
+/// found), the fix indented below a WARN or FAIL, then the counts.
+pub fn setup_report(report: &dr_core::setup_check::SetupReport) -> String {
+    use dr_core::setup_check::FindingStatus;
+    let subject_w = report
+        .findings
+        .iter()
+        .map(|f| f.subject.len())
+        .max()
+        .unwrap_or(0);
+    let check_w = report
+        .findings
+        .iter()
+        .map(|f| f.check.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for f in &report.findings {
+        out.push_str(&format!(
+            "{:<4}  {:<subject_w$}  {:<check_w$}  {}\n",
+            f.status.as_str(),
+            f.subject,
+            f.check,
+            f.detail
+        ));
+        if let Some(fix) = &f.fix {
+            out.push_str(&format!("{:<4}  {:>subject_w$}  fix: {fix}\n", "", ""));
+        }
+    }
+    out.push_str(&format!(
+        "{} ok, {} warning(s), {} failed\n",
+        report.count(FindingStatus::Ok),
+        report.count(FindingStatus::Warn),
+        report.count(FindingStatus::Fail)
+    ));
+    out
+}
+
 /// `dr status`.
 pub fn status(statuses: &[dr_core::status::SourceStatus]) -> String {
     if statuses.is_empty() {

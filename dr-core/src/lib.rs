@@ -61,6 +61,7 @@ pub mod prune;
 pub mod retention;
 pub mod schedule;
 pub mod serde_duration;
+pub mod setup_check;
 mod source;
 pub mod status;
 pub mod verification;

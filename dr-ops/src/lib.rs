@@ -45,6 +45,7 @@
 
 pub mod agent;
 pub mod backup;
+pub mod check;
 pub mod config;
 mod error;
 mod kind;
@@ -59,6 +60,7 @@ pub mod verify;
 pub mod wal;
 
 pub use backup::{backup_source, BackupTarget};
+pub use check::CheckOptions;
 pub use config::{
     AgentConfig, DrConfig, PlanSettings, RepositoryArgs, Schedules, SourceConfig, SourceEntry,
 };

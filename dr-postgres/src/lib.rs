@@ -46,6 +46,7 @@
 //! imports one that imports it back.
 
 pub mod basebackup;
+pub mod check;
 mod config;
 mod conn;
 mod error;

@@ -79,6 +79,12 @@ pub enum Command {
     /// Per source: the newest recovery point against the RPO; exit 1 when an
     /// objective is violated.
     Status(StatusArgs),
+    /// Check this host's set-up against dr.toml, line by line (OK, WARN,
+    /// FAIL with the fix): the repository, the key, each PostgreSQL source's
+    /// server and archiving, schedules against the RPO. Exit 1 on a FAIL;
+    /// with --nagios, the Nagios plugin codes (0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN).
+    Check(CheckArgs),
     /// archive_command: store one WAL file (`dr wal-push --source NAME %p`).
     WalPush(WalPushArgs),
     /// restore_command: fetch one WAL file (`dr wal-fetch --source NAME %f %p`).
@@ -118,6 +124,21 @@ pub struct StatusArgs {
     /// node_exporter textfile collector. Written atomically.
     #[arg(long, value_name = "FILE")]
     pub prometheus: Option<PathBuf>,
+}
+
+/// `dr check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Repository selection.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Force a WAL switch on each physical source and wait for its segment
+    /// in the repository (writes a little WAL on the server).
+    #[arg(long)]
+    pub switch_wal: bool,
+    /// Print one Nagios status line and exit with the plugin codes.
+    #[arg(long, conflicts_with = "json")]
+    pub nagios: bool,
 }
 
 /// `dr key ...`

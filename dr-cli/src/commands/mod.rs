@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use dr_ops::{BackupTarget, DrConfig, Ops};
 
 use crate::args::{
-    BackupArgs, Cli, Command, KeyCommand, ListArgs, PruneArgs, RepoArgs, RepoCommand, RestoreArgs,
-    ShowArgs, StatusArgs, VerifyArgs,
+    BackupArgs, CheckArgs, Cli, Command, KeyCommand, ListArgs, PruneArgs, RepoArgs, RepoCommand,
+    RestoreArgs, ShowArgs, StatusArgs, VerifyArgs,
 };
 use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_VERIFY_FAILED};
 use crate::progress::Bar;
@@ -25,7 +25,18 @@ use crate::{render, signals};
 /// Any failure; the caller maps it to an exit code with
 /// [`crate::exit::code`].
 pub async fn run(cli: Cli) -> Result<i32> {
-    let config = DrConfig::discover(cli.config.as_deref())?;
+    let config = match DrConfig::discover(cli.config.as_deref()) {
+        Ok(c) => c,
+        // A Nagios plugin that cannot run its check says UNKNOWN.
+        Err(e) if matches!(&cli.command, Command::Check(a) if a.nagios) => {
+            println!(
+                "DR UNKNOWN - {}",
+                dr_core::error_chain(&e).replace('|', "/")
+            );
+            return Ok(3);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let ctx = Ctx { cli: &cli, config };
     match &cli.command {
         Command::Key(KeyCommand::Generate { output, force }) => ctx.key_generate(output, *force),
@@ -39,6 +50,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => ctx.restore(a).await,
         Command::Prune(a) => ctx.prune(a).await,
         Command::Status(a) => ctx.status(a).await,
+        Command::Check(a) => ctx.check(a).await,
         Command::WalPush(a) => Ok(wal::push(&ctx.ops(&a.repo), a, cli.json).await),
         Command::WalFetch(a) => Ok(wal::fetch(&ctx.ops(&a.repo), a, cli.json).await),
         Command::Plan(c) => plan::run(&ctx, c).await,
@@ -341,6 +353,24 @@ impl Ctx<'_> {
             EXIT_OK
         } else {
             EXIT_VERIFY_FAILED
+        })
+    }
+
+    async fn check(&self, a: &CheckArgs) -> Result<i32> {
+        let options = dr_ops::CheckOptions::default().with_switch_wal(a.switch_wal);
+        let report = self.ops(&a.repo).check(&options).await;
+        if a.nagios {
+            println!("{}", report.nagios_line());
+            return Ok(report.nagios_code());
+        }
+        if self.cli.json {
+            self.print_json(&report)?;
+        } else {
+            print!("{}", render::setup_report(&report));
+        }
+        Ok(match report.worst() {
+            dr_core::setup_check::FindingStatus::Fail => EXIT_VERIFY_FAILED,
+            _ => EXIT_OK,
         })
     }
 
