@@ -274,6 +274,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_add_up_over_artifacts_and_duration_is_wall_time() {
+        let artifact = |name: &str, plain, stored| ArtifactInfo {
+            name: name.into(),
+            object: format!("backups/db/x/{name}.zst.age"),
+            plain_size: plain,
+            plain_sha256: String::new(),
+            stored_size: stored,
+            stored_sha256: String::new(),
+        };
+        let m = Manifest {
+            format_version: crate::FORMAT_VERSION,
+            tool_version: "test".into(),
+            repository_id: "r".into(),
+            backup_id: "x".into(),
+            source: SourceRef { kind: "test".into(), name: "db".into() },
+            started_at: "2026-01-02T03:04:05Z".parse().unwrap(),
+            finished_at: "2026-01-02T03:05:35.5Z".parse().unwrap(),
+            codec: CodecInfo { compression: "zstd".into(), zstd_level: 3, encryption: "age".into() },
+            recipients: vec![],
+            artifacts: vec![artifact("a", 1000, 300), artifact("b", 24, 77)],
+            metadata: serde_json::json!({}),
+            digest: None,
+        };
+        assert_eq!(m.stored_size(), 377);
+        assert_eq!(m.plain_size(), 1024);
+        assert_eq!(m.duration(), chrono::Duration::milliseconds(90_500));
+        assert_eq!(m.artifact("b").map(|a| a.stored_size), Some(77));
+        assert!(m.artifact("c").is_none());
+    }
+
+    #[test]
     fn backup_ids_sort_by_time() {
         let a = new_backup_id("2026-01-02T03:04:05Z".parse().unwrap());
         let b = new_backup_id("2026-01-02T03:04:06Z".parse().unwrap());
