@@ -1,9 +1,9 @@
 //! `check`: a host's set-up against `dr.toml`, line by line
 //! ([`dr_core::setup_check`]): the repository (reachable, of a known format,
 //! writable, the clock against the object store's), the key, each
-//! PostgreSQL source ([`dr_postgres::check`]), and the backup schedules
-//! against each logical source's RPO. Vault, Kubernetes and etcd sources are
-//! not checked yet.
+//! PostgreSQL source ([`dr_postgres::check`]) and Vault source
+//! ([`dr_vault::check`]), and the backup schedules against each logical
+//! source's RPO. Kubernetes and etcd sources are not checked yet.
 
 use std::time::Duration;
 
@@ -79,7 +79,19 @@ impl Ops {
             let (conn_config, physical) = match &entry.config {
                 SourceConfig::Postgres(c) => (c, false),
                 SourceConfig::PostgresPhysical(c) => (c, true),
-                _ => continue,
+                SourceConfig::VaultRaft(c) => {
+                    match c.clone().with_env() {
+                        Ok(c) => f.extend(dr_vault::check::check_vault(&c, name).await),
+                        Err(e) => f.push(Finding::fail(
+                            format!("source {name}"),
+                            "settings",
+                            dr_core::error_chain(&e),
+                            "fix the source's Vault settings (VAULT_ADDR, the token or auth method)",
+                        )),
+                    }
+                    continue;
+                }
+                SourceConfig::Kubernetes(_) | SourceConfig::Etcd(_) => continue,
             };
             let subject = format!("source {name}");
             let rpo = self.config().objectives.for_source(name).rpo;

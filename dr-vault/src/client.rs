@@ -512,6 +512,25 @@ impl VaultClient {
         json("PUT sys/unseal", resp).await
     }
 
+    /// An authenticated `POST` of `body` to `path` (below `/v1/`) returning
+    /// its JSON.
+    ///
+    /// # Errors
+    /// Transport and API errors.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let body = serde_json::to_vec(body).expect("JSON");
+        let make = move || -> BoxFuture<'static, Result<reqwest::Body>> {
+            let b = body.clone();
+            Box::pin(async move { Ok(reqwest::Body::from(b)) })
+        };
+        let resp = self.send(Method::POST, path, Some(&make)).await?;
+        json(&format!("POST {path}"), resp).await
+    }
+
     /// An authenticated `GET` of `path` (below `/v1/`) returning its JSON.
     ///
     /// # Errors

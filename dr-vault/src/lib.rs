@@ -39,6 +39,7 @@
 mod action;
 pub mod archive;
 mod auth;
+pub mod check;
 mod client;
 mod config;
 mod error;

@@ -147,3 +147,54 @@ async fn backup_write_restore_reads_back_the_snapshot_secrets() {
         .unwrap()
         .is_empty());
 }
+
+/// `dr check`'s Vault lines: the root token may take snapshots; a token of
+/// the default policy may not (a FAIL naming the path); an address where
+/// nothing listens is a FAIL "reachable".
+#[tokio::test]
+async fn check_names_a_token_that_cannot_take_snapshots() {
+    let Some(node) = common::server("DR_TEST_VAULT") else {
+        return;
+    };
+    use dr_core::setup_check::FindingStatus;
+    let lines = dr_vault::check::check_vault(&node.config(), "vault").await;
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| l.status == FindingStatus::Ok),
+        "{lines:#?}"
+    );
+
+    let (s, b) = node
+        .call(
+            &node.token,
+            reqwest::Method::POST,
+            "auth/token/create",
+            Some(serde_json::json!({"policies": ["default"], "ttl": "5m"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let weak = b["auth"]["client_token"].as_str().unwrap().to_string();
+    let lines = dr_vault::check::check_vault(&node.config_with_token(&weak), "vault").await;
+    let perm = lines
+        .iter()
+        .find(|l| l.check == "snapshot permission")
+        .unwrap();
+    assert_eq!(perm.status, FindingStatus::Fail, "{lines:#?}");
+    assert!(
+        perm.detail.contains("sys/storage/raft/snapshot"),
+        "{perm:?}"
+    );
+    assert!(!perm.detail.contains(&weak), "the token never appears");
+
+    let mut down = node.clone();
+    down.addr = format!(
+        "http://127.0.0.1:{}",
+        dr_core::conformance::ports::free_port()
+    );
+    let lines = dr_vault::check::check_vault(&down.config(), "vault").await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(
+        (lines[0].check.as_str(), lines[0].status),
+        ("reachable", FindingStatus::Fail)
+    );
+}
