@@ -197,3 +197,27 @@ async fn an_unreachable_endpoint_is_unavailable() {
     assert!(err.is_retryable(), "{err:?}");
     assert!(repo.list_backups(Some("etcd")).await.unwrap().is_empty());
 }
+
+/// `dr check`'s etcd lines: a live endpoint is OK with its version; a dead
+/// one beside it is a warning; only dead ones fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_each_endpoint() {
+    let Some(live) = endpoint() else {
+        return;
+    };
+    use dr_core::setup_check::FindingStatus;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let lines = EtcdSnapshot::new(vec![live.clone(), dead.clone()])
+        .check("etcd")
+        .await;
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines[0].status, FindingStatus::Ok, "{lines:#?}");
+    assert!(
+        lines[0].detail.starts_with(&format!("{live}: etcd 3.")),
+        "{lines:#?}"
+    );
+    assert_eq!(lines[1].status, FindingStatus::Warn, "{lines:#?}");
+    let lines = EtcdSnapshot::new(vec![dead.clone()]).check("etcd").await;
+    assert_eq!(lines[0].status, FindingStatus::Fail, "{lines:#?}");
+    assert!(lines[0].detail.starts_with(&dead), "{lines:#?}");
+}

@@ -2,8 +2,9 @@
 //! ([`dr_core::setup_check`]): the repository (reachable, of a known format,
 //! writable, the clock against the object store's), the key, each
 //! PostgreSQL source ([`dr_postgres::check`]) and Vault source
-//! ([`dr_vault::check`]), and the backup schedules against each logical
-//! source's RPO. Kubernetes and etcd sources are not checked yet.
+//! ([`dr_vault::check`]) and etcd source (each endpoint answers), and the
+//! backup schedules against each logical source's RPO. Kubernetes sources
+//! are not checked yet.
 
 use std::time::Duration;
 
@@ -91,7 +92,19 @@ impl Ops {
                     }
                     continue;
                 }
-                SourceConfig::Kubernetes(_) | SourceConfig::Etcd(_) => continue,
+                SourceConfig::Etcd(c) => {
+                    match c.source() {
+                        Ok(source) => f.extend(source.check(name).await),
+                        Err(e) => f.push(Finding::fail(
+                            format!("source {name}"),
+                            "settings",
+                            dr_core::error_chain(&e),
+                            "fix the source's etcd settings",
+                        )),
+                    }
+                    continue;
+                }
+                SourceConfig::Kubernetes(_) => continue,
             };
             let subject = format!("source {name}");
             let rpo = self.config().objectives.for_source(name).rpo;

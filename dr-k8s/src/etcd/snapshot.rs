@@ -244,6 +244,61 @@ impl EtcdSnapshot {
         self
     }
 
+    /// `dr check` of this source (named `name`): one line per endpoint, OK
+    /// with the member's version and database size when it answers
+    /// `Status`; one that does not is a WARN while another answers (the
+    /// snapshot is taken from the first that does), a FAIL when none does.
+    pub async fn check(&self, name: &str) -> Vec<dr_core::setup_check::Finding> {
+        use dr_core::setup_check::Finding;
+        let subject = format!("source {name}");
+        if self.endpoints.is_empty() {
+            return vec![Finding::fail(
+                &subject,
+                "reachable",
+                "no endpoint configured",
+                "set endpoints = [\"https://...:2379\"]",
+            )];
+        }
+        let mut answers = Vec::new();
+        for endpoint in &self.endpoints {
+            let status = match self.connect(endpoint).await {
+                Ok(mut client) => client.status().await.map_err(|source| Error::Etcd {
+                    what: format!("status on {endpoint}"),
+                    source: Box::new(source),
+                }),
+                Err(e) => Err(e),
+            };
+            answers.push((endpoint, status));
+        }
+        let any_up = answers.iter().any(|(_, s)| s.is_ok());
+        answers
+            .into_iter()
+            .map(|(endpoint, status)| match status {
+                Ok(s) => Finding::ok(
+                    &subject,
+                    "reachable",
+                    format!(
+                        "{endpoint}: etcd {}, database {} bytes",
+                        s.version(),
+                        s.db_size()
+                    ),
+                ),
+                Err(e) if any_up => Finding::warn(
+                    &subject,
+                    "reachable",
+                    format!("{endpoint}: {}", dr_core::error_chain(&e)),
+                    "snapshots come from another endpoint; check this member",
+                ),
+                Err(e) => Finding::fail(
+                    &subject,
+                    "reachable",
+                    format!("{endpoint}: {}", dr_core::error_chain(&e)),
+                    "check the endpoints, TLS and the user's credentials",
+                ),
+            })
+            .collect()
+    }
+
     async fn connect(&self, endpoint: &str) -> Result<Client> {
         let mut options = ConnectOptions::new().with_connect_timeout(self.connect_timeout);
         if let Some((u, p)) = &self.user {
