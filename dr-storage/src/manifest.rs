@@ -311,6 +311,27 @@ mod tests {
         assert!(m.artifact("c").is_none());
     }
 
+    /// The canonical form the README documents ("keys sorted, no
+    /// whitespace"), what `jq -cS 'del(.digest)'` prints: anyone can
+    /// recompute a digest without dr.
+    #[test]
+    fn the_canonical_form_is_sorted_keys_and_no_whitespace() {
+        let v = serde_json::json!({
+            "b": {"d": "x y", "c": null},
+            "a": [1, 2, {"z": true, "y": [3]}],
+            "digest": "sha256:ignored"
+        });
+        let mut out = Vec::new();
+        write_canonical(&v, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":[1,2,{"y":[3],"z":true}],"b":{"c":null,"d":"x y"},"digest":"sha256:ignored"}"#
+        );
+        use sha2::Digest as _;
+        let expected = sha2::Sha256::digest(br#"{"a":[1,2,{"y":[3],"z":true}],"b":{"c":null,"d":"x y"}}"#);
+        assert_eq!(digest_of(&v), format!("sha256:{}", hex::encode(expected)));
+    }
+
     #[test]
     fn backup_ids_sort_by_time() {
         let a = new_backup_id("2026-01-02T03:04:05Z".parse().unwrap());
