@@ -616,3 +616,60 @@ fn usage_errors_exit_2() {
     let mode = std::fs::metadata(env.key()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// `dr completions SHELL` and `dr man` come from the argument definitions,
+/// need no configuration (a broken dr.toml does not stop them), and know
+/// every command.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let env = Env::new();
+    std::fs::write(env.path("dr.toml"), "[repository\n").unwrap();
+    let out = env.run(&["completions", "bash"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let script = String::from_utf8(out.stdout).unwrap();
+    std::fs::write(env.path("dr.bash"), &script).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(env.path("dr.bash"))
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    for command in ["backup", "restore", "wal-push", "check", "plan", "drill"] {
+        assert!(script.contains(command), "bash completion lacks {command}");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = env.run(&["completions", shell]);
+        assert_eq!(code(&out), 0);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("wal-fetch"),
+            "{shell}"
+        );
+    }
+    assert_eq!(code(&env.run(&["completions", "tcsh"])), 2);
+
+    let out = env.run(&["man"]);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH dr 1"));
+    let out = env.run(&["man", "--dir", env.path("man").to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for page in [
+        "dr.1",
+        "dr-backup.1",
+        "dr-check.1",
+        "dr-plan-run.1",
+        "dr-wal-fetch.1",
+    ] {
+        let text = std::fs::read_to_string(env.path("man").join(page)).unwrap();
+        assert!(text.starts_with(".ie") && text.contains(".TH"), "{page}");
+    }
+    // --help describes the tool for its users.
+    let help = String::from_utf8(env.run(&["--help"]).stdout).unwrap();
+    assert!(
+        help.starts_with("Disaster recovery: back up PostgreSQL"),
+        "{help}"
+    );
+}

@@ -328,7 +328,8 @@ mod tests {
             r#"{"a":[1,2,{"y":[3],"z":true}],"b":{"c":null,"d":"x y"},"digest":"sha256:ignored"}"#
         );
         use sha2::Digest as _;
-        let expected = sha2::Sha256::digest(br#"{"a":[1,2,{"y":[3],"z":true}],"b":{"c":null,"d":"x y"}}"#);
+        let expected =
+            sha2::Sha256::digest(br#"{"a":[1,2,{"y":[3],"z":true}],"b":{"c":null,"d":"x y"}}"#);
         assert_eq!(digest_of(&v), format!("sha256:{}", hex::encode(expected)));
     }
 

@@ -20,7 +20,17 @@ pub use wal::{WalFetchArgs, WalPushArgs};
 
 /// dr: backups you have proven you can restore.
 #[derive(Debug, Parser)]
-#[command(name = "dr", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "dr",
+    version,
+    about = "Disaster recovery: back up PostgreSQL (base backups, WAL archiving, logical dumps), Vault, \
+             Kubernetes and etcd into encrypted repositories; verify, prune, restore to a point in time; \
+             run recovery plans and drills",
+    long_about = None,
+    after_help = "Configuration: ./dr.toml or --config. Start with `dr check` on a new host. \
+                  Exit codes: 0 success, 1 verification failed, 2 usage, 3 other failure.",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Configuration file (default ./dr.toml when present).
     #[arg(long, global = true, env = "DR_CONFIG", value_name = "FILE")]
@@ -98,6 +108,19 @@ pub enum Command {
     /// DNS records: get, set, failover, rollback.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// Print a shell completion script: `dr completions bash >
+    /// /etc/bash_completion.d/dr` (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: `dr.1` to stdout, or with --dir one page per command
+    /// (`dr.1`, `dr-backup.1`, ...).
+    Man {
+        /// Directory to write every page into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `dr prune`

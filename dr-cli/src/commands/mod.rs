@@ -25,6 +25,17 @@ use crate::{render, signals};
 /// Any failure; the caller maps it to an exit code with
 /// [`crate::exit::code`].
 pub async fn run(cli: Cli) -> Result<i32> {
+    // Generated from the argument definitions: no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "dr", &mut script);
+            return write_stdout(&script);
+        }
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     let config = match DrConfig::discover(cli.config.as_deref()) {
         Ok(c) => c,
         // A Nagios plugin that cannot run its check says UNKNOWN.
@@ -56,6 +67,35 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Plan(c) => plan::run(&ctx, c).await,
         Command::Drill(a) => plan::drill(&ctx, a).await,
         Command::Dns(c) => dns::run(&ctx.ops(&RepoArgs::default()), c, cli.json).await,
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+    }
+}
+
+/// `dr man`: the top page to stdout, or every command's page into `dir`.
+fn man(dir: Option<&Path>) -> Result<i32> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            return write_stdout(&page);
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Writes `bytes` to stdout; a reader that closed the pipe early (`| head`)
+/// is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<i32> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(EXIT_OK),
     }
 }
 
