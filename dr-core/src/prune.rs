@@ -792,11 +792,13 @@ mod tests {
             objects_of(&repo, &b3).await,
             objects_of(&repo, &other).await,
         );
-        for b in [&b1, &b3] {
+        // b1 verified a minute before b3 (the newest record of a source
+        // always stays).
+        for (b, ago) in [(&b1, 60), (&b3, 0)] {
             let record = crate::verification::VerificationRecord {
                 source: "db".into(),
                 backup_id: b.backup_id.clone(),
-                verified_at: Utc::now(),
+                verified_at: Utc::now() - chrono::Duration::seconds(ago),
                 level: crate::verification::VerifyLevel::Stored,
                 ok: true,
                 unproven: false,
