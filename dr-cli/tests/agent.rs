@@ -842,6 +842,52 @@ fn every_example_yaml_parses() {
     }
 }
 
+/// Every alert rule has a summary and a `runbook_url` naming a section of
+/// README.md that exists (GitHub's heading anchors: lower case, spaces to
+/// hyphens, punctuation dropped).
+#[test]
+fn every_alert_links_a_readme_section() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let anchors: Vec<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| {
+            h.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let text = std::fs::read_to_string(root.join("examples/alerts/dr.rules.yml")).unwrap();
+    let rules: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            alerts += 1;
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+            let anchor = url
+                .strip_prefix("README.md#")
+                .unwrap_or_else(|| panic!("{name}: {url}"));
+            assert!(
+                anchors.iter().any(|a| a == anchor),
+                "{name}: no README section #{anchor} in {anchors:?}"
+            );
+        }
+    }
+    assert!(alerts >= 7, "{alerts} alerts");
+}
+
 use serde::Deserialize as _;
 
 /// `dr status` (the binary) on a repository, as JSON, with its exit code.
