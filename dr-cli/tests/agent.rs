@@ -460,12 +460,24 @@ async fn metrics_scraped_over_http_after_a_real_backup() {
     }
     let health = reqwest::get(env.url("/health")).await.unwrap();
     let ready = reqwest::get(env.url("/ready")).await.unwrap();
+    let page = reqwest::get(env.url("/")).await.unwrap();
+    let page_type = page.headers()["content-type"].to_str().unwrap().to_string();
+    let page_status = page.status();
+    let page = page.text().await.unwrap();
     sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(30));
     let log = std::fs::read_to_string(env.log()).unwrap();
     assert!(status.success(), "{status}\n{log}");
     assert_eq!(health.status(), 200);
     assert_eq!(ready.status(), 200);
+    // The status page: HTML, the configured source in its table.
+    assert_eq!(page_status, 200);
+    assert_eq!(page_type, "text/html; charset=utf-8");
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains("<h1>dr status: "),
+        "{page}"
+    );
+    assert!(page.contains("<tr><td>db</td>"), "{page}");
 
     let scrape = parse(&text);
     let backups = repo.list_backups(Some("db")).await.unwrap();

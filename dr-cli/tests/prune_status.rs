@@ -265,13 +265,26 @@ fn status_flags_a_source_older_than_its_rpo() {
     )
     .unwrap();
     let prom = env.path("dr.prom");
-    let out = env.dr(&["status", "--prometheus", prom.to_str().unwrap()]);
+    let page = env.path("status.html");
+    let out = env.dr(&[
+        "status",
+        "--prometheus",
+        prom.to_str().unwrap(),
+        "--html",
+        page.to_str().unwrap(),
+    ]);
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("<h1>dr status: <span class=\"ok\">OK</span></h1>"),
+        "{html}"
+    );
+    assert!(html.contains("<tr><td>db</td>"), "{html}");
     let text = std::fs::read_to_string(&prom).unwrap();
     for metric in [
         "backup_last_success_timestamp_seconds{source=\"db\"}",
@@ -288,8 +301,20 @@ fn status_flags_a_source_older_than_its_rpo() {
     )
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let out = env.dr(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
+    let out = env.dr(&[
+        "status",
+        "--json",
+        "--prometheus",
+        prom.to_str().unwrap(),
+        "--html",
+        page.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains(">VIOLATED</td>") && html.contains("PROBLEMS"),
+        "{html}"
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["sources"][0]["rpo_met"], false);
     assert!(s["last_drill"].is_null());

@@ -56,6 +56,7 @@ pub mod prune;
 pub mod registry;
 pub mod restore;
 pub mod status;
+pub mod status_page;
 pub mod verify;
 pub mod wal;
 

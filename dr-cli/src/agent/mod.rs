@@ -37,11 +37,11 @@ pub async fn run(
     let agent = ops.agent(metrics.clone()).await?;
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr().context("listener address")?;
-    tracing::info!(%addr, "serving /metrics, /health and /ready");
+    tracing::info!(%addr, "serving /, /metrics, /health and /ready");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
         listener,
-        server::router(metrics, agent.ready_flag()),
+        server::router(metrics, agent.ready_flag(), agent.status_page()),
         async move {
             let _ = stop_rx.await;
         },

@@ -19,17 +19,40 @@ use crate::exit::Usage;
 struct AppState {
     metrics: Arc<AgentMetrics>,
     ready: Arc<AtomicBool>,
+    page: dr_ops::agent::StatusPage,
 }
 
-/// The routes: `GET /metrics` (OpenMetrics text), `GET /health` (200 while
-/// the process serves), `GET /ready` (200 once the repository was read, 503
-/// before and while shutting down).
-pub fn router(metrics: Arc<AgentMetrics>, ready: Arc<AtomicBool>) -> Router {
+/// The routes: `GET /` (the status page, HTML; 503 before the repository
+/// was first read), `GET /metrics` (OpenMetrics text), `GET /health` (200
+/// while the process serves), `GET /ready` (200 once the repository was
+/// read, 503 before and while shutting down).
+pub fn router(
+    metrics: Arc<AgentMetrics>,
+    ready: Arc<AtomicBool>,
+    page: dr_ops::agent::StatusPage,
+) -> Router {
     Router::new()
+        .route("/", get(page_handler))
         .route("/metrics", get(metrics_handler))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready_handler))
-        .with_state(AppState { metrics, ready })
+        .with_state(AppState {
+            metrics,
+            ready,
+            page,
+        })
+}
+
+async fn page_handler(State(s): State<AppState>) -> axum::response::Response {
+    let page = s.page.read().ok().and_then(|p| p.clone());
+    match page {
+        Some(html) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the repository has not been read yet\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {

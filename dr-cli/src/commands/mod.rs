@@ -416,6 +416,12 @@ impl Ctx<'_> {
 
     async fn status(&self, a: &StatusArgs) -> Result<i32> {
         let status = self.ops(&a.repo).status().await?;
+        if let Some(path) = &a.html {
+            let tmp = path.with_extension("html.tmp");
+            std::fs::write(&tmp, status.to_html(chrono::Utc::now()))
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        }
         if let Some(path) = &a.prometheus {
             let text = status.to_prometheus();
             if path.as_os_str() == "-" {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use dr_core::metrics::AgentMetrics;
 
 pub use job::Job;
-pub use runner::{Agent, RunSummary};
+pub use runner::{Agent, RunSummary, StatusPage};
 
 use crate::error::Result;
 use crate::ops::Ops;

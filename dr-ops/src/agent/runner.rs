@@ -53,9 +53,14 @@ pub struct Agent {
     refresh: Duration,
     tick: Duration,
     ready: Arc<AtomicBool>,
+    page: StatusPage,
     #[cfg(feature = "notify")]
     notifier: Option<Arc<dr_core::notify::Notifier>>,
 }
+
+/// The newest status page ([`crate::StatusReport::to_html`]), replaced at
+/// each status refresh; `None` before the first.
+pub type StatusPage = Arc<std::sync::RwLock<Option<String>>>;
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,6 +98,7 @@ impl Agent {
             refresh: Duration::from_secs(60),
             tick: Duration::from_secs(1),
             ready: Arc::new(AtomicBool::new(false)),
+            page: StatusPage::default(),
             #[cfg(feature = "notify")]
             notifier: None,
         }
@@ -164,6 +170,11 @@ impl Agent {
         self.ready.clone()
     }
 
+    /// The status page the agent keeps current (served at `/` by dr-agent).
+    pub fn status_page(&self) -> StatusPage {
+        self.page.clone()
+    }
+
     /// The sources the agent looks after: the scheduled ones and every
     /// configured one.
     fn names(&self) -> Vec<String> {
@@ -214,19 +225,28 @@ impl Agent {
         tracing::info!(jobs = ?scheduler.jobs().collect::<Vec<_>>(), next = ?scheduler.next_due(), "agent started");
 
         let refresher = {
-            let (repo, config, ids, names, metrics, clock) = (
+            let (repo, config, ids, names, metrics, clock, page) = (
                 self.repo.clone(),
                 self.config.clone(),
                 self.identities.clone(),
                 self.names(),
                 self.metrics.clone(),
                 self.clock.clone(),
+                self.page.clone(),
             );
             let every = self.refresh;
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let r = refresh(&repo, &config, ids.as_ref(), &names, &metrics, clock.now());
+                    let r = refresh(
+                        &repo,
+                        &config,
+                        ids.as_ref(),
+                        &names,
+                        &metrics,
+                        &page,
+                        clock.now(),
+                    );
                     match r.await {
                         Ok(advice) => {
                             let _ = advice_tx.send(advice);
@@ -323,6 +343,7 @@ impl Agent {
             self.identities.as_ref(),
             &self.names(),
             &self.metrics,
+            &self.page,
             now,
         )
         .await
@@ -531,10 +552,14 @@ async fn refresh(
     ids: Option<&Identities>,
     names: &[String],
     metrics: &AgentMetrics,
+    page: &StatusPage,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<(String, String)>> {
     let status = crate::status::read(repo, config, names, ids, now).await?;
     metrics.observe_status(&status.sources);
+    if let Ok(mut p) = page.write() {
+        *p = Some(status.to_html(now));
+    }
     Ok(status
         .sources
         .iter()
