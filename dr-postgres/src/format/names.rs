@@ -188,6 +188,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_segments_and_partial_segments_carry_pages() {
+        let kind = |n: &str| WalFileName::parse(n).unwrap().has_pages();
+        assert!(kind("000000010000000000000003"));
+        assert!(kind("000000010000000000000003.partial"));
+        assert!(!kind("00000002.history"));
+        assert!(!kind("000000010000000000000003.00000028.backup"));
+    }
+
+    #[test]
     fn the_default_segment_is_initdbs_16_mib() {
         assert_eq!(DEFAULT_SEGMENT_SIZE, 16_777_216);
         // 0/1000000 is the first byte of segment 1 at that size.
