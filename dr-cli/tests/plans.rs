@@ -301,3 +301,87 @@ params = {{ source = "nobackups", target_time = "2026-01-01T00:00:00Z", data_dir
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `dr drill PLAN` stores its report; `dr drill list` names it; `dr drill
+/// report ID` prints it as Markdown, JSON, or a self-contained HTML page with
+/// the checklist and one timeline lane per step; a failed drill exits 1.
+#[test]
+fn a_drill_report_renders_as_markdown_json_and_html() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipient = generate_key(dir.path());
+    std::fs::write(
+        dir.path().join("dr.toml"),
+        "[repository]\nurl = \"repo\"\nidentity_file = \"key.txt\"\n",
+    )
+    .unwrap();
+    let init = dr(dir.path())
+        .args(["repo", "init", "--recipient", &recipient])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    std::fs::write(
+        dir.path().join("drill.toml"),
+        r#"name = "tiny"
+rto = "1m"
+
+[[steps]]
+name = "backup-and-restore"
+action = "exec"
+drill = ["backup", "restore"]
+params = { argv = ["true"] }
+
+[[steps]]
+name = "check-rows"
+action = "exec"
+after = ["backup-and-restore"]
+drill = ["integrity", "app"]
+params = { argv = ["true"] }
+"#,
+    )
+    .unwrap();
+    let run = dr(dir.path())
+        .args(["--json", "drill", "drill.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let id = report["id"].as_str().unwrap().to_string();
+    assert_eq!(report["passed"], true);
+
+    let list = dr(dir.path()).args(["drill", "list"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
+    let md = dr(dir.path())
+        .args(["drill", "report", &id])
+        .output()
+        .unwrap();
+    assert!(md.status.success());
+    assert!(String::from_utf8_lossy(&md.stdout).starts_with(&format!("# Drill `{id}`: tiny")));
+    let page = dir.path().join("drill.html");
+    let html = dr(dir.path())
+        .args(["drill", "report", &id, "--html", page.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        html.status.success(),
+        "{}",
+        String::from_utf8_lossy(&html.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<span class=\"ok\">PASSED</span>"), "{html}");
+    assert_eq!(html.matches("<div class=\"lane\">").count(), 2, "{html}");
+    assert!(html.contains("<td>check-rows</td>"), "{html}");
+    let missing = dr(dir.path())
+        .args(["drill", "report", "no-such-drill"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-drill"));
+}

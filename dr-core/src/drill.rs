@@ -112,6 +112,40 @@ impl DrillReport {
         }
     }
 
+    /// The report as one self-contained HTML page ([`crate::html`]): the
+    /// outcome, the runbook checklist ticked or not, then the run's
+    /// timeline of steps against the RTO and its table
+    /// ([`RunReport::to_html_body`]). For post-mortems and audits.
+    pub fn to_html(&self) -> String {
+        use crate::html::escape;
+        let mut h = crate::html::head(&format!("drill {}", self.id));
+        h.push_str(&format!(
+            "<h1>Drill {}: {} — <span class=\"{}\">{}</span></h1>\n<h2>Checklist</h2>\n\
+             <table><tr><th>check</th><th>result</th><th>detail</th></tr>\n",
+            escape(&self.id),
+            escape(&self.plan),
+            if self.passed { "ok" } else { "bad" },
+            if self.passed { "PASSED" } else { "FAILED" }
+        ));
+        for c in &self.checklist {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>\n",
+                escape(&c.description),
+                if c.passed { "ok" } else { "bad" },
+                if c.passed {
+                    "&#10003; pass"
+                } else {
+                    "&#10007; FAIL"
+                },
+                escape(&c.detail)
+            ));
+        }
+        h.push_str("</table>\n<h2>Run</h2>\n");
+        h.push_str(&self.run.to_html_body());
+        h.push_str("</body></html>\n");
+        h
+    }
+
     /// The report as Markdown: the checklist, then the run.
     pub fn to_markdown(&self) -> String {
         let mut md = format!(

@@ -50,6 +50,7 @@ pub mod conformance;
 pub mod dns;
 pub mod drill;
 mod error;
+pub mod html;
 pub mod job;
 mod memory;
 pub mod metrics;

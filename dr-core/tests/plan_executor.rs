@@ -746,6 +746,37 @@ async fn drills_are_judged_stored_and_listed() {
     assert!(item("backup").passed && item("restore").passed);
     assert!(!item("integrity").passed && !item("app").passed);
 
+    // The HTML report: the outcome, each checklist line ticked or not, one
+    // timeline lane per step with the RTO marked; nothing fetched, no script.
+    let html = failed.to_html();
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    assert!(
+        html.contains("<span class=\"bad\">FAILED</span></h1>"),
+        "{html}"
+    );
+    assert_eq!(
+        html.matches("&#10003; pass").count(),
+        3,
+        "backup, restore, rto: {html}"
+    );
+    assert_eq!(
+        html.matches("&#10007; FAIL").count(),
+        2,
+        "integrity, app: {html}"
+    );
+    assert_eq!(html.matches("<div class=\"lane\">").count(), 2, "{html}");
+    assert_eq!(html.matches("class=\"rto\"").count(), 2, "{html}");
+    assert!(
+        html.contains("<td class=\"bad\">FAILED</td>"),
+        "the failed step: {html}"
+    );
+    for fetch in ["<script", "src=", "href=", "url("] {
+        assert!(!html.contains(fetch), "{fetch}: {html}");
+    }
+    assert!(report
+        .to_html()
+        .contains("<span class=\"ok\">PASSED</span>"));
+
     let list = drill::list_drills(&repo).await.unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!(list[0].id, failed.id, "newest first");

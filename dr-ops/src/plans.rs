@@ -199,4 +199,13 @@ impl Ops {
         let repo = self.open().await?;
         Ok(dr_core::drill::list_drills(&repo).await?)
     }
+
+    /// The stored report of drill `id`.
+    ///
+    /// # Errors
+    /// No such drill; the repository cannot be opened or read.
+    pub async fn load_drill(&self, id: &str) -> Result<dr_core::drill::DrillReport> {
+        let repo = self.open().await?;
+        Ok(dr_core::drill::load_drill(&repo, id).await?)
+    }
 }

@@ -11,21 +11,7 @@ use std::time::Duration;
 
 use crate::status::StatusReport;
 
-/// Escapes `s` for HTML text and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use dr_core::html::escape;
 
 fn human(secs: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0.0) as u64)).to_string()
@@ -38,29 +24,21 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     )
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}\
-th{background:#f3f3f3}.ok{color:#176f2c;font-weight:bold}.bad{color:#b00020;font-weight:bold}.warn{color:#8a5a00}\
-.bar{width:12em;height:.8em;background:#eee;border:1px solid #bbb}.fill{height:100%}\
-.fill.ok{background:#4caf50}.fill.bad{background:#e53935}ul{margin:.2em 0;padding-left:1.2em}";
-
 impl StatusReport {
     /// The report as a self-contained HTML page, generated at `now`: per
     /// source the newest recovery point against the RPO (a bar of age over
     /// RPO), WAL continuity and its gaps, the last verification, problems and
     /// warnings; then the last drill against its RTO.
     pub fn to_html(&self, now: DateTime<Utc>) -> String {
-        let mut h = String::new();
         let overall = if self.ok() {
             ("ok", "OK")
         } else {
             ("bad", "PROBLEMS")
         };
+        let mut h = dr_core::html::head("dr status");
         let _ = write!(
             h,
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dr status</title>\
-             <style>{STYLE}</style></head><body>\n<h1>dr status: <span class=\"{}\">{}</span></h1>\n\
-             <p>Generated {}.</p>\n",
+            "<h1>dr status: <span class=\"{}\">{}</span></h1>\n<p>Generated {}.</p>\n",
             overall.0,
             overall.1,
             escape(&time(Some(now)))

@@ -98,7 +98,49 @@ pub struct DrillArgs {
     pub command: Option<DrillCommand>,
     /// The plan to drill.
     #[command(flatten)]
-    pub run: Option<PlanFileArgs>,
+    pub run: DrillRunArgs,
+}
+
+/// `dr drill PLAN`'s arguments: [`PlanFileArgs`] with the file optional
+/// (clap leaves an optional flattened group unset even when its positional
+/// argument is given beside a subcommand, so `dr drill PLAN` never ran).
+#[derive(Debug, Args, Clone)]
+pub struct DrillRunArgs {
+    /// The plan (TOML).
+    pub file: Option<PathBuf>,
+    /// A variable, `key=value` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Resolve and print what each step would do, then stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Approve every `approve` step in advance.
+    #[arg(long)]
+    pub yes: bool,
+    /// Approvals from a file (automation): see dr_core::plan::FileApprover.
+    #[arg(long, value_name = "FILE")]
+    pub approval_file: Option<PathBuf>,
+    /// Repository selection (journals and drill reports go there too).
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Journals.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+impl DrillRunArgs {
+    /// The plan file's arguments, when a file was given.
+    pub fn plan_file(&self) -> Option<PlanFileArgs> {
+        Some(PlanFileArgs {
+            file: self.file.clone()?,
+            set: self.set.clone(),
+            dry_run: self.dry_run,
+            yes: self.yes,
+            approval_file: self.approval_file.clone(),
+            repo: self.repo.clone(),
+            journal: self.journal.clone(),
+        })
+    }
 }
 
 /// `dr drill list`
@@ -109,5 +151,18 @@ pub enum DrillCommand {
         /// Repository selection.
         #[command(flatten)]
         repo: RepoArgs,
+    },
+    /// One stored drill report: Markdown, JSON with --json, or with --html
+    /// FILE a self-contained page (the checklist, a timeline of the steps
+    /// against the RTO).
+    Report {
+        /// Repository selection.
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The drill's id (`dr drill list`).
+        id: String,
+        /// Write the HTML page to FILE (`-` for stdout).
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
     },
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use async_trait::async_trait;
 use dr_core::plan::{ApprovalRequest, Approver, PlanObserver, RunReport, RunStatus, StepRecord};
 use dr_ops::plans::RunSettings;
@@ -143,7 +143,8 @@ pub(super) async fn run(ctx: &Ctx<'_>, cmd: &PlanCommand) -> Result<i32> {
 /// As [`run`]; a drill that fails its checklist exits 1.
 pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<i32> {
     let json = ctx.cli.json;
-    match (&a.command, &a.run) {
+    let run = a.run.plan_file();
+    match (&a.command, &run) {
         (Some(DrillCommand::List { repo }), _) => {
             let drills = ctx.ops(repo).list_drills().await?;
             if json {
@@ -163,6 +164,25 @@ pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<i32> {
                 }
             }
             Ok(EXIT_OK)
+        }
+        (Some(DrillCommand::Report { repo, id, html }), _) => {
+            let report = ctx.ops(repo).load_drill(id).await?;
+            match html.as_deref() {
+                Some(p) if p.as_os_str() == "-" => print!("{}", report.to_html()),
+                Some(p) => {
+                    let tmp = p.with_extension("html.tmp");
+                    std::fs::write(&tmp, report.to_html())
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))?;
+                }
+                None if json => println!("{}", serde_json::to_string_pretty(&report)?),
+                None => println!("{}", report.to_markdown()),
+            }
+            Ok(if report.passed {
+                EXIT_OK
+            } else {
+                EXIT_VERIFY_FAILED
+            })
         }
         (None, Some(run)) => {
             let ops = ctx.ops(&run.repo);

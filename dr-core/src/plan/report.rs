@@ -177,6 +177,99 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+impl RunReport {
+    /// The run as HTML body content (no page around it): a summary, a
+    /// timeline with one lane per step (its start and duration against the
+    /// run's, a dashed line at the RTO), and the table of steps. Every value
+    /// escaped ([`crate::html::escape`]).
+    pub fn to_html_body(&self) -> String {
+        use crate::html::escape;
+        use std::fmt::Write as _;
+        let mut h = String::new();
+        let ok = self.succeeded();
+        let _ = writeln!(
+            h,
+            "<p>Run {} of plan {}: <span class=\"{}\">{}</span>; started {}, took {}{}{}.</p>",
+            escape(&self.run_id),
+            escape(&self.plan),
+            if ok { "ok" } else { "bad" },
+            escape(status_word(self.status)),
+            escape(&self.started_at.to_rfc3339()),
+            escape(&secs(self.duration_secs)),
+            match (self.rto_secs, self.within_rto) {
+                (Some(r), Some(true)) =>
+                    format!(" (RTO {}: <span class=\"ok\">met</span>)", escape(&secs(r))),
+                (Some(r), _) => format!(
+                    " (RTO {}: <span class=\"bad\">not met</span>)",
+                    escape(&secs(r))
+                ),
+                _ => String::new(),
+            },
+            if self.resumes > 0 {
+                format!(", resumed {} time(s)", self.resumes)
+            } else {
+                String::new()
+            }
+        );
+        // The timeline's scale: the run or the RTO, whichever is longer.
+        let scale = self
+            .duration_secs
+            .max(self.rto_secs.unwrap_or(0.0))
+            .max(0.001);
+        let pct = |v: f64| (v / scale * 100.0).clamp(0.0, 100.0);
+        h.push_str("<table><tr><th>step</th><th>action</th><th>outcome</th><th>attempts</th><th>timeline</th><th>duration</th><th>summary</th></tr>\n");
+        for s in &self.steps {
+            let offset = s
+                .started_at
+                .map(|t| (t - self.started_at).num_milliseconds().max(0) as f64 / 1000.0);
+            let lane = match (offset, s.duration_secs) {
+                (Some(o), Some(d)) => format!(
+                    "<span class=\"span {}\" style=\"left:{:.2}%;width:{:.2}%\"></span>",
+                    if matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped) {
+                        "ok"
+                    } else {
+                        "bad"
+                    },
+                    pct(o),
+                    pct(d).max(0.3)
+                ),
+                _ => String::new(),
+            };
+            let rto = self
+                .rto_secs
+                .map(|r| {
+                    format!(
+                        "<span class=\"rto\" style=\"left:{:.2}%\" title=\"RTO\"></span>",
+                        pct(r)
+                    )
+                })
+                .unwrap_or_default();
+            let mut summary = s
+                .error
+                .as_deref()
+                .map(|e| format!("error: {e}"))
+                .or_else(|| s.summary.clone())
+                .unwrap_or_default();
+            if let Some(rb) = &s.rollback {
+                summary.push_str(&format!("; rollback: {rb}"));
+            }
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td><div class=\"lane\">{lane}{rto}</div></td><td>{}</td><td>{}</td></tr>",
+                escape(&s.name),
+                escape(&s.action),
+                if matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped) { "ok" } else { "bad" },
+                escape(step_word(s.status)),
+                s.attempts,
+                escape(&s.duration_secs.map(secs).unwrap_or_else(|| "-".into())),
+                escape(&summary)
+            );
+        }
+        h.push_str("</table>\n");
+        h
+    }
+}
+
 fn secs(s: f64) -> String {
     if s < 60.0 {
         format!("{s:.1}s")
