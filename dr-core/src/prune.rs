@@ -700,6 +700,12 @@ mod tests {
         )
         .await
         .unwrap();
+        // Not in a backup directory: never an orphan, however old.
+        let stray = Path::from("backups/db/README");
+        repo.store()
+            .put(&stray, PutPayload::from_static(b"notes"))
+            .await
+            .unwrap();
         let orphan = Path::from("backups/db/20261201T000000Z-dead/base.tar.zst.age");
         repo.store()
             .put(&orphan, PutPayload::from_static(b"12345"))
@@ -809,12 +815,31 @@ mod tests {
                 .unwrap();
         }
         let options = PruneOptions::default();
+        // keep_last 2: the oldest goes, and the one deleted is that one (not
+        // another backup of the same source).
+        let b2_objects = objects_of(&repo, &b2).await;
+        let plan = plan_prune(&repo, &keep_last(2), &[], &options, Utc::now())
+            .await
+            .unwrap();
+        let first = prune(&repo, &plan, &options).await.unwrap();
+        assert_eq!(first.backups_deleted, vec![b1.backup_id.clone()]);
+        assert!(objects_of(&repo, &b1).await.is_empty());
+        assert_eq!(objects_of(&repo, &b2).await, b2_objects);
+        // The deleted backup's verification record went with it.
+        assert_eq!(first.verifications_deleted, 1, "{first:?}");
+        // keep_last 1: the next one goes.
         let plan = plan_prune(&repo, &keep_last(1), &[], &options, Utc::now())
             .await
             .unwrap();
         let planned: Vec<&str> = plan.retention.deletions().map(|b| b.id.as_str()).collect();
-        assert_eq!(planned, vec![b1.backup_id.as_str(), b2.backup_id.as_str()]);
-        let report = prune(&repo, &plan, &options).await.unwrap();
+        assert_eq!(planned, vec![b2.backup_id.as_str()]);
+        let second = prune(&repo, &plan, &options).await.unwrap();
+        let report = PruneReport {
+            backups_deleted: [first.backups_deleted, second.backups_deleted].concat(),
+            bytes_freed: first.bytes_freed + second.bytes_freed,
+            verifications_deleted: first.verifications_deleted + second.verifications_deleted,
+            ..second
+        };
         assert_eq!(
             report.backups_deleted,
             vec![b1.backup_id.clone(), b2.backup_id.clone()]
