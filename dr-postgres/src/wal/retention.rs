@@ -223,6 +223,15 @@ mod tests {
         assert_eq!(segment_size_for(&sizes, 9), DEFAULT_SEGMENT_SIZE);
         // Not a power of two: not a WAL segment size, ignored.
         assert_eq!(segment_size_for(&sizes, 10), DEFAULT_SEGMENT_SIZE);
+        // A power of two below initdb's 1 MiB minimum: ignored too.
+        let sizes = segment_sizes(&[manifest("11", Some(512 << 10), 10)]);
+        assert_eq!(segment_size_for(&sizes, 11), DEFAULT_SEGMENT_SIZE);
+        // Backups of one cluster that disagree: the newest wins, in any order.
+        let sizes = segment_sizes(&[
+            manifest("12", Some(32 << 20), 30),
+            manifest("12", Some(1 << 20), 20),
+        ]);
+        assert_eq!(sizes.get(&12), Some(&(32 << 20)));
     }
 
     #[tokio::test(flavor = "multi_thread")]
