@@ -273,5 +273,27 @@ mod tests {
             .unwrap();
         let seg = facts.iter().find(|f| f.start_lsn.is_some()).unwrap();
         assert_eq!(seg.start_lsn, Some(0x21 * u64::from(DEFAULT_SEGMENT_SIZE)));
+        // The history file has no range: retention keeps it forever.
+        let history = facts
+            .iter()
+            .find(|f| f.object.contains(".history"))
+            .unwrap();
+        assert_eq!((history.start_lsn, history.end_lsn), (None, None));
+
+        // Every source with an archive, and when each last archived.
+        WalArchive::new(&repo, "other")
+            .unwrap()
+            .push(
+                9,
+                "000000010000000000000003",
+                bytes::Bytes::from_static(b"y"),
+            )
+            .await
+            .unwrap();
+        let (all, last) = all_retention_facts(&repo).await.unwrap();
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all.iter().filter(|f| f.source == "other").count(), 1);
+        assert_eq!(last.keys().collect::<Vec<_>>(), vec!["db", "other"]);
+        assert_eq!(last["db"], newest.unwrap());
     }
 }
