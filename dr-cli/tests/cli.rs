@@ -666,6 +666,23 @@ fn completions_and_man_pages_cover_every_command() {
         let text = std::fs::read_to_string(env.path("man").join(page)).unwrap();
         assert!(text.starts_with(".ie") && text.contains(".TH"), "{page}");
     }
+    // A reader that goes away (`dr check | head -1`) is not a crash: exit 0
+    // and no panic, whichever way the command prints.
+    std::fs::remove_file(env.path("dr.toml")).unwrap();
+    for args in [&["check", "--repo", "absent"][..], &["man"][..]] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("dr"))
+            .args(args)
+            .current_dir(env.path(""))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
     // --help describes the tool for its users.
     let help = String::from_utf8(env.run(&["--help"]).stdout).unwrap();
     assert!(

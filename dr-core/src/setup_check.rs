@@ -148,9 +148,20 @@ impl SetupReport {
             .collect();
         format!(
             "DR {state} - {fails} failed, {warns} warning(s): {}",
-            names.join("; ").replace('|', "/")
+            one_line(&names.join("; "))
         )
     }
+}
+
+/// `text` fit for a Nagios status line: one line (line breaks become
+/// "; "), and no `|`, which starts the performance data.
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace('|', "/")
 }
 
 #[cfg(test)]
@@ -191,6 +202,7 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["findings"][2]["status"], "fail");
+        assert_eq!(one_line("a | b\n\n  c\n"), "a / b; c");
         assert!(json["findings"][0].get("fix").is_none());
     }
 }

@@ -139,7 +139,8 @@ impl StatusReport {
         match &self.last_drill {
             None => h.push_str("<p>No drill has run.</p>\n"),
             Some(d) => {
-                let within = d.rto_secs.map(|r| d.duration_secs <= r);
+                // A failed drill restored nothing in time: its RTO is not met.
+                let within = d.rto_secs.map(|r| d.passed && d.duration_secs <= r);
                 let _ = writeln!(
                     h,
                     "<p><span class=\"{}\">{}</span>: {} of plan {} at {}, took {}{}.</p>",
@@ -152,7 +153,7 @@ impl StatusReport {
                     match (d.rto_secs, within) {
                         (Some(r), Some(true)) => format!(" (RTO {}: met)", escape(&human(r))),
                         (Some(r), _) => format!(
-                            " (RTO {}: <span class=\"bad\">exceeded</span>)",
+                            " (RTO {}: <span class=\"bad\">not met</span>)",
                             escape(&human(r))
                         ),
                         _ => String::new(),
@@ -194,6 +195,28 @@ mod tests {
             last_drill: None,
         };
         let html = report.to_html(Utc::now());
+        let drill = |passed| dr_core::drill::DrillSummary {
+            id: "d1".into(),
+            plan: "p".into(),
+            started_at: Utc::now(),
+            passed,
+            duration_secs: 10.0,
+            rto_secs: Some(60.0),
+        };
+        // A failed drill did not meet its RTO, however fast it failed.
+        let page = |d| {
+            StatusReport {
+                sources: vec![],
+                last_drill: Some(d),
+            }
+            .to_html(Utc::now())
+        };
+        let failed = page(drill(false));
+        assert!(
+            failed.contains("(RTO 1m: <span class=\"bad\">not met</span>)"),
+            "{failed}"
+        );
+        assert!(page(drill(true)).contains("(RTO 1m: met)"));
         assert!(!html.contains("<script"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("gap &quot;after&quot; &lt;b&gt;"));

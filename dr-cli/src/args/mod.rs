@@ -147,9 +147,9 @@ pub struct StatusArgs {
     /// node_exporter textfile collector. Written atomically.
     #[arg(long, value_name = "FILE")]
     pub prometheus: Option<PathBuf>,
-    /// Also write the status page to FILE: one self-contained HTML document
-    /// (no script, no external asset), the page dr-agent serves at `/`.
-    /// Written atomically.
+    /// Also write the status page to FILE (`-` for stdout): one
+    /// self-contained HTML document (no script, no external asset), the
+    /// page dr-agent serves at `/`. Written atomically.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
 }

@@ -6,6 +6,22 @@ use clap::Parser;
 use dr_cli::{args::Cli, commands, exit, init_tracing};
 
 fn main() {
+    // `println!` panics when stdout is a pipe its reader closed (`dr drill
+    // list | head`): like a reader that went away in any other write, that
+    // is not an error (exit 0, nothing on stderr).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(exit::EXIT_OK);
+        }
+        default_hook(info);
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Err(e) if matches!(&cli.command, Command::Check(a) if a.nagios) => {
             println!(
                 "DR UNKNOWN - {}",
-                dr_core::error_chain(&e).replace('|', "/")
+                dr_core::setup_check::one_line(&dr_core::error_chain(&e))
             );
             return Ok(3);
         }
@@ -87,6 +87,28 @@ fn man(dir: Option<&Path>) -> Result<i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file beside it, then a
+/// rename; the temporary file is removed when the rename fails), or to
+/// stdout when `path` is `-`.
+///
+/// # Errors
+/// The file cannot be written or renamed, naming it.
+pub(crate) fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.as_os_str() == "-" {
+        write_stdout(bytes)?;
+        return Ok(());
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to stdout; a reader that closed the pipe early (`| head`)
@@ -417,10 +439,7 @@ impl Ctx<'_> {
     async fn status(&self, a: &StatusArgs) -> Result<i32> {
         let status = self.ops(&a.repo).status().await?;
         if let Some(path) = &a.html {
-            let tmp = path.with_extension("html.tmp");
-            std::fs::write(&tmp, status.to_html(chrono::Utc::now()))
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            write_output(path, status.to_html(chrono::Utc::now()).as_bytes())?;
         }
         if let Some(path) = &a.prometheus {
             let text = status.to_prometheus();

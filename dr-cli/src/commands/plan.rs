@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use dr_core::plan::{ApprovalRequest, Approver, PlanObserver, RunReport, RunStatus, StepRecord};
 use dr_ops::plans::RunSettings;
@@ -168,13 +168,7 @@ pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<i32> {
         (Some(DrillCommand::Report { repo, id, html }), _) => {
             let report = ctx.ops(repo).load_drill(id).await?;
             match html.as_deref() {
-                Some(p) if p.as_os_str() == "-" => print!("{}", report.to_html()),
-                Some(p) => {
-                    let tmp = p.with_extension("html.tmp");
-                    std::fs::write(&tmp, report.to_html())
-                        .with_context(|| format!("writing {}", tmp.display()))?;
-                    std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))?;
-                }
+                Some(p) => super::write_output(p, report.to_html().as_bytes())?,
                 None if json => println!("{}", serde_json::to_string_pretty(&report)?),
                 None => println!("{}", report.to_markdown()),
             }
