@@ -71,11 +71,7 @@ impl Finding {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Finding {
-            status: FindingStatus::Warn,
-            fix: Some(fix.into()),
-            ..Finding::ok(subject, check, detail)
-        }
+        Finding::ok(subject, check, detail).with_fix(FindingStatus::Warn, fix)
     }
 
     /// A FAIL line with its fix.
@@ -85,10 +81,14 @@ impl Finding {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Finding::ok(subject, check, detail).with_fix(FindingStatus::Fail, fix)
+    }
+
+    fn with_fix(self, status: FindingStatus, fix: impl Into<String>) -> Self {
         Finding {
-            status: FindingStatus::Fail,
+            status,
             fix: Some(fix.into()),
-            ..Finding::ok(subject, check, detail)
+            ..self
         }
     }
 }

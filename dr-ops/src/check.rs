@@ -193,7 +193,7 @@ impl Ops {
 /// Writes, reads back and deletes a probe object; compares its
 /// last-modified time, the store's clock, with this host's.
 async fn probe_write(repo: &dr_storage::Repository) -> Finding {
-    let host = nix_hostname();
+    let host = dr_storage::host_name().replace('/', "_");
     let path = Path::from(format!(
         "check/probe-{host}-{}-{}",
         std::process::id(),
@@ -232,14 +232,6 @@ async fn probe_write(repo: &dr_storage::Repository) -> Finding {
             }
         }
     }
-}
-
-fn nix_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty() && !h.contains('/'))
-        .unwrap_or_else(|| "host".into())
 }
 
 /// A logical source's RPO is met only by its backups: the longest gap

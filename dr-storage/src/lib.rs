@@ -71,7 +71,7 @@ pub use durable::DurableLocal;
 pub use error::{Error, Result};
 pub use keys::{fingerprint, read_passphrase_file, Identities, Recipients, SCRYPT_WORK_FACTOR};
 pub use location::{Location, StoreOptions, DEFAULT_LOCATION};
-pub use lock::{Lease, LeaseInfo, LeaseOptions};
+pub use lock::{host_name, Lease, LeaseInfo, LeaseOptions};
 pub use manifest::{new_backup_id, CodecInfo, Manifest, SourceRef, MANIFEST_VERSION};
 pub use object_store;
 pub use progress::{NoProgress, Progress};

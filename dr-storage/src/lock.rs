@@ -105,7 +105,9 @@ fn lock_path(name: &str) -> String {
     format!("locks/{name}.json")
 }
 
-fn host_name() -> String {
+/// This host's name (`/proc/sys/kernel/hostname`; `host` when it cannot be
+/// read), as lease holders and probe objects name it.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())

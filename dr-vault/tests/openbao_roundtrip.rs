@@ -119,16 +119,7 @@ async fn backup_write_restore_reads_back_the_snapshot_secrets() {
     );
 
     // A token without the snapshot capability: a failed backup, nothing listed.
-    let (s, b) = node
-        .call(
-            &node.token,
-            reqwest::Method::POST,
-            "auth/token/create",
-            Some(serde_json::json!({"policies": ["default"], "ttl": "5m"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let weak = b["auth"]["client_token"].as_str().unwrap().to_string();
+    let weak = default_policy_token(&node).await;
     let weak_source = VaultRaftSnapshot::new(&node.config_with_token(&weak)).unwrap();
     let err = job::backup(&repo, &weak_source, "vault-weak")
         .await
@@ -164,16 +155,7 @@ async fn check_names_a_token_that_cannot_take_snapshots() {
         "{lines:#?}"
     );
 
-    let (s, b) = node
-        .call(
-            &node.token,
-            reqwest::Method::POST,
-            "auth/token/create",
-            Some(serde_json::json!({"policies": ["default"], "ttl": "5m"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let weak = b["auth"]["client_token"].as_str().unwrap().to_string();
+    let weak = default_policy_token(&node).await;
     let lines = dr_vault::check::check_vault(&node.config_with_token(&weak), "vault").await;
     let perm = lines
         .iter()
@@ -197,4 +179,18 @@ async fn check_names_a_token_that_cannot_take_snapshots() {
         (lines[0].check.as_str(), lines[0].status),
         ("reachable", FindingStatus::Fail)
     );
+}
+
+/// A token of the `default` policy only (no snapshot capability), 5 minutes.
+async fn default_policy_token(node: &common::Node) -> String {
+    let (s, b) = node
+        .call(
+            &node.token,
+            reqwest::Method::POST,
+            "auth/token/create",
+            Some(serde_json::json!({"policies": ["default"], "ttl": "5m"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    b["auth"]["client_token"].as_str().unwrap().to_string()
 }

@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand};
 pub use agent::AgentArgs;
 pub use dns::DnsCommand;
 pub use plan::{
-    DrillArgs, DrillCommand, JournalArgs, PlanCheckArgs, PlanCommand, PlanFileArgs, ResumeArgs,
+    DrillArgs, DrillCommand, JournalArgs, PlanCheckArgs, PlanCommand, PlanFileArgs, PlanRunArgs,
+    ResumeArgs,
 };
 pub use wal::{WalFetchArgs, WalPushArgs};
 

@@ -35,6 +35,15 @@ pub struct JournalArgs {
 pub struct PlanFileArgs {
     /// The plan (TOML).
     pub file: PathBuf,
+    /// Variables, approvals, repository and journals.
+    #[command(flatten)]
+    pub run: PlanRunArgs,
+}
+
+/// How a plan runs: its variables, approvals, repository and journals
+/// (shared by `dr plan run|check` and `dr drill`).
+#[derive(Debug, Args, Clone)]
+pub struct PlanRunArgs {
     /// A variable, `key=value` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -96,51 +105,12 @@ pub struct DrillArgs {
     /// `list`.
     #[command(subcommand)]
     pub command: Option<DrillCommand>,
-    /// The plan to drill.
-    #[command(flatten)]
-    pub run: DrillRunArgs,
-}
-
-/// `dr drill PLAN`'s arguments: [`PlanFileArgs`] with the file optional
-/// (clap leaves an optional flattened group unset even when its positional
-/// argument is given beside a subcommand, so `dr drill PLAN` never ran).
-#[derive(Debug, Args, Clone)]
-pub struct DrillRunArgs {
-    /// The plan (TOML).
+    /// The plan to drill (clap leaves an optional flattened group unset
+    /// beside a subcommand, so the file is its own optional argument).
     pub file: Option<PathBuf>,
-    /// A variable, `key=value` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Resolve and print what each step would do, then stop.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Approve every `approve` step in advance.
-    #[arg(long)]
-    pub yes: bool,
-    /// Approvals from a file (automation): see dr_core::plan::FileApprover.
-    #[arg(long, value_name = "FILE")]
-    pub approval_file: Option<PathBuf>,
-    /// Repository selection (journals and drill reports go there too).
+    /// How it runs.
     #[command(flatten)]
-    pub repo: RepoArgs,
-    /// Journals.
-    #[command(flatten)]
-    pub journal: JournalArgs,
-}
-
-impl DrillRunArgs {
-    /// The plan file's arguments, when a file was given.
-    pub fn plan_file(&self) -> Option<PlanFileArgs> {
-        Some(PlanFileArgs {
-            file: self.file.clone()?,
-            set: self.set.clone(),
-            dry_run: self.dry_run,
-            yes: self.yes,
-            approval_file: self.approval_file.clone(),
-            repo: self.repo.clone(),
-            journal: self.journal.clone(),
-        })
-    }
+    pub run: PlanRunArgs,
 }
 
 /// `dr drill list`

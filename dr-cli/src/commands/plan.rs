@@ -11,7 +11,7 @@ use dr_core::plan::{ApprovalRequest, Approver, PlanObserver, RunReport, RunStatu
 use dr_ops::plans::RunSettings;
 
 use super::Ctx;
-use crate::args::{DrillArgs, DrillCommand, JournalArgs, PlanCommand, PlanFileArgs};
+use crate::args::{DrillArgs, DrillCommand, JournalArgs, PlanCommand, PlanRunArgs};
 use crate::exit::{Usage, EXIT_FAILED, EXIT_OK, EXIT_VERIFY_FAILED};
 
 /// How long `plan check --preflight` waits for one step's target.
@@ -33,7 +33,7 @@ fn settings(
     s
 }
 
-fn run_settings(a: &PlanFileArgs) -> RunSettings {
+fn run_settings(a: &PlanRunArgs) -> RunSettings {
     settings(&a.journal, a.yes, a.approval_file.as_deref())
 }
 
@@ -58,7 +58,10 @@ pub(super) async fn run(ctx: &Ctx<'_>, cmd: &PlanCommand) -> Result<i32> {
     match cmd {
         PlanCommand::Check(c) => {
             let a = &c.plan;
-            let (plan, _) = ctx.ops(&a.repo).check_plan(&a.file, &a.set, false).await?;
+            let (plan, _) = ctx
+                .ops(&a.run.repo)
+                .check_plan(&a.file, &a.run.set, false)
+                .await?;
             let preview = plan.preview();
             if !c.preflight {
                 if json {
@@ -95,9 +98,9 @@ pub(super) async fn run(ctx: &Ctx<'_>, cmd: &PlanCommand) -> Result<i32> {
             })
         }
         PlanCommand::Run(a) => {
-            let ops = ctx.ops(&a.repo);
-            let (plan, plan_ctx) = ops.check_plan(&a.file, &a.set, false).await?;
-            if a.dry_run {
+            let ops = ctx.ops(&a.run.repo);
+            let (plan, plan_ctx) = ops.check_plan(&a.file, &a.run.set, false).await?;
+            if a.run.dry_run {
                 let preview = plan.preview();
                 if json {
                     println!("{}", serde_json::to_string_pretty(&preview)?);
@@ -106,7 +109,7 @@ pub(super) async fn run(ctx: &Ctx<'_>, cmd: &PlanCommand) -> Result<i32> {
                 }
                 return Ok(EXIT_OK);
             }
-            let report = ops.run_plan(&plan, plan_ctx, &run_settings(a)).await?;
+            let report = ops.run_plan(&plan, plan_ctx, &run_settings(&a.run)).await?;
             Ok(finish(&report, json))
         }
         PlanCommand::Resume(a) => {
@@ -143,8 +146,7 @@ pub(super) async fn run(ctx: &Ctx<'_>, cmd: &PlanCommand) -> Result<i32> {
 /// As [`run`]; a drill that fails its checklist exits 1.
 pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<i32> {
     let json = ctx.cli.json;
-    let run = a.run.plan_file();
-    match (&a.command, &run) {
+    match (&a.command, &a.file) {
         (Some(DrillCommand::List { repo }), _) => {
             let drills = ctx.ops(repo).list_drills().await?;
             if json {
@@ -178,9 +180,10 @@ pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<i32> {
                 EXIT_VERIFY_FAILED
             })
         }
-        (None, Some(run)) => {
+        (None, Some(file)) => {
+            let run = &a.run;
             let ops = ctx.ops(&run.repo);
-            let (plan, plan_ctx) = ops.check_plan(&run.file, &run.set, true).await?;
+            let (plan, plan_ctx) = ops.check_plan(file, &run.set, true).await?;
             let report = ops.drill(&plan, plan_ctx, &run_settings(run)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
